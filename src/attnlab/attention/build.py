@@ -1,0 +1,142 @@
+"""``build_attention``: an ``AttentionConfig`` and a site → an attention module.
+
+The module composes the four axes: heads project q, k, v; the position encoding rotates q, k or
+modifies scores; the normaliser turns scores into weights; the backend computes it. Fused backends
+never return weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the layer
+falls back to the reference (as transformers falls back to eager attention for ``output_attentions``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.attention.config import AttentionConfig, AttentionSite
+from attnlab.attention.core import attend_reference, causal_mask
+from attnlab.attention.heads import HEADS
+from attnlab.attention.normalisers import NORMALISERS
+from attnlab.model.hooks import HookPoint
+from attnlab.position import POSITIONS
+from attnlab.position.base import NoPE, PositionEncoding
+
+
+class LayerKVCache:
+    """Keys (after rotation) and values of one self-attention layer, [B, Hkv, S, d] each."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
+
+class KVCache:
+    """One ``LayerKVCache`` per layer, for incremental decoding."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerKVCache() for _ in range(n_layers)]
+
+    def __getitem__(self, i: int) -> LayerKVCache:
+        return self.layers[i]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def build_position(cfg: AttentionConfig, site: AttentionSite) -> PositionEncoding:
+    entry = POSITIONS.entry(cfg.position)
+    return entry.factory(entry.params.model_validate(cfg.position_args), site)
+
+
+def build_input_position(cfg: AttentionConfig, site: AttentionSite) -> PositionEncoding | None:
+    """The model-level position module for absolute encodings (learned, sinusoidal), else None."""
+    return build_position(cfg, site) if POSITIONS.get(cfg.position).absolute else None
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention assembled from the registries. Input and output [B, T, D]."""
+
+    def __init__(self, cfg: AttentionConfig, site: AttentionSite):
+        super().__init__()
+        cfg.check_site(site)
+        self.cfg, self.site = cfg, site
+        heads = HEADS.entry(cfg.heads)
+        self.heads = heads.factory(heads.params.model_validate(cfg.heads_args), site)
+        norm_name = cfg.normaliser_at(site)
+        norm = NORMALISERS.entry(norm_name)
+        norm_args = cfg.normaliser_args if norm_name == cfg.normaliser else {}
+        self.normaliser = norm.factory(norm.params.model_validate(norm_args), site)
+        self.sdpa_ok = "sdpa" in norm.capabilities.backends
+        pos_cls = POSITIONS.get(cfg.position)
+        self.position = NoPE() if (site.cross or pos_cls.absolute) else build_position(cfg, site)
+        for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def use_fused(self) -> bool:
+        if self.cfg.backend == "reference" or not self.sdpa_ok:
+            return False
+        if self.hook_attn_scores.active or self.hook_pattern.active:
+            return False
+        return self.position.score_mod() is None
+
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
+        """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention."""
+        if self.site.cross and context is None:
+            raise ValueError("cross-attention needs a context tensor [B, S, D]")
+        q, k, v = self.heads.project(x, context)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        start = cache.length if (cache is not None and not self.site.cross) else 0
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        q, k = self.position.rotate(q, k, positions)
+        q, k = self.hook_rot_q(q), self.hook_rot_k(k)
+        if cache is not None and not self.site.cross:
+            k, v = cache.append(k, v)
+        q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
+        causal = self.site.causal and not self.site.cross
+        if self.use_fused():
+            z = sdpa(q, k, v, causal=causal, scale=scale)
+        else:
+            res = attend_reference(
+                q,
+                k,
+                v,
+                normaliser=self.normaliser,
+                score_mod=self.position.score_mod(),
+                causal=causal,
+                scale=scale,
+            )
+            self.hook_attn_scores(res.scores)
+            self.hook_pattern(res.weights)
+            z = res.out
+        z = self.hook_z(z)  # [B, H, T, d]
+        return self.heads.combine(z, x)
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None) -> Tensor:
+    """PyTorch's fused softmax attention with the reference's conventions (GQA, bottom-right causal)."""
+    t_q, t_k = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if causal and t_q != t_k:
+        mask = causal_mask(t_q, t_k, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+
+def build_attention(cfg: AttentionConfig, site: AttentionSite) -> Attention:
+    """The one entry point the model uses; it never names a mechanism."""
+    return Attention(cfg, site)

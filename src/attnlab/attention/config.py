@@ -1,0 +1,121 @@
+"""``AttentionConfig``: which entry of each axis, with its arguments. ``AttentionSite``: where it is used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from attnlab.attention.heads import HEADS
+from attnlab.attention.normalisers import NORMALISERS
+from attnlab.config import StrictModel, validate_args
+from attnlab.errors import ConfigError
+from attnlab.position import POSITIONS
+
+Backend = Literal["auto", "reference", "sdpa"]
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where an attention module sits: sizes, masking, layer index, training length."""
+
+    d_model: int
+    n_heads: int
+    causal: bool = True
+    cross: bool = False
+    layer_idx: int = 0
+    n_layers: int = 1
+    seq_len: int | None = None  # training length: sigmoid's −log n, clipped softmax's α/T, learned tables
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class AttentionConfig(StrictModel):
+    """One point in the space normaliser × heads × position × backend.
+
+    ``edge_normaliser`` replaces the normaliser in the first and last layers (Cog attention's layout:
+    ``normaliser="cog", edge_normaliser="softmax"``).
+    """
+
+    normaliser: str = "softmax"
+    normaliser_args: dict[str, Any] = {}
+    heads: str = "mha"
+    heads_args: dict[str, Any] = {}
+    position: str = "rope"
+    position_args: dict[str, Any] = {}
+    edge_normaliser: str | None = None
+    backend: Backend = "auto"
+    scale: float | None = None
+
+    @model_validator(mode="after")
+    def _known_entries(self) -> AttentionConfig:
+        NORMALISERS.entry(self.normaliser)
+        HEADS.entry(self.heads)
+        POSITIONS.entry(self.position)
+        if self.edge_normaliser is not None and self.edge_normaliser not in NORMALISERS:
+            raise ConfigError(
+                "edge_normaliser", self.edge_normaliser, "unknown normaliser", NORMALISERS.names()
+            )
+        validate_args(NORMALISERS, self.normaliser, self.normaliser_args, "normaliser_args")
+        validate_args(HEADS, self.heads, self.heads_args, "heads_args")
+        validate_args(POSITIONS, self.position, self.position_args, "position_args")
+        if self.backend not in ("auto", "reference"):
+            for name in {self.normaliser, self.edge_normaliser} - {None}:
+                if self.backend not in NORMALISERS.capabilities(name).backends:  # type: ignore[arg-type]
+                    raise ConfigError(
+                        "backend",
+                        self.backend,
+                        f"not available for normaliser {name!r}",
+                        NORMALISERS.capabilities(name).backends,  # type: ignore[arg-type]
+                    )
+        return self
+
+    def normaliser_at(self, site: AttentionSite) -> str:
+        edge = site.layer_idx in (0, site.n_layers - 1)
+        return self.edge_normaliser if (edge and self.edge_normaliser) else self.normaliser
+
+    @property
+    def label(self) -> str:
+        """A short human name: the normaliser, then anything that differs from the plain defaults."""
+        parts = [self.normaliser]
+        if self.edge_normaliser:
+            parts.append(f"edge={self.edge_normaliser}")
+        if self.heads != "mha":
+            parts.append(self.heads)
+        for args in (self.normaliser_args, self.heads_args):
+            parts += [f"{k}={v}" for k, v in sorted(args.items())]
+        return "+".join(parts)
+
+    def check_site(self, site: AttentionSite, field: str = "attention") -> None:
+        """Reject a use (causal / non-causal / cross) that an entry does not support."""
+        use, cap = (
+            ("cross-attention", "cross")
+            if site.cross
+            else ("causal attention", "causal")
+            if site.causal
+            else ("non-causal attention", "non_causal")
+        )
+        NORMALISERS.check(self.normaliser_at(site), cap, use, f"{field}.normaliser")
+        HEADS.check(self.heads, cap, use, f"{field}.heads")
+        POSITIONS.check(self.position, cap, use, f"{field}.position")
+        for registry, name, args, key in (
+            (NORMALISERS, self.normaliser_at(site), self.normaliser_args, "normaliser_args"),
+            (HEADS, self.heads, self.heads_args, "heads_args"),
+            (POSITIONS, self.position, self.position_args, "position_args"),
+        ):
+            params = registry.entry(name).params
+            if name == self.normaliser_at(site) != self.normaliser:
+                args = {}
+            checker = getattr(params.model_validate(args), "check_site", None)
+            if checker is not None:
+                checker(site, f"{field}.{key}")
+        if site.d_model % site.n_heads:
+            raise ConfigError(
+                "n_heads",
+                site.n_heads,
+                f"does not divide d_model={site.d_model}",
+                [h for h in range(1, site.d_model + 1) if site.d_model % h == 0 and h <= 64],
+            )

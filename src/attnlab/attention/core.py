@@ -1,0 +1,113 @@
+"""The one attention computation every mechanism is checked against.
+
+``attend_reference`` is dense and readable: scores → optional ``score_mod`` (position bias) → a
+normaliser → weights @ values. It runs in float64 when given float64 and upcasts half precision to
+float32 for the scores and the normaliser. Every fast path in attnlab is tested against it.
+
+Layout at every attention boundary: ``[B, H, T, D]``. When there are fewer queries than keys
+(incremental decoding with a KV cache) the queries are the *last* ``Tq`` positions, so with
+``causal=True`` query ``i`` sees keys ``j <= i + (Tk - Tq)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+# (score, b, h, q_idx, kv_idx) -> score; the FlexAttention convention, written with broadcasting ops.
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class AttnOutput(NamedTuple):
+    out: Tensor  # [B, H, Tq, Dv]
+    scores: Tensor | None  # [B, H, Tq, Tk] before the normaliser, -inf where masked (None on fused paths)
+    weights: Tensor | None  # [B, H, Tq, Tk] after it; may be negative (signed) or not sum to 1
+
+
+class Normaliser(Protocol):
+    """Scores → weights. ``mask`` is boolean, True where a key is visible, broadcastable to scores."""
+
+    def __call__(self, scores: Tensor, mask: Tensor | None) -> Tensor: ...
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32 (softmax in bf16 loses rows)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
+    """Boolean [Tq, Tk], True where key j is visible to query i (queries aligned to the last keys)."""
+    offset = t_k - t_q
+    q_idx = torch.arange(t_q, device=device)[:, None] + offset
+    k_idx = torch.arange(t_k, device=device)[None, :]
+    return k_idx <= q_idx
+
+
+def visible_counts(mask: Tensor | None, t_k: int, like: Tensor) -> Tensor:
+    """Number of keys each query sees, shaped to broadcast against scores [..., Tq, 1]."""
+    if mask is None:
+        return torch.full((1, 1), float(t_k), dtype=like.dtype, device=like.device)
+    return mask.sum(-1, keepdim=True).to(like.dtype)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """[B, Hkv, T, D] → [B, Hkv * n_rep, T, D]; query head h uses key/value head h // n_rep (GQA)."""
+    if n_rep == 1:
+        return x
+    return x.repeat_interleave(n_rep, dim=1)
+
+
+def index_grids(b: int, h: int, t_q: int, t_k: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Broadcastable (b, h, q_idx, kv_idx) index tensors for a score_mod over [B, H, Tq, Tk]."""
+    offset = t_k - t_q
+    return (
+        torch.arange(b, device=device).view(b, 1, 1, 1),
+        torch.arange(h, device=device).view(1, h, 1, 1),
+        (torch.arange(t_q, device=device) + offset).view(1, 1, t_q, 1),
+        torch.arange(t_k, device=device).view(1, 1, 1, t_k),
+    )
+
+
+def apply_score_mod(scores: Tensor, score_mod: ScoreMod) -> Tensor:
+    b, h, t_q, t_k = scores.shape
+    return score_mod(scores, *index_grids(b, h, t_q, t_k, scores.device))
+
+
+def attend_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    normaliser: Normaliser,
+    score_mod: ScoreMod | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+) -> AttnOutput:
+    """Dense attention: ``out = normaliser(score_mod(q kᵀ · scale), mask) @ v``.
+
+    q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    n_q_heads, n_kv_heads = q.shape[1], k.shape[1]
+    if n_q_heads % n_kv_heads != 0:
+        raise ValueError(f"query heads ({n_q_heads}) must be a multiple of key/value heads ({n_kv_heads})")
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
+    k = repeat_kv(k, n_q_heads // n_kv_heads)
+    v = repeat_kv(v, n_q_heads // n_kv_heads)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = compute_dtype(q)
+    scores = (q.to(dtype) * scale) @ k.to(dtype).transpose(-1, -2)  # [B, H, Tq, Tk]
+    if score_mod is not None:
+        scores = apply_score_mod(scores, score_mod)
+    mask = causal_mask(q.shape[2], k.shape[2], q.device) if causal else None
+    weights = normaliser(scores, mask)
+    out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, Dv]
+    shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
+    return AttnOutput(out, shown, weights)

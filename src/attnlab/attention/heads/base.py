@@ -1,0 +1,102 @@
+"""The heads axis: how q, k, v are produced from the hidden states and how head outputs are combined.
+
+Multi-head attention (Vaswani et al. 2017), grouped-query attention (GQA; Ainslie et al., 2023,
+arXiv:2305.13245) and multi-query attention (MQA; Shazeer, 2019, arXiv:1911.02150) are one module with
+``n_kv_heads`` = H, a divisor of H, and 1. Query head h reads key/value head h // (H / n_kv_heads).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError
+from attnlab.registry import Registry
+
+HEADS: Registry = Registry("heads")
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_kv_heads(n_kv_heads: int | None, site, field: str) -> None:
+    if n_kv_heads is not None and site.n_heads % n_kv_heads:
+        raise ConfigError(
+            f"{field}.n_kv_heads",
+            n_kv_heads,
+            f"must divide n_heads={site.n_heads}",
+            [h for h in range(1, site.n_heads + 1) if site.n_heads % h == 0],
+        )
+
+
+class GQAParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_kv_heads: int = Field(gt=0)
+
+    def check_site(self, site, field: str) -> None:
+        check_kv_heads(self.n_kv_heads, site, field)
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    b, t, _ = x.shape
+    return x.view(b, t, n_heads, -1).transpose(1, 2)  # [B, T, H*d] → [B, H, T, d]
+
+
+def merge_heads(z: Tensor) -> Tensor:
+    b, h, t, d = z.shape
+    return z.transpose(1, 2).reshape(b, t, h * d)  # [B, H, T, d] → [B, T, H*d]
+
+
+class MultiHead(nn.Module):
+    """Bias-free q, k, v and output projections with ``n_kv_heads`` key/value heads."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+        super().__init__()
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.d_head = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, n_heads * self.d_head, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.d_head, d_model, bias=False)
+
+    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, D] (and context [B, S, D] for cross-attention) → q [B,H,T,d], k, v [B,Hkv,S,d]."""
+        source = x if context is None else context
+        q = split_heads(self.q_proj(x), self.n_heads)
+        k = split_heads(self.k_proj(source), self.n_kv_heads)
+        v = split_heads(self.v_proj(source), self.n_kv_heads)
+        return q, k, v
+
+    def combine(self, z: Tensor, x: Tensor) -> Tensor:
+        """Head outputs z [B, H, T, d] → [B, T, D]; x is the block input (used by gated heads)."""
+        return self.o_proj(merge_heads(z))
+
+
+@HEADS.register(
+    "mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=NoParams
+)
+def build_mha(params: NoParams, site) -> MultiHead:
+    return MultiHead(site.d_model, site.n_heads, site.n_heads)
+
+
+@HEADS.register(
+    "gqa",
+    summary="grouped-query attention: n_kv_heads shared key/value heads",
+    paper="Ainslie et al. 2023, arXiv:2305.13245",
+    params=GQAParams,
+)
+def build_gqa(params: GQAParams, site) -> MultiHead:
+    return MultiHead(site.d_model, site.n_heads, params.n_kv_heads)
+
+
+@HEADS.register(
+    "mqa",
+    summary="multi-query attention: one key/value head",
+    paper="Shazeer 2019, arXiv:1911.02150",
+    params=NoParams,
+)
+def build_mqa(params: NoParams, site) -> MultiHead:
+    return MultiHead(site.d_model, site.n_heads, 1)

@@ -1,0 +1,1 @@
+"""The Transformer (``transformer.py``), its config (``config.py``) and hook points (``hooks.py``)."""

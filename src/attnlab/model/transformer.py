@@ -1,0 +1,114 @@
+"""A small pre-norm Transformer language model (decoder) or encoder, nanoGPT-sized.
+
+It never names an attention mechanism: every layer is ``build_attention(cfg.attention, site)``.
+Hook points follow TransformerLens: ``hook_embed``, ``hook_pos_embed``, ``blocks.{L}.hook_resid_pre``,
+``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``, and inside
+``blocks.{L}.attn``: ``hook_q hook_k hook_v hook_rot_q hook_rot_k hook_attn_scores hook_pattern hook_z``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.attention import Attention, KVCache, build_attention, build_input_position
+from attnlab.model.config import ModelConfig
+from attnlab.model.hooks import HookPoint
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim) if kind == "layernorm" else nn.RMSNorm(dim)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, d_mlp: int):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_mlp)
+        self.down = nn.Linear(d_mlp, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(nn.functional.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln1 = make_norm(cfg.norm, cfg.d_model)
+        self.attn: Attention = build_attention(cfg.attention, cfg.site(layer))
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp or 4 * cfg.d_model) if cfg.mlp else None
+        self.ln2 = make_norm(cfg.norm, cfg.d_model) if cfg.mlp else None
+        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(
+            x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache[layer] if cache else None))
+        )
+        if self.mlp is not None:
+            x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
+        return self.hook_resid_post(x)
+
+
+class TransformerLM(nn.Module):
+    """tokens [B, T] → logits [B, T, V]. Decoder (causal) or encoder (non-causal) by ``cfg.mode``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = build_input_position(cfg.attention, cfg.site(0))  # absolute encodings only, else None
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.ln_f = make_norm(cfg.norm, cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.apply(self._init)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        # GPT-2: residual-stream writers scaled by 1/sqrt(2·n_layers) so the stream does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
+        start = cache.length if cache is not None else 0
+        x = self.hook_embed(self.embed(tokens))  # [B, T, D]
+        if self.pos is not None:
+            positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+            x = x + self.hook_pos_embed(self.pos.embed(positions).to(x.dtype))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        return self.unembed(self.ln_f(x))  # [B, T, V]
+
+    def new_cache(self) -> KVCache:
+        if not self.cfg.causal:
+            raise ValueError("a KV cache is for causal decoding; this model is an encoder (mode='encoder')")
+        return KVCache(self.cfg.n_layers)
+
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, n_new: int) -> Tensor:
+        """Greedy decoding with the KV cache: [B, T] → [B, T + n_new]."""
+        cache = self.new_cache()
+        logits = self(tokens, cache)
+        out = [tokens]
+        for _ in range(n_new):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+            logits = self(nxt, cache)
+        return torch.cat(out, dim=1)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

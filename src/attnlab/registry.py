@@ -1,0 +1,114 @@
+"""A small generic registry: names → factories, each with a capability record.
+
+Compatibility is data, not scattered asserts: every entry says what it supports, and
+:func:`Registry.check` turns an unsupported request into a :class:`~attnlab.errors.ConfigError`
+naming the field, the value and the entries that would work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
+
+from attnlab.errors import ConfigError
+
+T = TypeVar("T")
+
+BACKENDS = ("reference", "sdpa")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a registry entry supports.
+
+    ``row_stochastic``: every row of the weights is non-negative and sums to 1.
+    ``signed``: weights may be negative.
+    ``backends``: ways to compute it (``reference`` always; ``sdpa`` for fused softmax).
+    """
+
+    causal: bool = True
+    non_causal: bool = True
+    cross: bool = True
+    kv_cache: bool = True
+    row_stochastic: bool = False
+    signed: bool = False
+    backends: tuple[str, ...] = ("reference",)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    factory: T
+    capabilities: Capabilities
+    summary: str = ""
+    paper: str = ""
+    params: type | None = None  # a pydantic model validating the entry's keyword arguments
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Names → entries. ``kind`` is the config field that selects an entry (used in error messages)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(
+        self,
+        name: str,
+        *,
+        summary: str = "",
+        paper: str = "",
+        params: type | None = None,
+        **capabilities: Any,
+    ) -> Callable[[T], T]:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        caps = Capabilities(**capabilities)
+
+        def decorate(factory: T) -> T:
+            self._entries[name] = Entry(name, factory, caps, summary, paper, params)
+            return factory
+
+        return decorate
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(self.kind, name, f"unknown {self.kind}", self.names()) from None
+
+    def get(self, name: str) -> T:
+        return self.entry(name).factory
+
+    def capabilities(self, name: str) -> Capabilities:
+        return self.entry(name).capabilities
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+    def supporting(self, capability: str) -> list[str]:
+        return [e.name for e in self.entries() if getattr(e.capabilities, capability)]
+
+    def check(self, name: str, capability: str, use: str, field: str | None = None) -> None:
+        """Reject ``name`` if it lacks ``capability`` (``check("alibi", "cross", "cross-attention")``)."""
+        if not getattr(self.capabilities(name), capability):
+            raise ConfigError(
+                field or self.kind,
+                name,
+                f"does not support {use}",
+                self.supporting(capability),
+            )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
