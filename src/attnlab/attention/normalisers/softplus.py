@@ -10,6 +10,8 @@ The paper splits softmax into a positivity map and an l1 normalisation and keeps
     r_ij    = ReLU(N_i · A_ij − O_i)^p,  A'_ij = r_ij / (Σ_j r_ij + ε)   → LSSAR
 
 with O_i = 1, except O_i = 0 on the first three rows (N_i ≤ 3), which would otherwise be all zero.
+LSSAR rows need not sum to 1: r_ij^p can be far below ε (a row of equal scores gives r = 0 everywhere),
+so it is not registered as row-stochastic.
 
 Verification status: the two-stage design, softplus + l1 normalisation, a length-dependent ("invariance
 entropy") scale and a re-weighting step are in the paper's abstract. The exact forms above (the product
@@ -82,7 +84,6 @@ class LSSA(NormaliserBase):
     summary="LSSA then ReLU(N·A − 1)^p re-weighting, l1-normalised",
     paper="Gao & Spratling 2025, arXiv:2501.13428",
     params=ReweightedSoftplusParams,
-    row_stochastic=True,
 )
 class LSSAR(LSSA):
     params: ReweightedSoftplusParams

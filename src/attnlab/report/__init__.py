@@ -1,0 +1,1 @@
+"""Reports: leaderboards, markdown and plots."""

@@ -1,0 +1,128 @@
+"""``RunConfig`` (one training run) and ``Sweep`` (a grid of them), both strict pydantic models.
+
+A run's id is the sha1 of its canonical JSON, so the same config is the same run wherever it is
+expanded: a restarted sweep finds its finished runs by id and skips them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
+
+from attnlab.attention.config import AttentionConfig
+from attnlab.config import StrictModel
+from attnlab.errors import ConfigError
+from attnlab.model.config import ModelConfig
+from attnlab.position import POSITIONS
+from attnlab.tasks import TaskConfig, task_from_dict
+from attnlab.train.config import TrainConfig
+
+
+class RunConfig(StrictModel):
+    task: SerializeAsAny[TaskConfig]
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    sweep: str = ""  # the sweep that asked for it; not part of the run's identity
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, value: Any) -> TaskConfig:
+        return task_from_dict(value)
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> RunConfig:
+        if self.model.vocab_size < self.task.vocab_size:
+            raise ConfigError(
+                "model.vocab_size",
+                self.model.vocab_size,
+                f"smaller than the task's vocabulary ({self.task.vocab_size})",
+            )
+        if self.task.causal != self.model.causal:
+            raise ConfigError(
+                "model.mode",
+                self.model.mode,
+                f"task {self.task.name!r} needs a {'causal' if self.task.causal else 'non-causal'} model",
+                ["decoder" if self.task.causal else "encoder"],
+            )
+        return self
+
+    @property
+    def run_id(self) -> str:
+        return self.model_copy(update={"sweep": ""}).digest()[:16]
+
+    @property
+    def mechanism(self) -> str:
+        return self.model.attention.label
+
+    @property
+    def position(self) -> str:
+        return self.model.attention.position
+
+
+class Sweep(StrictModel):
+    """A grid: tasks × mechanisms × positions × widths × learning rates × seeds.
+
+    ``mechanisms`` are attention configs (their ``position`` is replaced by each of ``positions``
+    unless ``positions`` is empty). ``model`` holds the other ModelConfig fields (depth, heads, MLP);
+    vocabulary and training length come from each task.
+    """
+
+    name: str
+    tasks: list[SerializeAsAny[TaskConfig]]
+    mechanisms: list[AttentionConfig] = Field(min_length=1)
+    positions: list[str] = []
+    widths: list[int] = Field([64], min_length=1)
+    lrs: list[float] = Field([1e-3], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    model: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> list[TaskConfig]:
+        if not isinstance(value, list) or not value:
+            raise ConfigError("tasks", value, "a sweep needs a non-empty list of tasks")
+        return [task_from_dict(t) for t in value]
+
+    @field_validator("positions")
+    @classmethod
+    def _positions(cls, value: list[str]) -> list[str]:
+        for p in value:
+            POSITIONS.entry(p)
+        return value
+
+    @model_validator(mode="after")
+    def _expands(self) -> Sweep:
+        for key in ("vocab_size", "d_model", "attention", "max_seq_len"):
+            if key in self.model:
+                raise ConfigError(f"model.{key}", self.model[key], "is set by the sweep's axes, not in model")
+        self.runs()  # every point of the grid must be a valid run
+        return self
+
+    def runs(self) -> list[RunConfig]:
+        out = []
+        for task, mech, width, lr, seed in itertools.product(
+            self.tasks, self.mechanisms, self.widths, self.lrs, self.seeds
+        ):
+            for position in self.positions or [mech.position]:
+                attention = (
+                    mech
+                    if position == mech.position
+                    else mech.model_copy(update={"position": position, "position_args": {}})
+                )
+                model = ModelConfig.parse(
+                    {
+                        **self.model,
+                        "vocab_size": task.vocab_size,
+                        "d_model": width,
+                        "max_seq_len": task.seq_len,
+                        "mode": "decoder" if task.causal else "encoder",
+                        "attention": attention.model_dump(),
+                    }
+                )
+                train = self.train.model_copy(update={"lr": lr})
+                out.append(RunConfig(task=task, model=model, train=train, seed=seed, sweep=self.name))
+        return out

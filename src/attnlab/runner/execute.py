@@ -1,0 +1,44 @@
+"""Execute one run from its config JSON: the function every backend (in-process, pool, Ray) calls."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    ok: bool
+    final: dict[str, float] = field(default_factory=dict)
+    curves: list[tuple[int, str, float]] = field(default_factory=list)
+    error: str = ""
+    wall_s: float = 0.0
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, threads))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
+
+
+def execute(config_json: str) -> RunOutcome:
+    """Train the run described by ``config_json``; never raises for a failing run (the error is returned)."""
+    from attnlab.runner.config import RunConfig
+    from attnlab.train.loop import train
+
+    t0 = time.perf_counter()
+    run_id = "?"
+    try:
+        cfg = RunConfig.model_validate_json(config_json)
+        run_id = cfg.run_id
+        result = train(cfg.model, cfg.task, cfg.train, cfg.seed)
+        return RunOutcome(run_id, True, result.final, result.curves, wall_s=time.perf_counter() - t0)
+    except Exception as exc:  # one failing run must not stop its sweep: record the error instead
+        detail = "".join(traceback.format_exception(exc))
+        return RunOutcome(
+            run_id, False, error=f"{type(exc).__name__}: {exc}\n{detail}", wall_s=time.perf_counter() - t0
+        )

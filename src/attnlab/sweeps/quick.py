@@ -1,0 +1,24 @@
+"""The demo sweep: six attention mechanisms on MQAR, small enough for a few minutes on 2 CPU cores."""
+
+from attnlab.runner.config import Sweep
+from attnlab.tasks.mqar import MQARConfig
+from attnlab.train.config import TrainConfig
+
+SWEEP = Sweep(
+    name="quick",
+    tasks=[MQARConfig(vocab=64, length=32, num_kv_pairs=4)],
+    mechanisms=[
+        {"normaliser": "softmax"},
+        {"normaliser": "sigmoid"},
+        {"normaliser": "cog", "edge_normaliser": "softmax"},
+        {"normaliser": "lssa"},
+        {"normaliser": "clipped_softmax"},
+        {"normaliser": "softmax", "heads": "gated"},
+    ],
+    positions=["rope"],
+    widths=[64],
+    lrs=[3e-3],
+    seeds=[0],
+    model={"n_layers": 2, "n_heads": 2},
+    train=TrainConfig(steps=1500, batch_size=64, eval_every=100, eval_examples=512, target_accuracy=0.99),
+)

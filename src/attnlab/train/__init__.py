@@ -1,0 +1,6 @@
+"""The training loop."""
+
+from attnlab.train.config import TrainConfig
+from attnlab.train.loop import TrainResult, evaluate, train
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "train"]
