@@ -12,7 +12,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from attnlab.errors import ConfigError
 
 
-def _describe(err: dict[str, Any], prefix: str) -> ConfigError:
+def _keys_at(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[str] | None:
+    """The keys a (nested) config accepts at ``path``, or None when the path leaves the typed configs."""
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        model = field.annotation if field is not None else None  # type: ignore[assignment]
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return None
+
+
+def _describe(err: dict[str, Any], prefix: str, model: type[BaseModel] | None = None) -> ConfigError:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "config")
     cause = err.get("ctx", {}).get("error")
@@ -24,15 +34,19 @@ def _describe(err: dict[str, Any], prefix: str) -> ConfigError:
     allowed = None
     if err.get("type") == "extra_forbidden":
         message = "unknown key"
+        allowed = _keys_at(model, tuple(err.get("loc", ()))[:-1])
     elif err.get("type") == "literal_error":
         message = "not an allowed value"
         allowed = err.get("ctx", {}).get("expected")
     return ConfigError(field, err.get("input"), message, allowed)
 
 
-def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
-    """The first problem of a pydantic ValidationError as a one-line ConfigError."""
-    return _describe(exc.errors()[0], prefix)
+def config_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> ConfigError:
+    """The first problem of a pydantic ValidationError as a one-line ConfigError.
+
+    ``model`` is the config class that was validated; with it, an unknown key lists the known ones.
+    """
+    return _describe(exc.errors()[0], prefix, model)
 
 
 class StrictModel(BaseModel):
@@ -44,7 +58,7 @@ class StrictModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            error = config_error(exc, type(self).__name__)
+            error = config_error(exc, type(self).__name__, type(self))
             error.root = type(self).__name__  # so an enclosing config can re-root the field path
             raise error from None
 
@@ -53,7 +67,7 @@ class StrictModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise config_error(exc, cls.__name__) from None
+            raise config_error(exc, cls.__name__, cls) from None
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -17,8 +17,8 @@ SWEEP = Sweep(
     ],
     positions=["rope"],
     widths=[64],
-    lrs=[3e-3],
+    lrs=[1e-3, 3e-3],
     seeds=[0],
-    model={"n_layers": 2, "n_heads": 2},
+    model={"n_layers": 2, "n_heads": 4, "mlp": False},
     train=TrainConfig(steps=1500, batch_size=64, eval_every=100, eval_examples=512, target_accuracy=0.99),
 )
