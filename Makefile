@@ -21,12 +21,12 @@ demo: $(STAMP)
 	$(BIN)/attnlab demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench sweeps
+	$(BIN)/ruff check src tests sweeps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench sweeps
-	$(BIN)/ruff format --check src tests bench sweeps
+	$(BIN)/ruff check src tests sweeps
+	$(BIN)/ruff format --check src tests sweeps
 
 clean:
 	rm -rf $(VENV) runs

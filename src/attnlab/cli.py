@@ -13,10 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from attnlab.errors import ConfigError
+from attnlab.report.tables import md_cell
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention mechanisms."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention mechanisms.")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 CAPABILITY_COLUMNS = ("causal", "non_causal", "cross", "kv_cache", "row_stochastic", "signed")
@@ -26,12 +25,31 @@ def _mark(value: bool) -> str:
     return "[green]yes[/green]" if value else "[dim]-[/dim]"
 
 
+def zoo_markdown() -> str:
+    """The compatibility table of every registry entry, as markdown (the README's table is this output)."""
+    from attnlab.attention import HEADS, NORMALISERS
+    from attnlab.position import POSITIONS
+
+    header = ["axis", "name", *(c.replace("_", "-") for c in CAPABILITY_COLUMNS), "backends", "summary", "paper"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for axis, registry in (("normaliser", NORMALISERS), ("heads", HEADS), ("position", POSITIONS)):
+        for e in registry.entries():
+            caps = e.capabilities
+            marks = ["✓" if getattr(caps, c) else "–" for c in CAPABILITY_COLUMNS]
+            cells = [axis, f"`{e.name}`", *marks, ", ".join(caps.backends), e.summary, e.paper]
+            lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 @app.command()
-def zoo() -> None:
+def zoo(markdown: Annotated[bool, typer.Option(help="print a markdown table instead")] = False) -> None:
     """List every registered mechanism and position encoding with its capabilities."""
     from attnlab.attention import HEADS, NORMALISERS
     from attnlab.position import POSITIONS
 
+    if markdown:
+        print(zoo_markdown())
+        return
     for title, registry in (("normalisers", NORMALISERS), ("heads", HEADS), ("positions", POSITIONS)):
         table = Table(title=f"{title} ({len(registry)})", title_justify="left")
         table.add_column("name", style="bold")
@@ -50,9 +68,7 @@ def zoo() -> None:
         console.print(table)
 
 
-def _run(
-    sweep_name: str, db: Path, workers: int | None, threads: int | None, report_dir: Path | None
-) -> None:
+def _run(sweep_name: str, db: Path, workers: int | None, threads: int | None, report_dir: Path | None) -> None:
     from attnlab.report.markdown import write_report
     from attnlab.runner.local import plan_workers, run_local
     from attnlab.runner.store import Store
@@ -75,11 +91,7 @@ def _run(
 
             def on_done(run, outcome) -> None:
                 acc = outcome.final.get("accuracy")
-                result = (
-                    f"accuracy {acc:.3f}"
-                    if outcome.ok
-                    else f"[red]failed[/red]: {outcome.error.splitlines()[0]}"
-                )
+                result = f"accuracy {acc:.3f}" if outcome.ok else f"[red]failed[/red]: {outcome.error.splitlines()[0]}"
                 progress.console.print(
                     f"  {run.task.name} {run.mechanism} / {run.position} d{run.model.d_model} lr {run.train.lr:g} "
                     f"seed {run.seed}: {result} ({outcome.wall_s:.0f} s)"
@@ -111,9 +123,7 @@ def _print_leaderboard(store, sweep: str | None) -> None:
 
 @app.command()
 def run(
-    sweep: Annotated[
-        str, typer.Argument(help="a preset name (see `attnlab presets`) or a Python file defining SWEEP")
-    ],
+    sweep: Annotated[str, typer.Argument(help="a preset name (see `attnlab presets`) or a Python file defining SWEEP")],
     db: Annotated[Path, typer.Option(help="results database (SQLite)")] = Path("runs/results.sqlite"),
     workers: Annotated[int | None, typer.Option(help="parallel runs; 0 runs in this process")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
@@ -133,9 +143,7 @@ def demo(
 
 
 @app.command()
-def leaderboard(
-    db: Annotated[Path, typer.Argument(help="results database")], sweep: str | None = None
-) -> None:
+def leaderboard(db: Annotated[Path, typer.Argument(help="results database")], sweep: str | None = None) -> None:
     """Print the leaderboard of a results database."""
     from attnlab.runner.store import Store
 
@@ -166,9 +174,7 @@ def _guard(fn) -> None:
     except ConfigError as err:
         _fail(err)
     except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted[/yellow]: unfinished runs stay queued; run the same command to resume"
-        )
+        console.print("[yellow]interrupted[/yellow]: unfinished runs stay queued; run the same command to resume")
         raise typer.Exit(130) from None
 
 

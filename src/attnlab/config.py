@@ -90,8 +90,6 @@ def validate_args(registry: Any, name: str, args: dict[str, Any], field: str) ->
         key = ".".join(str(p) for p in err.get("loc", ()))
         allowed = list(params_cls.model_fields)
         if err.get("type") == "extra_forbidden":
-            raise ConfigError(
-                f"{field}.{key}", err.get("input"), f"unknown argument of {name}", allowed
-            ) from None
+            raise ConfigError(f"{field}.{key}", err.get("input"), f"unknown argument of {name}", allowed) from None
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         raise ConfigError(f"{field}.{key}" if key else field, err.get("input"), msg) from None

@@ -56,9 +56,7 @@ class AttentionConfig(StrictModel):
         HEADS.entry(self.heads)
         POSITIONS.entry(self.position)
         if self.edge_normaliser is not None and self.edge_normaliser not in NORMALISERS:
-            raise ConfigError(
-                "edge_normaliser", self.edge_normaliser, "unknown normaliser", NORMALISERS.names()
-            )
+            raise ConfigError("edge_normaliser", self.edge_normaliser, "unknown normaliser", NORMALISERS.names())
         validate_args(NORMALISERS, self.normaliser, self.normaliser_args, "normaliser_args")
         validate_args(HEADS, self.heads, self.heads_args, "heads_args")
         validate_args(POSITIONS, self.position, self.position_args, "position_args")

@@ -36,9 +36,7 @@ def _select(model: nn.Module, names: Iterable[str] | Callable[[str], bool] | Non
     wanted = list(names)
     unknown = [n for n in wanted if n not in points]
     if unknown:
-        raise KeyError(
-            f"unknown hook point(s) {unknown}; e.g. {sorted(points)[:8]} ... ({len(points)} in all)"
-        )
+        raise KeyError(f"unknown hook point(s) {unknown}; e.g. {sorted(points)[:8]} ... ({len(points)} in all)")
     return {n: points[n] for n in wanted}
 
 

@@ -44,9 +44,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(
-            x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache[layer] if cache else None))
-        )
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache[layer] if cache else None)))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
         return self.hook_resid_post(x)

@@ -10,9 +10,7 @@ from attnlab.report.tables import leaderboard, markdown_table
 from attnlab.runner.store import Store
 
 
-def write_report(
-    store: Store, out_dir: Path, sweep: str | None = None, title: str = "attnlab report"
-) -> Path:
+def write_report(store: Store, out_dir: Path, sweep: str | None = None, title: str = "attnlab report") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = store.runs(sweep=sweep)
     entries = leaderboard(rows)
@@ -37,14 +35,11 @@ def write_report(
                 row["task"] == task
                 and row["status"] == "done"
                 and best.get(key) == row["lr"]
-                and row["seed"]
-                == min(r["seed"] for r in rows if (r["mechanism"], r["position"], r["width"]) == key)
+                and row["seed"] == min(r["seed"] for r in rows if (r["mechanism"], r["position"], r["width"]) == key)
             ):
                 points = [(s, v) for s, n, v in store.curves(row["run_id"]) if n == "eval_accuracy"]
                 series[f"{row['mechanism']} / {row['position']} / d{row['width']}"] = points
-        png = plot_curves(
-            series, out_dir / f"{task}_accuracy.png", "eval accuracy", f"{task}: accuracy while training"
-        )
+        png = plot_curves(series, out_dir / f"{task}_accuracy.png", "eval accuracy", f"{task}: accuracy while training")
         lines += [f"![{task} accuracy]({png.name})", ""]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:

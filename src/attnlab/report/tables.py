@@ -39,9 +39,7 @@ def leaderboard(rows: list[dict[str, Any]], metric: str = "accuracy") -> list[En
         if not by_lr:
             out.append(Entry(*key, float("nan"), float("nan"), float("nan"), 0, 0.0, 0.0, failed[key]))
             continue
-        lr, runs = max(
-            by_lr.items(), key=lambda kv: (statistics.fmean(r["final"][metric] for r in kv[1]), -kv[0])
-        )
+        lr, runs = max(by_lr.items(), key=lambda kv: (statistics.fmean(r["final"][metric] for r in kv[1]), -kv[0]))
         out.append(
             Entry(
                 *key,
@@ -54,9 +52,7 @@ def leaderboard(rows: list[dict[str, Any]], metric: str = "accuracy") -> list[En
                 failed=failed[key],
             )
         )
-    out.sort(
-        key=lambda e: (e.task, -(e.accuracy if e.accuracy == e.accuracy else -1), e.mechanism, e.position)
-    )
+    out.sort(key=lambda e: (e.task, -(e.accuracy if e.accuracy == e.accuracy else -1), e.mechanism, e.position))
     return out
 
 
@@ -78,7 +74,12 @@ def entry_cells(e: Entry) -> list[str]:
     ]
 
 
+def md_cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(entries: list[Entry]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(entry_cells(e)) + " |" for e in entries]
+    lines += ["| " + " | ".join(md_cell(c) for c in entry_cells(e)) + " |" for e in entries]
     return "\n".join(lines)

@@ -171,7 +171,5 @@ class Store:
         return out
 
     def curves(self, run_id: str) -> list[tuple[int, str, float]]:
-        rows = self.conn.execute(
-            "SELECT step, name, value FROM metrics WHERE run_id=? ORDER BY step, name", (run_id,)
-        )
+        rows = self.conn.execute("SELECT step, name, value FROM metrics WHERE run_id=? ORDER BY step, name", (run_id,))
         return [(r["step"], r["name"], r["value"]) for r in rows]

@@ -75,9 +75,7 @@ class MultiHead(nn.Module):
         return self.o_proj(merge_heads(z))
 
 
-@HEADS.register(
-    "mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=NoParams
-)
+@HEADS.register("mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=NoParams)
 def build_mha(params: NoParams, site) -> MultiHead:
     return MultiHead(site.d_model, site.n_heads, site.n_heads)
 

@@ -69,6 +69,4 @@ class GatedMultiHead(MultiHead):
     params=GatedParams,
 )
 def build_gated(params: GatedParams, site) -> GatedMultiHead:
-    return GatedMultiHead(
-        site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params.gate, params.gate_init
-    )
+    return GatedMultiHead(site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params.gate, params.gate_init)
