@@ -4,6 +4,17 @@ The module composes the four axes: heads project q, k, v; the position encoding 
 modifies scores; the normaliser turns scores into weights; the backend computes it. Fused backends
 never return weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the layer
 falls back to the reference (as transformers falls back to eager attention for ``output_attentions``).
+
+Extension points, each optional, found by duck typing so the module never names a mechanism:
+
+- ``heads.rotate(position, q, k, positions)``: a heads module that rotates only part of q, k (MLA's
+  decoupled RoPE key) does it itself;
+- ``heads.attend(q, k, v, *, normaliser, score_mod, causal, scale, window) -> AttnOutput``: heads that
+  change the attention computation itself (differential pairs, talking heads, sink tokens);
+- ``normaliser.attend(...)``: same signature, for mechanisms whose weights are not a function of q·k
+  scores (kernel / linear attention: the quadratic reference);
+- ``normaliser.attend_<backend>(...)``: a fast path declared in the normaliser's capability ``backends``
+  (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention.config import AttentionConfig, AttentionSite
-from attnlab.attention.core import attend_reference, causal_mask
+from attnlab.attention.core import AttnOutput, attend_reference, build_mask
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.model.hooks import HookPoint
@@ -87,12 +98,31 @@ class Attention(nn.Module):
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
 
+    def wants_weights(self) -> bool:
+        return self.hook_attn_scores.active or self.hook_pattern.active
+
     def use_fused(self) -> bool:
-        if self.cfg.backend == "reference" or not self.sdpa_ok:
+        if self.cfg.backend not in ("auto", "sdpa") or not self.sdpa_ok or self.wants_weights():
             return False
-        if self.hook_attn_scores.active or self.hook_pattern.active:
-            return False
-        return self.position.score_mod() is None
+        return self.position.score_mod() is None and not hasattr(self.heads, "attend")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> AttnOutput:
+        """Dispatch to the computation this layer's entries declare (see the module docstring)."""
+        kwargs = dict(
+            normaliser=self.normaliser,
+            score_mod=self.position.score_mod(),
+            causal=causal,
+            scale=scale,
+            window=self.cfg.window,
+        )
+        if hasattr(self.heads, "attend"):
+            return self.heads.attend(q, k, v, **kwargs)
+        backend = self.cfg.backend
+        if backend not in ("auto", "reference", "sdpa") and not self.wants_weights():
+            return getattr(self.normaliser, f"attend_{backend}")(q, k, v, **kwargs)
+        if hasattr(self.normaliser, "attend"):
+            return self.normaliser.attend(q, k, v, **kwargs)
+        return attend_reference(q, k, v, **kwargs)
 
     def forward(self, x: Tensor, context: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
         """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention."""
@@ -102,37 +132,34 @@ class Attention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         start = cache.length if (cache is not None and not self.site.cross) else 0
         positions = torch.arange(start, start + x.shape[1], device=x.device)
-        q, k = self.position.rotate(q, k, positions)
+        if hasattr(self.heads, "rotate"):
+            q, k = self.heads.rotate(self.position, q, k, positions)
+        else:
+            q, k = self.position.rotate(q, k, positions)
         q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         if cache is not None and not self.site.cross:
             k, v = cache.append(k, v)
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
         causal = self.site.causal and not self.site.cross
         if self.use_fused():
-            z = sdpa(q, k, v, causal=causal, scale=scale)
+            z = sdpa(q, k, v, causal=causal, scale=scale, window=self.cfg.window)
         else:
-            res = attend_reference(
-                q,
-                k,
-                v,
-                normaliser=self.normaliser,
-                score_mod=self.position.score_mod(),
-                causal=causal,
-                scale=scale,
-            )
-            self.hook_attn_scores(res.scores)
-            self.hook_pattern(res.weights)
+            res = self.attend(q, k, v, causal, scale)
+            if res.scores is not None:
+                self.hook_attn_scores(res.scores)
+            if res.weights is not None:
+                self.hook_pattern(res.weights)
             z = res.out
         z = self.hook_z(z)  # [B, H, T, d]
         return self.heads.combine(z, x)
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None) -> Tensor:
+def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None, window: int | None = None) -> Tensor:
     """PyTorch's fused softmax attention with the reference's conventions (GQA, bottom-right causal)."""
     t_q, t_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if causal and t_q != t_k:
-        mask = causal_mask(t_q, t_k, q.device)
+    if window is not None or (causal and t_q != t_k):
+        mask = build_mask(t_q, t_k, q.device, causal, window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
@@ -13,7 +13,7 @@ from attnlab.config import StrictModel, validate_args
 from attnlab.errors import ConfigError
 from attnlab.position import POSITIONS
 
-Backend = Literal["auto", "reference", "sdpa"]
+GENERIC_BACKENDS = ("auto", "reference")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ class AttentionConfig(StrictModel):
     position: str = "rope"
     position_args: dict[str, Any] = {}
     edge_normaliser: str | None = None
-    backend: Backend = "auto"
+    backend: str = "auto"  # auto | reference | a backend the normaliser declares (sdpa, chunked, ...)
     scale: float | None = None
+    window: int | None = Field(None, gt=0)  # sliding-window attention: each query sees its last `window` keys
 
     @model_validator(mode="after")
     def _known_entries(self) -> AttentionConfig:
@@ -60,14 +61,15 @@ class AttentionConfig(StrictModel):
         validate_args(NORMALISERS, self.normaliser, self.normaliser_args, "normaliser_args")
         validate_args(HEADS, self.heads, self.heads_args, "heads_args")
         validate_args(POSITIONS, self.position, self.position_args, "position_args")
-        if self.backend not in ("auto", "reference"):
+        if self.backend not in GENERIC_BACKENDS:
             for name in {self.normaliser, self.edge_normaliser} - {None}:
-                if self.backend not in NORMALISERS.capabilities(name).backends:  # type: ignore[arg-type]
+                backends = NORMALISERS.capabilities(name).backends  # type: ignore[arg-type]
+                if self.backend not in backends:
                     raise ConfigError(
                         "backend",
                         self.backend,
                         f"not available for normaliser {name!r}",
-                        NORMALISERS.capabilities(name).backends,  # type: ignore[arg-type]
+                        [*GENERIC_BACKENDS, *(b for b in backends if b != "reference")],
                     )
         return self
 
@@ -83,6 +85,8 @@ class AttentionConfig(StrictModel):
             parts.append(f"edge={self.edge_normaliser}")
         if self.heads != "mha":
             parts.append(self.heads)
+        if self.window is not None:
+            parts.append(f"window={self.window}")
         for args in (self.normaliser_args, self.heads_args):
             parts += [f"{k}={v}" for k, v in sorted(args.items())]
         return "+".join(parts)

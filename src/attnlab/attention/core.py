@@ -38,12 +38,30 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
-    """Boolean [Tq, Tk], True where key j is visible to query i (queries aligned to the last keys)."""
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None, window: int | None = None) -> Tensor:
+    """Boolean [Tq, Tk], True where key j is visible to query i (queries aligned to the last keys).
+
+    With ``window`` w, query i sees only keys i − w < j ≤ i (sliding-window attention).
+    """
     offset = t_k - t_q
     q_idx = torch.arange(t_q, device=device)[:, None] + offset
     k_idx = torch.arange(t_k, device=device)[None, :]
-    return k_idx <= q_idx
+    visible = k_idx <= q_idx
+    if window is not None:
+        visible &= k_idx > q_idx - window
+    return visible
+
+
+def build_mask(t_q: int, t_k: int, device: torch.device, causal: bool, window: int | None) -> Tensor | None:
+    """The visibility mask of a (causal and/or windowed) attention, or None for full attention."""
+    if causal:
+        return causal_mask(t_q, t_k, device, window)
+    if window is not None:  # non-causal window: |i − j| < w
+        offset = t_k - t_q
+        q_idx = torch.arange(t_q, device=device)[:, None] + offset
+        k_idx = torch.arange(t_k, device=device)[None, :]
+        return (q_idx - k_idx).abs() < window
+    return None
 
 
 def visible_counts(mask: Tensor | None, t_k: int, like: Tensor) -> Tensor:
@@ -85,8 +103,11 @@ def attend_reference(
     score_mod: ScoreMod | None = None,
     causal: bool = True,
     scale: float | None = None,
+    window: int | None = None,
 ) -> AttnOutput:
     """Dense attention: ``out = normaliser(score_mod(q kᵀ · scale), mask) @ v``.
+
+    ``window``: sliding-window attention (each query sees the last ``window`` keys, itself included).
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
@@ -104,7 +125,7 @@ def attend_reference(
     scores = (q.to(dtype) * scale) @ k.to(dtype).transpose(-1, -2)  # [B, H, Tq, Tk]
     if score_mod is not None:
         scores = apply_score_mod(scores, score_mod)
-    mask = causal_mask(q.shape[2], k.shape[2], q.device) if causal else None
+    mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
     weights = normaliser(scores, mask)
     out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, Dv]
     shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
