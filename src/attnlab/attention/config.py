@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -27,6 +27,9 @@ class AttentionSite:
     layer_idx: int = 0
     n_layers: int = 1
     seq_len: int | None = None  # training length: sigmoid's −log n, clipped softmax's α/T, learned tables
+    # One dict per model, the same object in every layer's site: where cross-layer mechanisms (CLLA's shared
+    # latent KV) meet. Not part of the site's identity.
+    shared: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def d_head(self) -> int:

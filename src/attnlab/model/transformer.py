@@ -8,6 +8,7 @@ Hook points follow TransformerLens: ``hook_embed``, ``hook_pos_embed``, ``blocks
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -33,10 +34,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int, shared: dict | None = None):
         super().__init__()
         self.ln1 = make_norm(cfg.norm, cfg.d_model)
-        self.attn: Attention = build_attention(cfg.attention, cfg.site(layer))
+        site = cfg.site(layer) if shared is None else dataclasses.replace(cfg.site(layer), shared=shared)
+        self.attn: Attention = build_attention(cfg.attention, site)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp or 4 * cfg.d_model) if cfg.mlp else None
         self.ln2 = make_norm(cfg.norm, cfg.d_model) if cfg.mlp else None
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
@@ -58,7 +60,8 @@ class TransformerLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = build_input_position(cfg.attention, cfg.site(0))  # absolute encodings only, else None
-        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        shared: dict = {}  # one per model: cross-layer mechanisms meet here (see AttentionSite.shared)
+        self.blocks = nn.ModuleList(Block(cfg, layer, shared) for layer in range(cfg.n_layers))
         self.ln_f = make_norm(cfg.norm, cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
@@ -90,6 +93,16 @@ class TransformerLM(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
         return self.unembed(self.ln_f(x))  # [B, T, V]
+
+    def aux_loss(self) -> Tensor | None:
+        """Sum of the auxiliary losses (e.g. MoH's load balance) the last forward pass left on submodules.
+
+        A module that has one sets ``self.aux_loss`` (already weighted by its coefficient) in its forward.
+        """
+        losses = [
+            m.aux_loss for m in self.modules() if m is not self and isinstance(getattr(m, "aux_loss", None), Tensor)
+        ]
+        return torch.stack(losses).sum() if losses else None
 
     def new_cache(self) -> KVCache:
         if not self.cfg.causal:

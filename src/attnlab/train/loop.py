@@ -103,8 +103,9 @@ def train(
         loss, _ = loss_and_accuracy(logits, batch.targets.to(cfg.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
+        aux = model.aux_loss()  # e.g. a router's load-balance loss; None for most mechanisms
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux is None else loss + aux).backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
