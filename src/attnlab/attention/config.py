@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from attnlab.attention import linear  # noqa: F401  (registers the kernel-attention family)
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.config import StrictModel, validate_args

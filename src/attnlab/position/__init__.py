@@ -1,6 +1,8 @@
 """Position encodings, one file each; importing this package registers them all."""
 
-from attnlab.position import absolute, alibi, base, rope
 from attnlab.position.base import POSITIONS, PositionEncoding
+from attnlab.registry_imports import import_submodules
 
-__all__ = ["POSITIONS", "PositionEncoding", "absolute", "alibi", "base", "rope"]
+MODULES = import_submodules(__name__, __path__)
+
+__all__ = ["MODULES", "POSITIONS", "PositionEncoding"]

@@ -1,6 +1,8 @@
-"""Head / projection variants; importing this package registers them all."""
+"""Head / projection variants, one file each; importing this package registers them all."""
 
-from attnlab.attention.heads import base, gated
 from attnlab.attention.heads.base import HEADS, MultiHead
+from attnlab.registry_imports import import_submodules
 
-__all__ = ["HEADS", "MultiHead", "base", "gated"]
+MODULES = import_submodules(__name__, __path__)
+
+__all__ = ["HEADS", "MODULES", "MultiHead"]

@@ -1,6 +1,8 @@
 """Normalisers (scores → weights), one file each; importing this package registers them all."""
 
-from attnlab.attention.normalisers import clipped_softmax, cog, sigmoid, softmax, softplus
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
+from attnlab.registry_imports import import_submodules
 
-__all__ = ["NORMALISERS", "NormaliserBase", "clipped_softmax", "cog", "sigmoid", "softmax", "softplus"]
+MODULES = import_submodules(__name__, __path__)
+
+__all__ = ["MODULES", "NORMALISERS", "NormaliserBase"]
