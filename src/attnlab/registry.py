@@ -47,7 +47,7 @@ class Entry(Generic[T]):
     summary: str = ""
     paper: str = ""
     params: type | None = None  # a pydantic model validating the entry's keyword arguments
-    extra: dict[str, Any] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)  # arguments that make a small working instance
 
 
 class Registry(Generic[T]):
@@ -64,6 +64,7 @@ class Registry(Generic[T]):
         summary: str = "",
         paper: str = "",
         params: type | None = None,
+        example: dict[str, Any] | None = None,
         **capabilities: Any,
     ) -> Callable[[T], T]:
         if name in self._entries:
@@ -71,7 +72,7 @@ class Registry(Generic[T]):
         caps = Capabilities(**capabilities)
 
         def decorate(factory: T) -> T:
-            self._entries[name] = Entry(name, factory, caps, summary, paper, params)
+            self._entries[name] = Entry(name, factory, caps, summary, paper, params, dict(example or {}))
             return factory
 
         return decorate

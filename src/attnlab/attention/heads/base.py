@@ -85,6 +85,7 @@ def build_mha(params: NoParams, site) -> MultiHead:
     summary="grouped-query attention: n_kv_heads shared key/value heads",
     paper="Ainslie et al. 2023, arXiv:2305.13245",
     params=GQAParams,
+    example={"n_kv_heads": 2},
 )
 def build_gqa(params: GQAParams, site) -> MultiHead:
     return MultiHead(site.d_model, site.n_heads, params.n_kv_heads)
