@@ -25,6 +25,8 @@ class Capabilities:
     ``row_stochastic``: every row of the weights is non-negative and sums to 1.
     ``signed``: weights may be negative.
     ``backends``: ways to compute it (``reference`` always; ``sdpa`` for fused softmax).
+    ``score_mod``: (normalisers, heads) honours a position's score_mod (ALiBi, T5 bias).
+    ``needs_score_mod``: (positions) acts through a score_mod, so it needs a mechanism that honours one.
     """
 
     causal: bool = True
@@ -34,6 +36,8 @@ class Capabilities:
     row_stochastic: bool = False
     signed: bool = False
     backends: tuple[str, ...] = ("reference",)
+    score_mod: bool = True
+    needs_score_mod: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

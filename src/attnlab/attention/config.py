@@ -77,6 +77,12 @@ class AttentionConfig(StrictModel):
                     )
         return self
 
+    def check_kv_cache(self, site: AttentionSite, field: str = "attention") -> None:
+        """Reject KV-cache decoding with an entry that does not support it."""
+        NORMALISERS.check(self.normaliser_at(site), "kv_cache", "KV-cache decoding", f"{field}.normaliser")
+        HEADS.check(self.heads, "kv_cache", "KV-cache decoding", f"{field}.heads")
+        POSITIONS.check(self.position, "kv_cache", "KV-cache decoding", f"{field}.position")
+
     def normaliser_at(self, site: AttentionSite) -> str:
         edge = site.layer_idx in (0, site.n_layers - 1)
         return self.edge_normaliser if (edge and self.edge_normaliser) else self.normaliser
@@ -96,7 +102,7 @@ class AttentionConfig(StrictModel):
         return "+".join(parts)
 
     def check_site(self, site: AttentionSite, field: str = "attention") -> None:
-        """Reject a use (causal / non-causal / cross) that an entry does not support."""
+        """Reject a use (causal / non-causal / cross) or a pairing that an entry does not support."""
         use, cap = (
             ("cross-attention", "cross")
             if site.cross
@@ -107,6 +113,18 @@ class AttentionConfig(StrictModel):
         NORMALISERS.check(self.normaliser_at(site), cap, use, f"{field}.normaliser")
         HEADS.check(self.heads, cap, use, f"{field}.heads")
         POSITIONS.check(self.position, cap, use, f"{field}.position")
+        if POSITIONS.capabilities(self.position).needs_score_mod:
+            for registry, name, key in (
+                (NORMALISERS, self.normaliser_at(site), "normaliser"),
+                (HEADS, self.heads, "heads"),
+            ):
+                if not registry.capabilities(name).score_mod:
+                    raise ConfigError(
+                        f"{field}.position",
+                        self.position,
+                        f"acts through a score_mod, which {key} {name!r} does not honour",
+                        [p for p in POSITIONS.names() if not POSITIONS.capabilities(p).needs_score_mod],
+                    )
         for registry, name, args, key in (
             (NORMALISERS, self.normaliser_at(site), self.normaliser_args, "normaliser_args"),
             (HEADS, self.heads, self.heads_args, "heads_args"),

@@ -107,6 +107,8 @@ class TransformerLM(nn.Module):
     def new_cache(self) -> KVCache:
         if not self.cfg.causal:
             raise ValueError("a KV cache is for causal decoding; this model is an encoder (mode='encoder')")
+        for layer in range(self.cfg.n_layers):
+            self.cfg.attention.check_kv_cache(self.cfg.site(layer), "ModelConfig.attention")
         return KVCache(self.cfg.n_layers)
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ def alibi_slopes(n_heads: int) -> Tensor:
     paper="Press et al. 2022, arXiv:2108.12409",
     params=NoParams,
     cross=False,
+    needs_score_mod=True,
 )
 class ALiBi(PositionEncoding):
     def __init__(self, params: NoParams | None = None, site: object | None = None):
