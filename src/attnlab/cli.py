@@ -154,6 +154,15 @@ def leaderboard(db: Annotated[Path, typer.Argument(help="results database")], sw
 
 
 @app.command()
+def docs(out: Annotated[Path, typer.Option(help="docs folder")] = Path("docs")) -> None:
+    """Write one page and one picture per registry entry, and the compatibility matrix."""
+    from attnlab.report.zoo_docs import write_docs
+
+    written = write_docs(out)
+    console.print(f"wrote {len(written)} files under {out}/")
+
+
+@app.command()
 def presets() -> None:
     """List the sweep presets."""
     from attnlab.sweeps import load_sweep, preset_names
