@@ -7,11 +7,16 @@ arXiv:2305.13245) and multi-query attention (MQA; Shazeer, 2019, arXiv:1911.0215
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.registry import Registry
+
+if TYPE_CHECKING:
+    from attnlab.attention.config import AttentionSite
 
 HEADS: Registry = Registry("heads")
 
@@ -20,7 +25,7 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def check_kv_heads(n_kv_heads: int | None, site, field: str) -> None:
+def check_kv_heads(n_kv_heads: int | None, site: AttentionSite, field: str) -> None:
     if n_kv_heads is not None and site.n_heads % n_kv_heads:
         raise ConfigError(
             f"{field}.n_kv_heads",
@@ -34,7 +39,7 @@ class GQAParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n_kv_heads: int = Field(gt=0)
 
-    def check_site(self, site, field: str) -> None:
+    def check_site(self, site: AttentionSite, field: str) -> None:
         check_kv_heads(self.n_kv_heads, site, field)
 
 
@@ -76,7 +81,7 @@ class MultiHead(nn.Module):
 
 
 @HEADS.register("mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=NoParams)
-def build_mha(params: NoParams, site) -> MultiHead:
+def build_mha(params: NoParams, site: AttentionSite) -> MultiHead:
     return MultiHead(site.d_model, site.n_heads, site.n_heads)
 
 
@@ -87,7 +92,7 @@ def build_mha(params: NoParams, site) -> MultiHead:
     params=GQAParams,
     example={"n_kv_heads": 2},
 )
-def build_gqa(params: GQAParams, site) -> MultiHead:
+def build_gqa(params: GQAParams, site: AttentionSite) -> MultiHead:
     return MultiHead(site.d_model, site.n_heads, params.n_kv_heads)
 
 
@@ -97,5 +102,5 @@ def build_gqa(params: GQAParams, site) -> MultiHead:
     paper="Shazeer 2019, arXiv:1911.02150",
     params=NoParams,
 )
-def build_mqa(params: NoParams, site) -> MultiHead:
+def build_mqa(params: NoParams, site: AttentionSite) -> MultiHead:
     return MultiHead(site.d_model, site.n_heads, 1)

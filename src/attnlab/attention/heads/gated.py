@@ -13,13 +13,16 @@ Source followed: Qualcomm-AI-research/outlier-free-transformers. Works with any 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from attnlab.attention.heads.base import HEADS, MultiHead, check_kv_heads
+
+if TYPE_CHECKING:
+    from attnlab.attention.config import AttentionSite
 
 
 class GatedParams(BaseModel):
@@ -28,7 +31,7 @@ class GatedParams(BaseModel):
     gate_init: float = Field(0.25, gt=0, lt=1)
     n_kv_heads: int | None = Field(None, gt=0)
 
-    def check_site(self, site, field: str) -> None:
+    def check_site(self, site: AttentionSite, field: str) -> None:
         check_kv_heads(self.n_kv_heads, site, field)
 
 
@@ -68,5 +71,5 @@ class GatedMultiHead(MultiHead):
     paper="Bondarenko et al. 2023, arXiv:2306.12929",
     params=GatedParams,
 )
-def build_gated(params: GatedParams, site) -> GatedMultiHead:
+def build_gated(params: GatedParams, site: AttentionSite) -> GatedMultiHead:
     return GatedMultiHead(site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params.gate, params.gate_init)
