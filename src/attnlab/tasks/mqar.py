@@ -31,7 +31,7 @@ class MQARConfig(TaskConfig):
     @model_validator(mode="after")
     def _fits(self) -> MQARConfig:
         if self.length % 2:
-            raise ConfigError("length", self.length, "must be even")
+            raise ConfigError("length", self.length, "must be even", f"even numbers, e.g. {self.length + 1}")
         if 4 * self.num_kv_pairs > self.length:
             raise ConfigError(
                 "num_kv_pairs",

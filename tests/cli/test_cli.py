@@ -1,0 +1,43 @@
+"""The command line, driven in-process with typer's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnlab.attention import HEADS, NORMALISERS
+from attnlab.cli import app
+from attnlab.position import POSITIONS
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def zoo_names() -> set[str]:
+    """The first cell of every row of the tables ``attnlab zoo`` prints."""
+    result = runner.invoke(app, ["zoo"])
+    assert result.exit_code == 0, result.output
+    return {line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") > 2}
+
+
+@pytest.mark.parametrize("name", [*NORMALISERS.names(), *HEADS.names(), *POSITIONS.names()])
+def test_zoo_lists_every_registered_name(zoo_names: set[str], name: str) -> None:
+    assert name in zoo_names
+
+
+def test_running_an_unknown_preset_exits_2_naming_the_presets(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "nosuch", "--db", str(tmp_path / "results.sqlite")])
+    expected = "error: sweep='nosuch': not a preset nor a .py file (allowed: quick)\n"
+    assert (result.exit_code, result.output) == (2, expected)
+
+
+def test_an_unknown_preset_creates_no_database(tmp_path: Path) -> None:
+    runner.invoke(app, ["run", "nosuch", "--db", str(tmp_path / "results.sqlite")])
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_the_leaderboard_of_a_missing_database_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["leaderboard", str(tmp_path / "missing.sqlite")])
+    assert result.exit_code == 2 and "missing.sqlite" in result.output and "no such file" in result.output

@@ -1,0 +1,105 @@
+"""The SQLite results store: idempotent enqueue, atomic finish, failures, requeue, WAL mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from attnlab.runner.config import RunConfig, Sweep
+from attnlab.runner.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "results.sqlite") as s:
+        yield s
+
+
+@pytest.fixture
+def runs(make_sweep: Callable[..., Sweep]) -> list[RunConfig]:
+    return make_sweep().runs()
+
+
+def test_enqueueing_twice_keeps_one_row_per_run(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.enqueue(runs)
+    assert sorted(r["run_id"] for r in store.runs()) == sorted(r.run_id for r in runs)
+
+
+def test_enqueueing_again_reports_no_new_runs(store: Store, runs: list[RunConfig]) -> None:
+    assert (store.enqueue(runs), store.enqueue(runs)) == (len(runs), 0)
+
+
+def test_enqueueing_again_keeps_the_status(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.start(runs[0].run_id)
+    store.finish(runs[0].run_id, {"accuracy": 1.0}, [])
+    store.start(runs[1].run_id)
+    store.enqueue(runs)
+    assert [store.status(r.run_id) for r in runs[:3]] == ["done", "running", "queued"]
+
+
+def test_finish_stores_the_curves_with_status_done(store: Store, runs: list[RunConfig]) -> None:
+    run_id = runs[0].run_id
+    store.enqueue(runs)
+    store.start(run_id)
+    curves = [(10, "eval_accuracy", 0.25), (10, "eval_loss", 2.0), (20, "eval_accuracy", 0.5)]
+    store.finish(run_id, {"accuracy": 0.5}, curves)
+    assert (store.status(run_id), store.curves(run_id)) == ("done", curves)
+
+
+def test_finish_stores_the_final_metrics(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.finish(runs[0].run_id, {"accuracy": 0.5, "loss": 1.25}, [])
+    assert store.runs(status="done")[0]["final"] == {"accuracy": 0.5, "loss": 1.25}
+
+
+def test_a_finish_that_fails_after_writing_curves_leaves_neither_curves_nor_done(
+    store: Store, runs: list[RunConfig]
+) -> None:
+    run_id = runs[0].run_id
+    store.enqueue(runs)
+    store.start(run_id)
+    unserialisable_final = {"accuracy": {0.25}}  # json.dumps fails after the curves are inserted
+    with pytest.raises(TypeError):
+        store.finish(run_id, unserialisable_final, [(10, "eval_accuracy", 0.25)])
+    assert (store.status(run_id), store.curves(run_id)) == ("running", [])
+
+
+def test_fail_records_the_error_text(store: Store, runs: list[RunConfig]) -> None:
+    run_id = runs[0].run_id
+    store.enqueue(runs)
+    store.start(run_id)
+    store.fail(run_id, "FloatingPointError: training loss is nan at step 3")
+    [row] = store.runs(status="failed")
+    assert (row["run_id"], row["error"]) == (run_id, "FloatingPointError: training loss is nan at step 3")
+
+
+def test_requeue_puts_running_runs_back_in_the_queue(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.start(runs[0].run_id)
+    store.requeue_unfinished([runs[0].run_id])
+    assert store.status(runs[0].run_id) == "queued"
+
+
+def test_requeue_leaves_finished_runs_alone(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.start(runs[0].run_id)
+    store.finish(runs[0].run_id, {"accuracy": 1.0}, [(1, "eval_accuracy", 1.0)])
+    store.requeue_unfinished([runs[0].run_id])
+    assert store.status(runs[0].run_id) == "done"
+
+
+def test_every_start_counts_an_attempt(store: Store, runs: list[RunConfig]) -> None:
+    store.enqueue(runs)
+    store.start(runs[0].run_id)
+    store.requeue_unfinished([runs[0].run_id])
+    store.start(runs[0].run_id)
+    attempts = {row["run_id"]: row["attempts"] for row in store.runs()}
+    assert attempts[runs[0].run_id] == 2
+
+
+def test_the_database_is_in_wal_mode(store: Store) -> None:
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
