@@ -11,14 +11,14 @@ Layout at every attention boundary: ``[B, H, T, D]``. When there are fewer queri
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-# (score, b, h, q_idx, kv_idx) -> score; the FlexAttention convention, written with broadcasting ops.
-ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+from attnlab.common import ScoreMod, compute_dtype
+
+__all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype"]
 
 
 class AttnOutput(NamedTuple):
@@ -31,11 +31,6 @@ class Normaliser(Protocol):
     """Scores → weights. ``mask`` is boolean, True where a key is visible, broadcastable to scores."""
 
     def __call__(self, scores: Tensor, mask: Tensor | None) -> Tensor: ...
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; everything else is computed in float32 (softmax in bf16 loses rows)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None, window: int | None = None) -> Tensor:

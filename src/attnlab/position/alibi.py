@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from attnlab.attention.core import ScoreMod
+from attnlab.common import ScoreMod
 from attnlab.position.base import POSITIONS, NoParams, PositionEncoding
 
 

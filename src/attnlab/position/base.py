@@ -17,7 +17,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from attnlab.attention.core import ScoreMod
+from attnlab.common import ScoreMod
 from attnlab.registry import Registry
 
 POSITIONS: Registry = Registry("position")

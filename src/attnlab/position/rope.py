@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype
+from attnlab.common import compute_dtype
 from attnlab.position.base import POSITIONS, PositionEncoding
 
 
