@@ -1,0 +1,126 @@
+"""Gaussian adaptive attention, GAAM (Ioannides, Chadha, Elkins, "Gaussian Adaptive Attention is All You
+Need: Robust Contextual Representations Across Multiple Modalities", 2024, arXiv:2401.11143; later versions
+call it DAAM, "Density Adaptive Attention"; both titles are recalled, not checked offline).
+
+GAAM does not mix tokens. It is a feature-recalibration gate: each value is scaled by how typical it is
+under Gaussians fitted, on the fly, to the statistics of its own feature along one axis. Here it gates each
+attention head's output z_h [B, T, d] along time, per feature, before the output projection:
+
+    μ_t, σ²_t  = mean and variance of z_s over the statistics window V_t    (per batch, head and feature)
+                 σ²_t = Σ_{s∈V_t} (z_s − μ_t)² / max(|V_t| − 1, 1) + ε
+    y_{g,s,t}  = (z_s − (μ_t + δ_g)) / σ_t                                  g = 1 … G, δ_g learned (init 0)
+    N_{s,t}    = Π_g exp(−y_{g,s,t}² / (2 c_g²)) / √(2π c_g²)               c_g = softplus(ĉ_g) > 0
+    m_t        = N_{t,t} / max(Σ_{s∈V_t} N_{s,t}, ε)                        the gate of position t
+    z'_t       = z_t + z_t · m_t    (``residual=True``, GaussianBlock's x ← MHGAAM(x) + x)   or   z_t · m_t
+
+V_t = all positions for a non-causal site (exactly the authors' module with ``norm_axis`` = time), and the
+prefix s ≤ t for a causal site: the gate of position t is the authors' gate computed on z_1 … z_t and read
+at its last position, so no future token leaks in (the card's pitfall: sequence statistics are not causal).
+This costs O(T²·d) per head (the normalising sum is over pairs s ≤ t with t's statistics), like materialising
+the attention matrix d times. δ_g and c_g are per head (the authors have one GaussianAdaptiveAttention module,
+with its own δ, c ∈ R^G, per head); they are shared by the head's d features and positions.
+
+Source followed: gioannides/Gaussian-Adaptive-Attention ``gaussian_adaptive_attention/GaussianBlock.py``
+(HEAD 145d1bc), read line by line: the *product* over G Gaussians including 1/√(2π c²) (not the README's
+weighted mixture), unbiased variance + ε (1e-8), normalisation by ``sum.clamp(min=eps)`` along the statistics
+axis, δ initialised to 0 and c to exp(N(0, 1)). Our changes: c goes through softplus (initialised so that
+softplus(ĉ) = exp(N(0, 1))), which keeps it positive (the card: c → 0 blows the density up); the variance
+divides by max(n − 1, 1) so a one-element window (the first causal position) gives σ² = ε instead of NaN;
+the prefix statistics for causal sites; the padding-value masking is dropped (attnlab has no padding). The
+authors split the input into heads *along the statistics axis*; here heads are attnlab's attention heads
+(slices of d features) and the statistics run along time (``norm_axis`` = time). Where in a Transformer
+the gate belongs is not stated in the code (GaussianBlock is a stand-alone stack of gates); gating the
+attention output, per head, is our choice.
+
+KV cache: not supported. The gate of a new token needs the past attention outputs z_s, which the cache does
+not keep, so the capability record says ``kv_cache=False`` and ``TransformerLM.new_cache`` rejects the model.
+
+Unverified: the paper body was not read; the claimed gains (up to ~+20% accuracy over attention baselines in
+speech, vision and text classification) are not reproduced. A product of Gaussians in one variable is one
+Gaussian, so G > 1 adds little (card 11).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from attnlab.attention.core import compute_dtype
+from attnlab.attention.heads.base import HEADS, MultiHead, check_kv_heads
+
+
+class GAAMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_gaussians: int = Field(2, gt=0)  # G
+    residual: bool = True  # z + z·m (GaussianBlock) or z·m (the bare MHGAAM module)
+    eps: float = Field(1e-8, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0)
+
+    def check_site(self, site, field: str) -> None:
+        check_kv_heads(self.n_kv_heads, site, field)
+
+
+def gaussian_gate(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: float) -> Tensor:
+    """The gate m [B, H, T, d] of z [B, H, T, d]; offsets δ and widths c are [H, G].
+
+    Pairs (t, s): position t's statistics evaluated at every z_s in its window, [B, H, T(t), T(s), d].
+    """
+    t = z.shape[2]
+    window = torch.ones(t, t, dtype=torch.bool, device=z.device)  # window[t, s]: z_s counts for position t
+    if causal:
+        window = window.tril()
+    w = window.to(z.dtype)[None, None, :, :, None]  # [1, 1, T, T, 1]
+    n = w.sum(3)  # [1, 1, T, 1] window sizes
+    pairs = z[:, :, None, :, :].expand(-1, -1, t, -1, -1)  # [B, H, T(t), T(s), d]: z_s
+    mean = (w * pairs).sum(3) / n  # [B, H, T, d]
+    centred = pairs - mean[:, :, :, None]  # z_s − μ_t
+    var = (w * centred.square()).sum(3) / (n - 1).clamp(min=1) + eps  # [B, H, T, d]
+    std = var.sqrt()[:, :, :, None]  # [B, H, T, 1, d]
+    density = torch.ones_like(pairs)
+    for g in range(offsets.shape[1]):
+        delta, width = offsets[:, g].view(1, -1, 1, 1, 1), c[:, g].view(1, -1, 1, 1, 1)
+        y = (centred - delta) / std
+        density = density * torch.exp(-y.square() / (2 * width.square())) / torch.sqrt(2 * math.pi * width.square())
+    density = density * w  # zero outside the window
+    own = density.diagonal(dim1=2, dim2=3).movedim(-1, 2)  # N_{t,t}: [B, H, d, T] → [B, H, T, d]
+    return own / density.sum(3).clamp(min=eps)
+
+
+class GaussianGatedHeads(MultiHead):
+    """Multi-head attention whose head outputs pass through the multi-head Gaussian gate before W_o."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, params: GAAMParams, causal: bool):
+        super().__init__(d_model, n_heads, n_kv_heads)
+        self.causal, self.residual, self.eps = causal, params.residual, params.eps
+        g = params.n_gaussians
+        self.mean_offsets = nn.Parameter(torch.zeros(n_heads, g))  # δ
+        c0 = torch.randn(n_heads, g).exp()  # the authors' c init, exp(N(0, 1))
+        self.c_raw = nn.Parameter(c0 + torch.log(-torch.expm1(-c0)))  # softplus⁻¹(c0)
+
+    def widths(self) -> Tensor:
+        return F.softplus(self.c_raw)  # c [H, G]
+
+    def gate(self, z: Tensor) -> Tensor:
+        """The gate m of head outputs z [B, H, T, d], in z's compute precision."""
+        dtype = compute_dtype(z)
+        return gaussian_gate(z.to(dtype), self.mean_offsets.to(dtype), self.widths().to(dtype), self.causal, self.eps)
+
+    def combine(self, z: Tensor, x: Tensor) -> Tensor:
+        m = self.gate(z)
+        gated = z * m + z if self.residual else z * m
+        return super().combine(gated.to(z.dtype), x)
+
+
+@HEADS.register(
+    "gaam",
+    summary="multi-head Gaussian gate on each head's output (prefix statistics when causal)",
+    paper="Ioannides et al. 2024, arXiv:2401.11143",
+    params=GAAMParams,
+    kv_cache=False,
+)
+def build_gaam(params: GAAMParams, site) -> GaussianGatedHeads:
+    return GaussianGatedHeads(site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params, site.causal)
