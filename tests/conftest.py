@@ -33,8 +33,12 @@ def liven(model: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
     position or a stale cache entry would change the logits by less than any tolerance we could set.
     """
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std if p.dim() > 1 else 0.1)
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) and name == "weight":
+                    p.normal_(1.0, 0.1)  # norm gains near 1, or every activation after a norm is ~0.1×
+                else:
+                    p.normal_(0.0, std if p.dim() > 1 else 0.1)
     return model
 
 
@@ -56,5 +60,34 @@ def make_lm() -> Callable[..., TransformerLM]:
             attention=AttentionConfig(**attention),
         )
         return liven(TransformerLM(cfg)).eval()
+
+    return make
+
+
+def score_normalisers() -> list[str]:
+    """Normalisers that map scores to weights (usable with ``attend_reference``); kernel attention is not."""
+    from attnlab.attention import NORMALISERS
+
+    return [n for n in NORMALISERS.names() if not hasattr(NORMALISERS.get(n), "attend")]
+
+
+def require_supported(causal: bool = True, **attention: Any) -> None:
+    """Skip a cross-product test on a pairing the registry rejects (tests/zoo checks the rejection itself)."""
+    from attnlab.attention import AttentionSite
+    from attnlab.errors import ConfigError
+
+    try:
+        AttentionConfig(**attention).check_site(AttentionSite(d_model=32, n_heads=4, causal=causal, seq_len=16))
+    except ConfigError as err:
+        pytest.skip(f"unsupported pairing: {err}")
+
+
+@pytest.fixture
+def make_supported_lm(make_lm: Callable[..., TransformerLM]) -> Callable[..., TransformerLM]:
+    """``make_lm`` for cross-product tests: a pairing the registry rejects skips the test instead."""
+
+    def make(n_layers: int = 2, mode: str = "decoder", **attention: Any) -> TransformerLM:
+        require_supported(causal=mode == "decoder", **attention)
+        return make_lm(n_layers=n_layers, mode=mode, **attention)
 
     return make

@@ -28,6 +28,7 @@ def _mark(value: bool) -> str:
 def zoo_markdown() -> str:
     """The compatibility table of every registry entry, as markdown (the README's table is this output)."""
     from attnlab.attention import HEADS, NORMALISERS
+    from attnlab.attention.linear.feature_maps import FEATURE_MAPS
     from attnlab.position import POSITIONS
 
     header = ["axis", "name", *(c.replace("_", "-") for c in CAPABILITY_COLUMNS), "backends", "summary", "paper"]
@@ -38,6 +39,9 @@ def zoo_markdown() -> str:
             marks = ["✓" if getattr(caps, c) else "–" for c in CAPABILITY_COLUMNS]
             cells = [axis, f"`{e.name}`", *marks, ", ".join(caps.backends), e.summary, e.paper]
             lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
+    lines += ["", "Feature maps φ of the kernel-attention normalisers:", "", "| feature map | summary | paper |"]
+    lines.append("|---|---|---|")
+    lines += [f"| `{e.name}` | {md_cell(e.summary)} | {md_cell(e.paper)} |" for e in FEATURE_MAPS.entries()]
     return "\n".join(lines)
 
 
@@ -66,6 +70,16 @@ def zoo(markdown: Annotated[bool, typer.Option(help="print a markdown table inst
                 e.paper,
             )
         console.print(table)
+    from attnlab.attention.linear.feature_maps import FEATURE_MAPS
+
+    table = Table(title=f"feature maps ({len(FEATURE_MAPS)})", title_justify="left")
+    for col in ("name", "summary", "paper"):
+        table.add_column(col)
+    for e in FEATURE_MAPS.entries():
+        table.add_row(e.name, e.summary, e.paper)
+    console.print(table)
+    total = sum(len(r) for r in (NORMALISERS, HEADS, POSITIONS, FEATURE_MAPS))
+    console.print(f"{total} entries; docs: docs/zoo/README.md, compatibility: docs/compatibility.md")
 
 
 def _run(sweep_name: str, db: Path, workers: int | None, threads: int | None, report_dir: Path | None) -> None:

@@ -27,6 +27,9 @@ class Capabilities:
     ``backends``: ways to compute it (``reference`` always; ``sdpa`` for fused softmax).
     ``score_mod``: (normalisers, heads) honours a position's score_mod (ALiBi, T5 bias).
     ``needs_score_mod``: (positions) acts through a score_mod, so it needs a mechanism that honours one.
+    ``kernel``: (normalisers) computes attention from q and k itself (kernel / linear attention), not from
+    the scores, so it needs heads that leave the computation to it (``kernel_ok``).
+    ``kernel_ok``: (heads) can host a kernel normaliser (false for heads with their own ``attend``).
     """
 
     causal: bool = True
@@ -38,6 +41,8 @@ class Capabilities:
     backends: tuple[str, ...] = ("reference",)
     score_mod: bool = True
     needs_score_mod: bool = False
+    kernel: bool = False
+    kernel_ok: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -106,7 +106,22 @@ def known_lssar(q: Matrix, k: Matrix, vis: list[list[bool]], args: dict[str, Any
     return l1_rows(r, 1e-8)
 
 
+def known_relu_power(power: int, default_alpha: float) -> Callable[..., Matrix]:
+    def known(q: Matrix, k: Matrix, vis: list[list[bool]], args: dict[str, Any]) -> Matrix:
+        alpha = args.get("alpha", default_alpha)
+        s = dot_scores(q, k)
+        rows = []
+        for row, seen in zip(s, vis, strict=True):
+            n_i = sum(seen)
+            rows.append([max(x, 0.0) ** power / n_i**alpha if ok else 0.0 for x, ok in zip(row, seen, strict=True)])
+        return rows
+
+    return known
+
+
 KNOWN_ANSWERS: dict[str, Callable[..., Matrix]] = {
+    "relu": known_relu_power(1, 1.0),
+    "relu2": known_relu_power(2, 2.0),
     "softmax": known_softmax,
     "sigmoid": known_sigmoid,
     "cog": known_cog,
@@ -121,6 +136,7 @@ EXTRA_CASES = [
     ("clipped_softmax", {"gamma": -0.1, "zeta": 1.2}),
     ("sigmoid", {"bias": -0.5}),
     ("lssar", {"power": 3.0}),
+    ("relu", {"alpha": 0.5}),
 ]
 SHAPES = [(6, 6, True), (6, 6, False), (2, 6, True)]  # (Tq, Tk, causal); Tq < Tk is decoding
 
@@ -152,8 +168,12 @@ def check_against_known_answer(name: str, args: dict[str, Any], t_q: int, t_k: i
     torch.testing.assert_close(res.out, expected @ v, atol=1e-10, rtol=1e-9)
 
 
+# Normalisers that map scores to weights; kernel attention (its own ``attend``) has its own formula tests.
+SCORE_NORMALISERS = [n for n in NORMALISERS.names() if not hasattr(NORMALISERS.get(n), "attend")]
+
+
 @pytest.mark.parametrize(("t_q", "t_k", "causal"), SHAPES)
-@pytest.mark.parametrize("name", NORMALISERS.names())
+@pytest.mark.parametrize("name", SCORE_NORMALISERS)
 def test_reference_matches_the_papers_formula(name: str, t_q: int, t_k: int, causal: bool) -> None:
     check_against_known_answer(name, {}, t_q, t_k, causal)
 

@@ -37,8 +37,8 @@ def test_sdpa_with_a_window_equals_the_reference(causal: bool) -> None:
 
 
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
-def test_windowed_model_decodes_with_the_cache_as_in_the_full_pass(make_lm, normaliser: str) -> None:
-    model = make_lm(normaliser=normaliser, window=3)
+def test_windowed_model_decodes_with_the_cache_as_in_the_full_pass(make_supported_lm, normaliser: str) -> None:
+    model = make_supported_lm(normaliser=normaliser, window=3)
     tokens = torch.randint(0, 31, (2, 10))
     full = model(tokens)
     cache = model.new_cache()
@@ -46,8 +46,8 @@ def test_windowed_model_decodes_with_the_cache_as_in_the_full_pass(make_lm, norm
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
-def test_a_token_outside_the_window_does_not_change_the_output(make_lm) -> None:
-    model = make_lm(n_layers=1, window=3)
+def test_a_token_outside_the_window_does_not_change_the_output(make_supported_lm) -> None:
+    model = make_supported_lm(n_layers=1, window=3)
     tokens = torch.randint(0, 31, (1, 8))
     changed = tokens.clone()
     changed[0, 0] = (tokens[0, 0] + 1) % 31

@@ -13,8 +13,10 @@ POSITIONS = ["rope", "alibi", "nope", "learned", "sinusoidal"]
 
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
-def test_float64_forward_stays_float64_and_agrees_with_float32(make_lm, normaliser: str, position: str) -> None:
-    model = make_lm(normaliser=normaliser, position=position, heads="gated")
+def test_float64_forward_stays_float64_and_agrees_with_float32(
+    make_supported_lm, normaliser: str, position: str
+) -> None:
+    model = make_supported_lm(normaliser=normaliser, position=position, heads="gated")
     tokens = torch.randint(0, 31, (2, 7))
     logits32 = model(tokens)
     model.double()
@@ -27,8 +29,8 @@ def test_float64_forward_stays_float64_and_agrees_with_float32(make_lm, normalis
 
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
-def test_bfloat16_autocast_forward_is_finite(make_lm, normaliser: str, position: str) -> None:
-    model = make_lm(normaliser=normaliser, position=position)
+def test_bfloat16_autocast_forward_is_finite(make_supported_lm, normaliser: str, position: str) -> None:
+    model = make_supported_lm(normaliser=normaliser, position=position)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(torch.randint(0, 31, (2, 7)))
     assert logits.dtype == torch.bfloat16  # autocast really ran the projections in bfloat16

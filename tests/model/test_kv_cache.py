@@ -29,12 +29,13 @@ def decode_in_chunks(model, tokens: torch.Tensor, size: int) -> torch.Tensor:
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
 @torch.no_grad()
 def test_cached_decoding_matches_the_full_forward(
-    make_lm, normaliser: str, position: str, heads: str, chunk: int
+    make_supported_lm, normaliser: str, position: str, heads: str, chunk: int
 ) -> None:
     kind, args = HEADS[heads]
-    model = make_lm(normaliser=normaliser, position=position, heads=kind, heads_args=args)
+    # float64: the claim is exact equality, and float32 rounding is amplified by sharp normalisers (lssar's p=15)
+    model = make_supported_lm(normaliser=normaliser, position=position, heads=kind, heads_args=args).double()
     tokens = torch.randint(0, 31, (2, 8))
-    torch.testing.assert_close(decode_in_chunks(model, tokens, chunk), model(tokens), atol=1e-5, rtol=0)
+    torch.testing.assert_close(decode_in_chunks(model, tokens, chunk), model(tokens), atol=1e-10, rtol=1e-10)
 
 
 def greedy_without_cache(model, tokens: torch.Tensor, n_new: int) -> torch.Tensor:
@@ -47,8 +48,8 @@ def greedy_without_cache(model, tokens: torch.Tensor, n_new: int) -> torch.Tenso
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
 @torch.no_grad()
-def test_generate_equals_greedy_decoding_without_the_cache(make_lm, normaliser: str, position: str) -> None:
-    model = make_lm(normaliser=normaliser, position=position)
+def test_generate_equals_greedy_decoding_without_the_cache(make_supported_lm, normaliser: str, position: str) -> None:
+    model = make_supported_lm(normaliser=normaliser, position=position)
     prompt = torch.randint(0, 31, (2, 4))
     generated = model.generate(prompt, n_new=8)
     assert generated.shape == (2, 12)

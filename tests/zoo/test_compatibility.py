@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnlab.attention import HEADS, NORMALISERS
 from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.position import POSITIONS
-from attnlab.report.zoo_docs import AXES, pair_config, pair_supported
+from attnlab.report.zoo_docs import AXES, combo_config, combo_supported, pair_config, pair_supported
 
 PAIRS = [
     (axis, e.name, position)
@@ -26,6 +27,24 @@ def test_matrix_cell_is_honoured(make_lm, axis: str, name: str, position: str) -
         assert "\n" not in str(err.value)
         return
     model = make_lm(**pair_config(axis, name, position).model_dump()).train()
+    logits = model(torch.randint(0, 31, (2, 7)))
+    logits.square().mean().backward()
+    assert torch.isfinite(logits).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+COMBOS = [(n, h) for n in NORMALISERS.names() for h in HEADS.names()]
+
+
+@pytest.mark.parametrize(("normaliser", "heads"), COMBOS, ids=[f"{n}-{h}" for n, h in COMBOS])
+def test_normaliser_heads_cell_is_honoured(make_lm, normaliser: str, heads: str) -> None:
+    cfg = combo_config(normaliser, heads)
+    if not combo_supported(normaliser, heads):
+        with pytest.raises(ConfigError) as err:
+            ModelConfig(vocab_size=31, d_model=32, n_heads=4, attention=cfg)
+        assert "\n" not in str(err.value)
+        return
+    model = make_lm(**cfg.model_dump()).train()
     logits = model(torch.randint(0, 31, (2, 7)))
     logits.square().mean().backward()
     assert torch.isfinite(logits).all()

@@ -106,3 +106,23 @@ def test_gradcheck_of_the_attention_layer_in_float64(axis, entry) -> None:
     module = lively(build_attention(AttentionConfig(**attention_kwargs(axis, entry)), site)).double()
     x = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: module(inp), (x,), eps=1e-6, atol=1e-4)
+
+
+NORMALISER_ENTRIES = [e for axis, e in ENTRIES if axis == "normaliser"]
+
+
+@pytest.mark.parametrize("entry", NORMALISER_ENTRIES, ids=[e.name for e in NORMALISER_ENTRIES])
+def test_weights_keep_the_row_sum_sign_and_mask_claims(entry) -> None:
+    """Weights read at hook_pattern: future keys exactly 0; rows sum to 1 if row-stochastic; ≥ 0 unless signed."""
+    site = AttentionSite(d_model=32, n_heads=4, causal=True, seq_len=16)
+    module = lively(build_attention(entry_config("normaliser", entry), site)).double()
+    seen: dict[str, torch.Tensor] = {}
+    module.hook_pattern.register_forward_hook(lambda _m, _i, out: seen.setdefault("w", out))
+    module(torch.randn(2, 9, 32, dtype=torch.float64))
+    w = seen["w"]
+    future = torch.ones(9, 9, dtype=torch.bool).triu(1)
+    assert torch.equal(w[..., future], torch.zeros_like(w[..., future])), "a future key has weight"
+    if entry.capabilities.row_stochastic:
+        torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-6, rtol=0)
+    if not entry.capabilities.signed:
+        assert (w >= 0).all(), f"{entry.name} is not declared signed but gave a weight of {float(w.min())}"

@@ -97,6 +97,16 @@ class Attention(nn.Module):
         self.position = NoPE() if (site.cross or pos_cls.absolute) else build_position(cfg, site)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
+        self._hoist_hook_points(self.heads)
+
+    def _hoist_hook_points(self, child: nn.Module) -> None:
+        """Give a child's own hook points (MoH's ``hook_head_gate``, MLA's ``hook_latent_kv``) the layer's names:
+        ``blocks.{L}.attn.hook_head_gate`` rather than ``blocks.{L}.attn.heads.hook_head_gate``."""
+        for name, point in list(child.named_children()):
+            if isinstance(point, HookPoint):
+                delattr(child, name)
+                object.__setattr__(child, name, point)  # the child still calls it; the layer owns it
+                setattr(self, name, point)
 
     def wants_weights(self) -> bool:
         return self.hook_attn_scores.active or self.hook_pattern.active

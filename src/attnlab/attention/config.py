@@ -125,6 +125,13 @@ class AttentionConfig(StrictModel):
                         f"acts through a score_mod, which {key} {name!r} does not honour",
                         [p for p in POSITIONS.names() if not POSITIONS.capabilities(p).needs_score_mod],
                     )
+        if NORMALISERS.capabilities(self.normaliser_at(site)).kernel and not HEADS.capabilities(self.heads).kernel_ok:
+            raise ConfigError(
+                f"{field}.heads",
+                self.heads,
+                f"computes attention itself and cannot host the kernel normaliser {self.normaliser_at(site)!r}",
+                HEADS.supporting("kernel_ok"),
+            )
         for registry, name, args, key in (
             (NORMALISERS, self.normaliser_at(site), self.normaliser_args, "normaliser_args"),
             (HEADS, self.heads, self.heads_args, "heads_args"),

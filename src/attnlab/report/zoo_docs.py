@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from attnlab.attention import HEADS, NORMALISERS, AttentionConfig, AttentionSite, build_attention
+from attnlab.attention.linear.feature_maps import FEATURE_MAPS
 from attnlab.errors import ConfigError
 from attnlab.position import POSITIONS
 from attnlab.registry import Capabilities, Entry, Registry
@@ -189,8 +190,35 @@ def compatibility_markdown() -> str:
         for e in registry.entries():
             row = [_mark(pair_supported(axis, e.name, p)) for p in positions]
             lines.append(f"| {axis} `{e.name}` | " + " | ".join(row) + " |")
+    heads = HEADS.names()
+    lines += [
+        "",
+        "## Normaliser × heads (causal self-attention, RoPE)",
+        "",
+        "| normaliser | " + " | ".join(f"`{h}`" for h in heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for n in NORMALISERS.names():
+        lines.append(f"| `{n}` | " + " | ".join(_mark(combo_supported(n, h)) for h in heads) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def combo_config(normaliser: str, heads: str) -> AttentionConfig:
+    return AttentionConfig(
+        normaliser=normaliser,
+        normaliser_args=dict(NORMALISERS.entry(normaliser).example),
+        heads=heads,
+        heads_args=dict(HEADS.entry(heads).example),
+    )
+
+
+def combo_supported(normaliser: str, heads: str) -> bool:
+    try:
+        combo_config(normaliser, heads).check_site(AttentionSite(d_model=32, n_heads=4, causal=True, seq_len=16))
+    except ConfigError:
+        return False
+    return True
 
 
 def pair_config(axis: str, name: str, position: str) -> AttentionConfig:
@@ -205,6 +233,52 @@ def pair_supported(axis: str, name: str, position: str) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def feature_map_instance(entry: Entry):
+    """A callable φ for a feature-map entry: the function itself, or its module built from ``example``."""
+    return entry.factory(**entry.example) if isinstance(entry.factory, type) else entry.factory
+
+
+@torch.no_grad()
+def feature_map_pattern(entry: Entry, d: int = 16, seed: int = 0) -> torch.Tensor:
+    """Causal linear-attention weights φ(q_i)·φ(k_j) / Σ_j' φ(q_i)·φ(k_j') [1, T, T] for random q, k [T, d]."""
+    torch.manual_seed(seed)
+    phi = feature_map_instance(entry)
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, 1, PICTURE_T, d, generator=g) for _ in range(2))
+    kernel = (phi(q) @ phi(k).transpose(-1, -2))[0]  # [1, T, T]
+    kernel = kernel.masked_fill(torch.ones(PICTURE_T, PICTURE_T, dtype=torch.bool).triu(1), 0.0)
+    return kernel / kernel.sum(-1, keepdim=True)
+
+
+def feature_map_page(entry: Entry, picture: str) -> str:
+    module = sys.modules[entry.factory.__module__]
+    obj_doc = inspect.cleandoc(entry.factory.__doc__ or "")
+    lines = [
+        f"# `{entry.name}` (feature map)",
+        "",
+        f"{entry.summary}.",
+        "",
+        f"Paper: {entry.paper or '—'}. Source: `{entry.factory.__module__.replace('.', '/')}.py`.",
+        "",
+        "## From the source",
+        "",
+        "```text",
+        inspect.cleandoc(module.__doc__ or ""),
+        *(["", obj_doc] if obj_doc else []),
+        "```",
+        "",
+        "Feature maps are used by the kernel-attention normalisers (`linear_elu`, `hedgehog`, `based`,",
+        "`lightning`, `retnet`, `kernel_rpe_fft`); see their pages.",
+        "",
+        f"![kernel pattern of `{entry.name}`]({picture})",
+        "",
+        f"*Causal linear-attention weights φ(q_i)·φ(k_j) / Σ_j φ(q_i)·φ(k_j) for random q, k ({PICTURE_T} tokens, "
+        "d = 16); made by `attnlab docs`.*",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def write_docs(out: Path) -> list[Path]:
@@ -222,6 +296,16 @@ def write_docs(out: Path) -> list[Path]:
             written += [page, picture]
             index.append(f"| [`{e.name}`]({axis}/{e.name}.md) | {md_cell(e.summary)} | {md_cell(e.paper)} |")
         index.append("")
+    index += ["## feature map", "", "| entry | summary | paper |", "|---|---|---|"]
+    for e in FEATURE_MAPS.entries():
+        picture = zoo / "img" / f"feature_map-{e.name}.png"
+        draw_pattern(feature_map_pattern(e), f"feature map {e.name}", picture)
+        page = zoo / "feature_map" / f"{e.name}.md"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(feature_map_page(e, f"../img/{picture.name}"))
+        written += [page, picture]
+        index.append(f"| [`{e.name}`](feature_map/{e.name}.md) | {md_cell(e.summary)} | {md_cell(e.paper)} |")
+    index.append("")
     (zoo / "README.md").write_text("\n".join(index))
     (out / "compatibility.md").write_text(compatibility_markdown())
     return [*written, zoo / "README.md", out / "compatibility.md"]
