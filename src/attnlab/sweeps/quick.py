@@ -10,7 +10,7 @@ SWEEP = Sweep(
     mechanisms=[
         {"normaliser": "softmax"},
         {"normaliser": "sigmoid"},
-        {"normaliser": "cog", "edge_normaliser": "softmax"},
+        {"normaliser": "cog"},  # plain: in a 2-layer model the authors' softmax edge layers would be every layer
         {"normaliser": "lssa"},
         {"normaliser": "clipped_softmax"},
         {"normaliser": "softmax", "heads": "gated"},
