@@ -14,7 +14,10 @@ Extension points, each optional, found by duck typing so the module never names 
 - ``normaliser.attend(...)``: same signature, for mechanisms whose weights are not a function of q·k
   scores (kernel / linear attention: the quadratic reference);
 - ``normaliser.attend_<backend>(...)``: a fast path declared in the normaliser's capability ``backends``
-  (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None.
+  (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None;
+- ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position encoding that owns
+  the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal orders); q, k
+  arrive unrotated and ``start`` is the absolute position of the first query.
 """
 
 from __future__ import annotations
@@ -151,6 +154,23 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
         causal = self.site.causal and not self.site.cross
+        if hasattr(self.position, "attend"):
+            # A position that owns the computation (2D-TPE: two traversal orders mixed by a router reading the
+            # layer input). Its rotate() is the identity, so q, k and the cache hold unrotated vectors.
+            res = self.position.attend(
+                q,
+                k,
+                v,
+                x=x,
+                start=start,
+                normaliser=self.normaliser,
+                causal=causal,
+                scale=scale,
+                window=self.cfg.window,
+            )
+            if res.weights is not None:
+                self.hook_pattern(res.weights)
+            return self.heads.combine(self.hook_z(res.out), x)
         if self.use_fused():
             z = sdpa(q, k, v, causal=causal, scale=scale, window=self.cfg.window)
         else:
