@@ -9,6 +9,8 @@ Extension points, each optional, found by duck typing so the module never names 
 
 - ``heads.rotate(position, q, k, positions)``: a heads module that rotates only part of q, k (MLA's
   decoupled RoPE key) does it itself;
+- ``heads.extend_cache(cache, k, v) -> (k_all, v_all)``: heads that cache something other than k and v
+  (MLA / CLLA keep the latent) store it in the ``LayerKVCache`` and rebuild the full keys and values;
 - ``heads.attend(q, k, v, *, normaliser, score_mod, causal, scale, window) -> AttnOutput``: heads that
   change the attention computation itself (differential pairs, talking heads, sink tokens);
 - ``normaliser.attend(...)``: same signature, for mechanisms whose weights are not a function of q·k
@@ -36,23 +38,37 @@ from attnlab.position.base import NoPE, PositionEncoding
 
 
 class LayerKVCache:
-    """Keys (after rotation) and values of one self-attention layer, [B, Hkv, S, d] each."""
+    """What one self-attention layer keeps for incremental decoding.
+
+    By default the keys (after rotation) and values, [B, Hkv, S, d] each. A heads module that caches
+    something else (MLA / CLLA: the compressed latent) defines ``extend_cache(cache, k, v)``, stores its own
+    tensors with ``append_to`` and returns the full keys and values; ``length`` counts tokens either way.
+    """
 
     def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
+        self.store: dict[str, Tensor] = {}
+        self.length = 0
 
     @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def k(self) -> Tensor | None:
+        return self.store.get("k")
+
+    @property
+    def v(self) -> Tensor | None:
+        return self.store.get("v")
+
+    def append_to(self, name: str, t: Tensor, dim: int = 2) -> Tensor:
+        """Concatenate ``t`` to the stored tensor ``name`` along ``dim`` (time); returns the whole of it."""
+        self.store[name] = t if name not in self.store else torch.cat([self.store[name], t], dim=dim)
+        return self.store[name]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+        k_all, v_all = self.append_to("k", k), self.append_to("v", v)
+        self.length += k.shape[2]
+        return k_all, v_all
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.store.values())
 
 
 class KVCache:
@@ -151,7 +167,10 @@ class Attention(nn.Module):
             q, k = self.position.rotate(q, k, positions)
         q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         if cache is not None and not self.site.cross:
-            k, v = cache.append(k, v)
+            if hasattr(self.heads, "extend_cache"):
+                k, v = self.heads.extend_cache(cache, k, v)
+            else:
+                k, v = cache.append(k, v)
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
         causal = self.site.causal and not self.site.cross
         if hasattr(self.position, "attend"):
