@@ -21,11 +21,23 @@ def test_the_floor_zeroes_frequencies_with_less_than_one_period_in_the_window() 
     assert (rope_inv_freq(64, 10000.0)[16:] < 2 * torch.pi / 512).all()
 
 
-def test_without_mixing_fope_is_floor_clipped_rope_with_doubled_clipped_pairs() -> None:
-    """σ = 0, every kept frequency mixed: kept pairs rotate exactly as floor-clipped RoPE; a clipped pair
-    gets the code's padding cos = sin = 1, i.e. (a, b) → (a − b, a + b), doubling its share of q·k."""
+def test_without_mixing_fope_is_floor_clipped_rope() -> None:
+    """σ = 0, every kept frequency mixed, zero-frequency padding: exactly floor-clipped RoPE (the issue's claim)."""
     site = AttentionSite(d_model=32, n_heads=2, seq_len=64)  # d = 16, L = 64: 3 of 8 frequencies kept
     fope = FoPE(FoPEParams(sigma=0.0, n_out=8), site).double()
+    q, k = qk(7, 16)
+    positions = torch.arange(5, 12)
+    rq, rk = fope.rotate(q, k, positions)
+    angles = rope_angles(positions, floor_clipped_inv_freq(16, 10000.0, 64))
+    torch.testing.assert_close(rq, apply_rotary(q, angles), atol=1e-12, rtol=0)
+    torch.testing.assert_close(rk, apply_rotary(k, angles), atol=1e-12, rtol=0)
+
+
+def test_with_the_released_codes_padding_clipped_pairs_are_doubled() -> None:
+    """``sin_pad=1`` is the released line: kept pairs rotate as floor-clipped RoPE; a clipped pair gets
+    cos = sin = 1, i.e. (a, b) → (a − b, a + b), doubling its share of q·k."""
+    site = AttentionSite(d_model=32, n_heads=2, seq_len=64)  # d = 16, L = 64: 3 of 8 frequencies kept
+    fope = FoPE(FoPEParams(sigma=0.0, n_out=8, sin_pad=1.0), site).double()
     q, k = qk(7, 16)
     positions = torch.arange(5, 12)
     rq, _ = fope.rotate(q, k, positions)
@@ -40,7 +52,7 @@ def test_without_mixing_fope_is_floor_clipped_rope_with_doubled_clipped_pairs() 
 def test_the_mixed_pairs_are_capped_at_a_quarter_of_the_head_and_take_every_step_th_frequency() -> None:
     """d = 16, L = 10 000: 7 frequencies kept, D_out = d // 4 = 4, step ⌈7/4⌉ = 2 → frequencies 0, 2, 4, 6."""
     site = AttentionSite(d_model=32, n_heads=2, seq_len=10000)
-    fope = FoPE(FoPEParams(sigma=0.0), site).double()
+    fope = FoPE(FoPEParams(sigma=0.0, sin_pad=1.0), site).double()
     q, k = qk(5, 16)
     positions = torch.arange(5)
     rq, _ = fope.rotate(q, k, positions)

@@ -11,16 +11,20 @@ one period in the training window are clipped to zero. As implemented in the aut
     per head h, fixed (not trained):  S_h, C_h = xavier_normal(gain σ) + E   ∈ R^{D_in × D_out}
         E = identity, or the "step eye" picking every ⌈D_in/D_out⌉-th frequency when D_in ≠ D_out
     sin_h(t) = sin(t·w) S_h,  cos_h(t) = cos(t·w) C_h                            [T, D_out]
-    pad both to d/2 with the value 1 (position-free pairs), then per pair j (half-split layout, rotate_half):
-    (a, b) → (a·cos − b·sin, a·sin + b·cos)                                      for q and k alike
+    pad both to d/2 with zero frequency (cos = 1, sin = 0: position-free pairs), then per pair j
+    (half-split layout, rotate_half):  (a, b) → (a·cos − b·sin, a·sin + b·cos)    for q and k alike
 
-Consequences kept on purpose: a padded pair gets cos = sin = 1, i.e. (a, b) → (a − b, a + b), so its
-contribution to q·k is doubled (2·(a_q a_k + b_q b_k)) rather than left alone; sin and cos get *different*
-random mixes, so scores are only approximately a function of m − n when σ > 0. With σ = 0 and ``n_out`` equal
-to the number of kept frequencies, FoPE is floor-clipped RoPE except for that doubling of the clipped pairs.
-The xavier gain follows torch's fan computation on the 3-D coefficient tensor [H, D_in, D_out], as in the code.
+Zero-frequency padding: the code's comment on that line says "pad with zeros" (补零), i.e. frequency 0,
+but the released line pads *both* sin and cos with the value 1, so a padded pair becomes (a − b, a + b) and its
+share of q·k is doubled. attnlab pads with zero frequency by default (``sin_pad=0``: the padded pairs are
+left alone, as the comment and the paper's "zero-frequency" wording say); ``sin_pad=1`` reproduces the
+released line exactly. With σ = 0, ``n_out`` equal to the number of kept frequencies and the default padding,
+FoPE is exactly floor-clipped RoPE. sin and cos get *different* random mixes, so scores are only approximately
+a function of m − n when σ > 0. The xavier gain follows torch's fan computation on the 3-D coefficient tensor
+[H, D_in, D_out], as in the code.
 
-Verified in code: steps above, pad value 1, D_out cap d//4, per-head separate sin/cos coefficients, σ = 0.3
+Verified in code: steps above, pad value 1 in the released line, D_out cap d//4, per-head separate sin/cos
+coefficients, σ = 0.3
 for the 60M config (0.4 / 0.6 for 180M / 1.2B per config names). Unverified: the paper's own notation; how the
 authors pair coefficients with GQA key heads (here query head h and its key head share the key head's set).
 Half-split pairing only. Positions are absolute and each token's rotation depends only on its own position, so
@@ -49,6 +53,7 @@ class FoPEParams(BaseModel):
     n_out: int | None = Field(None, gt=0)  # mixed pairs D_out; None: min(D_in, d // 4) as in the code
     learnable: bool = False  # the authors keep the coefficients fixed
     train_length: int | None = Field(None, gt=0)  # L; None: the site's seq_len
+    sin_pad: float = 0.0  # sin of the padded pairs: 0 = zero frequency; 1 = the released code's value
 
     def check_site(self, site: object, field: str) -> None:
         training_length(self.train_length, site, f"{field}.train_length")
@@ -91,6 +96,7 @@ class FoPE(PositionEncoding):
     def __init__(self, params: FoPEParams | None = None, site: object | None = None):
         super().__init__()
         params = params or FoPEParams()
+        self.sin_pad = params.sin_pad
         self.d_head, n_heads = int(site.d_head), int(site.n_heads)  # type: ignore[union-attr]
         if self.d_head % 2:
             raise ValueError(f"fope needs an even head dimension; got d_head={self.d_head}")
@@ -111,11 +117,11 @@ class FoPE(PositionEncoding):
             self.register_buffer("cos_coef", cos_coef)
 
     def cos_sin(self, positions: Tensor, n_rep: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Per-head cos and sin, [H', T, d/2] each, with the pairs beyond D_out padded with 1."""
+        """Per-head cos and sin, [H', T, d/2] each; pairs beyond D_out get cos = 1, sin = ``sin_pad``."""
         half = self.d_head // 2
         if self.sin_coef is None:
             ones = torch.ones(1, positions.shape[0], half, dtype=dtype, device=positions.device)
-            return ones, ones
+            return ones, ones * self.sin_pad
         angles = positions.to(torch.float64)[:, None] * self.freqs.to(torch.float64)[None, :]  # [T, D_in]
         sin_t, cos_t = angles.sin().to(dtype), angles.cos().to(dtype)
         sin_coef, cos_coef = self.sin_coef.to(dtype), self.cos_coef.to(dtype)
@@ -125,7 +131,7 @@ class FoPE(PositionEncoding):
         sin = torch.einsum("tD,hDd->htd", sin_t, sin_coef)  # [H, T, D_out]
         cos = torch.einsum("tD,hDd->htd", cos_t, cos_coef)
         pad = (0, half - sin.shape[-1])
-        return nn.functional.pad(cos, pad, value=1.0), nn.functional.pad(sin, pad, value=1.0)
+        return nn.functional.pad(cos, pad, value=1.0), nn.functional.pad(sin, pad, value=self.sin_pad)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         n_rep = q.shape[1] // k.shape[1]
