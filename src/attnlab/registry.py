@@ -30,6 +30,8 @@ class Capabilities:
     ``kernel``: (normalisers) computes attention from q and k itself (kernel / linear attention), not from
     the scores, so it needs heads that leave the computation to it (``kernel_ok``).
     ``kernel_ok``: (heads) can host a kernel normaliser (false for heads with their own ``attend``).
+    ``owns_attention``: (positions) computes attention itself in ``attend`` from q·k scores (2D-TPE), so it
+    needs a score normaliser (not ``kernel``) and heads that leave the computation to it (``kernel_ok``).
     """
 
     causal: bool = True
@@ -43,6 +45,7 @@ class Capabilities:
     needs_score_mod: bool = False
     kernel: bool = False
     kernel_ok: bool = True
+    owns_attention: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

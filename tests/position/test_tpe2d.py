@@ -1,31 +1,50 @@
-"""2D-TPE: table tokens indexed in row-major and column-major order; heads read the table one way or the other."""
+"""2D-TPE: RoPE at row-major and column-major table positions, two attentions mixed by a per-head, per-token router."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnlab.attention import NORMALISERS, AttentionSite, attend_reference
-from attnlab.errors import ConfigError
-from attnlab.position.rope import RoPE, RoPEParams, apply_rotary, rope_angles, rope_inv_freq
-from attnlab.position.tpe2d import (
-    TablePositions2D,
-    TPE2DParams,
-    column_major_positions,
-    table_order_attention,
-    table_router,
-)
+from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, attend_reference, build_attention
+from attnlab.position.rope import apply_rotary, rope_angles, rope_inv_freq
+from attnlab.position.tpe2d import TablePositions2D, TPE2DParams, column_major_positions
 
 SITE = AttentionSite(d_model=32, n_heads=2, seq_len=16)  # d_head = 16
 SOFTMAX = NORMALISERS.get("softmax")()
+TABLE = {"rows": 2, "cols": 3, "start": 1}  # text, cells a b c / d e f, text: column order a d b e c f
+T = 9
 
 
-def qkv(t: int) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.randn(1, 2, t, 16, dtype=torch.float64) for _ in range(3))
+def qkv(t: int = T, kv_heads: int = 2) -> tuple[torch.Tensor, ...]:
+    q = torch.randn(1, 2, t, 16, dtype=torch.float64)
+    return q, *(torch.randn(1, kv_heads, t, 16, dtype=torch.float64) for _ in range(2))
+
+
+def tpe(**args) -> TablePositions2D:
+    return TablePositions2D(TPE2DParams(**{**TABLE, **args}), SITE).double()
+
+
+def force(module: TablePositions2D, order: int) -> None:
+    """Route every head and token to one order: log-gates (0, −inf) give r = one-hot."""
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], 2, x.shape[1], 2), float("-inf"), dtype=x.dtype)
+        out[..., order] = 0.0
+        return out
+
+    module.router_logits = logits
+
+
+def attend(module: TablePositions2D, q, k, v, x=None, start: int = 0, causal: bool = True):
+    x = torch.randn(q.shape[0], q.shape[2], 32, dtype=torch.float64) if x is None else x
+    return module.attend(q, k, v, x=x, start=start, normaliser=SOFTMAX, causal=causal, scale=None, window=None)
+
+
+def rope_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return apply_rotary(x, rope_angles(positions, rope_inv_freq(16, 10000.0)))
 
 
 def test_column_major_positions_of_a_two_by_three_table_after_one_text_token() -> None:
-    """Sequence: text, then cells a b c / d e f (row-major), then text. Column order: a d b e c f."""
     positions = torch.arange(9)
     expected = [0, 1, 3, 5, 2, 4, 6, 7, 8]  # a→1 b→3 c→5 d→2 e→4 f→6; text keeps its index
     assert column_major_positions(positions, rows=2, cols=3, start=1).tolist() == expected
@@ -37,81 +56,158 @@ def test_tokens_of_one_cell_stay_contiguous_in_column_order() -> None:
     assert column_major_positions(positions, rows=2, cols=2, cell_tokens=2).tolist() == expected
 
 
-def test_all_heads_in_row_order_is_rope() -> None:
-    q, k, _ = qkv(9)
-    positions = torch.arange(9)
-    tpe = TablePositions2D(TPE2DParams(rows=2, cols=3, start=1, head_orders=["row", "row"]), SITE)
-    rope = RoPE(RoPEParams(), SITE)
-    for got, want in zip(tpe.rotate(q, k, positions), rope.rotate(q, k, positions), strict=True):
-        assert torch.equal(got, want)
+def test_router_is_a_distribution_over_the_orders_per_head_and_token_from_each_heads_slice() -> None:
+    module = tpe()
+    x = torch.randn(1, T, 32, dtype=torch.float64)
+    logits = module.router_logits(x)
+    assert logits.shape == (1, 2, T, 2)
+    w1, w2, w3 = module.w1.weight, module.w2.weight, module.w3.weight
+    assert w1.shape == (64, 16) and w3.shape == (2, 64)  # hidden 4d, weights shared by the heads
+    head1 = x[..., 16:]  # head 1 reads the second d-slice of x
+    torch.testing.assert_close(logits[:, 1], (torch.nn.functional.silu(head1 @ w1.T) * (head1 @ w2.T)) @ w3.T)
 
 
-def test_a_column_order_head_is_rope_at_column_major_positions() -> None:
-    q, k, _ = qkv(9)
-    positions = torch.arange(9)
-    tpe = TablePositions2D(TPE2DParams(rows=2, cols=3, start=1), SITE)  # default: head 0 row, head 1 col
-    rq, rk = tpe.rotate(q, k, positions)
-    col = rope_angles(column_major_positions(positions, 2, 3, 1), rope_inv_freq(16, 10000.0))
-    torch.testing.assert_close(rq[:, 1], apply_rotary(q[:, 1], col), atol=0, rtol=0)
-    torch.testing.assert_close(rk[:, 1], apply_rotary(k[:, 1], col), atol=0, rtol=0)
-    torch.testing.assert_close(rq[:, 0], apply_rotary(q[:, 0], rope_angles(positions, rope_inv_freq(16, 1e4))))
+def test_a_row_router_is_plain_rope_attention_with_the_same_weights() -> None:
+    """The card's unit test: router forced one-hot to the row order ⇒ vanilla (causal) RoPE attention."""
+    cfg = AttentionConfig(position="tpe2d", position_args=TABLE)
+    layer = build_attention(cfg, SITE).double()
+    rope = build_attention(AttentionConfig(position="rope"), SITE).double()
+    rope.heads.load_state_dict(layer.heads.state_dict())
+    force(layer.position, 0)
+    x = torch.randn(2, T, 32, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), rope(x), atol=1e-12, rtol=0)
 
 
-def test_head_orders_must_name_one_order_per_head() -> None:
-    with pytest.raises(ConfigError, match="head_orders"):
-        TablePositions2D(TPE2DParams(head_orders=["row"]), SITE)
+def test_a_column_router_with_the_sequence_mask_is_rope_at_column_positions_causal_in_sequence() -> None:
+    q, k, v = qkv()
+    module = tpe()
+    force(module, 1)
+    col = column_major_positions(torch.arange(T), **TABLE)
+    want = attend_reference(rope_at(q, col), rope_at(k, col), v, normaliser=SOFTMAX, causal=True)
+    got = attend(module, q, k, v)
+    torch.testing.assert_close(got.out, want.out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got.weights, want.weights, atol=1e-12, rtol=0)
 
 
-def test_with_one_key_head_every_query_head_follows_the_first_heads_order() -> None:
-    tpe = TablePositions2D(TPE2DParams(rows=2, cols=3, start=1), SITE)  # head 0 row, head 1 col
-    q, k = torch.randn(1, 2, 9, 16), torch.randn(1, 1, 9, 16)  # MQA: one key head for both
-    rows = TablePositions2D(TPE2DParams(rows=2, cols=3, start=1, head_orders=["row", "row"]), SITE)
-    for got, want in zip(tpe.rotate(q, k, torch.arange(9)), rows.rotate(q, k, torch.arange(9)), strict=True):
-        assert torch.equal(got, want)
-
-
-def one_hot(order: int, t: int) -> torch.Tensor:
-    gates = torch.zeros(1, 2, t, 2, dtype=torch.float64)
-    gates[..., order] = 1.0
-    return gates
-
-
-def test_reference_with_a_row_router_is_causal_rope_attention() -> None:
-    """The card's unit test: router forced to one-hot order 1 ⇒ vanilla RoPE attention."""
-    q, k, v = qkv(9)
-    positions = torch.arange(9)
-    orders = [positions, column_major_positions(positions, 2, 3, 1)]
-    out = table_order_attention(q, k, v, one_hot(0, 9), orders, normaliser=SOFTMAX)
-    rq, rk = RoPE(RoPEParams(), SITE).rotate(q, k, positions)
-    torch.testing.assert_close(out, attend_reference(rq, rk, v, normaliser=SOFTMAX).out, atol=1e-12, rtol=0)
-
-
-def test_reference_column_order_equals_sorting_by_column_then_causal_rope() -> None:
+def test_a_column_router_with_the_order_mask_is_the_authors_sort_then_causal_rope() -> None:
     """The authors' form: sort tokens by p_col, run standard causal RoPE attention, gather back."""
-    q, k, v = qkv(9)
-    positions = torch.arange(9)
-    col = column_major_positions(positions, 2, 3, 1)
-    out = table_order_attention(q, k, v, one_hot(1, 9), [positions, col], normaliser=SOFTMAX)
-    perm = torch.argsort(col)  # sequence index of the token at each column-order slot
-    rq, rk = RoPE(RoPEParams(), SITE).rotate(q[:, :, perm], k[:, :, perm], positions)
-    sorted_out = attend_reference(rq, rk, v[:, :, perm], normaliser=SOFTMAX).out
-    torch.testing.assert_close(out, sorted_out[:, :, torch.argsort(perm)], atol=1e-12, rtol=0)
+    q, k, v = qkv()
+    module = tpe(mask="order")
+    force(module, 1)
+    perm = torch.argsort(column_major_positions(torch.arange(T), **TABLE))  # token at each column-order slot
+    pos = torch.arange(T)
+    sorted_out = attend_reference(
+        rope_at(q[:, :, perm], pos), rope_at(k[:, :, perm], pos), v[:, :, perm], normaliser=SOFTMAX
+    )
+    torch.testing.assert_close(
+        attend(module, q, k, v).out, sorted_out.out[:, :, torch.argsort(perm)], atol=1e-12, rtol=0
+    )
 
 
-def test_reference_mixes_the_two_orders_per_head_and_token() -> None:
-    q, k, v = qkv(9)
-    positions = torch.arange(9)
-    orders = [positions, column_major_positions(positions, 2, 3, 1)]
-    gates = torch.softmax(torch.randn(1, 2, 9, 2, dtype=torch.float64), dim=-1)
-    row = table_order_attention(q, k, v, one_hot(0, 9), orders, normaliser=SOFTMAX)
-    col = table_order_attention(q, k, v, one_hot(1, 9), orders, normaliser=SOFTMAX)
-    mixed = table_order_attention(q, k, v, gates, orders, normaliser=SOFTMAX)
-    torch.testing.assert_close(mixed, gates[..., :1] * row + gates[..., 1:] * col, atol=1e-12, rtol=0)
+@pytest.mark.parametrize("kv_heads", [2, 1], ids=["mha", "mqa"])
+def test_output_and_pattern_are_the_router_mix_of_the_two_orders(kv_heads: int) -> None:
+    q, k, v = qkv(kv_heads=kv_heads)
+    module = tpe()
+    x = torch.randn(1, T, 32, dtype=torch.float64)
+    gates = module.router_logits(x).softmax(-1)
+    pos = torch.arange(T)
+    outs = [
+        attend_reference(rope_at(q, p), rope_at(k, p), v, normaliser=SOFTMAX, causal=True)
+        for p in (pos, column_major_positions(pos, **TABLE))
+    ]  # with one key head, every query head still reads both orders
+    got = attend(module, q, k, v, x)
+    torch.testing.assert_close(got.out, sum(gates[..., j : j + 1] * outs[j].out for j in range(2)), atol=1e-12, rtol=0)
+    mixed = sum(gates[..., j : j + 1] * outs[j].weights for j in range(2))
+    torch.testing.assert_close(got.weights, mixed, atol=1e-12, rtol=0)
+    assert got.scores is None
 
 
-def test_router_gives_a_distribution_over_orders_per_head_and_token() -> None:
-    x_heads = torch.randn(1, 2, 9, 16, dtype=torch.float64)
-    w1, w2, w3 = (torch.randn(64, 16), torch.randn(64, 16), torch.randn(2, 64))
-    gates = table_router(x_heads, w1.double(), w2.double(), w3.double())
-    assert gates.shape == (1, 2, 9, 2)
-    torch.testing.assert_close(gates.sum(-1), torch.ones(1, 2, 9, dtype=torch.float64))
+def test_the_order_mask_changes_only_table_tokens_at_the_layer() -> None:
+    """Tokens after the table see every cell in both orders; a table token sees cells later in the sequence."""
+    q, k, v = qkv()
+    x = torch.randn(1, T, 32, dtype=torch.float64)
+    order, sequence = tpe(mask="order"), tpe()
+    sequence.load_state_dict(order.state_dict())
+    by_order, by_sequence = attend(order, q, k, v, x).out, attend(sequence, q, k, v, x).out
+    torch.testing.assert_close(by_order[:, :, 7:], by_sequence[:, :, 7:], atol=1e-12, rtol=0)
+    torch.testing.assert_close(by_order[:, :, :2], by_sequence[:, :, :2], atol=1e-12, rtol=0)  # text, cell a
+    assert not torch.allclose(by_order[:, :, 2], by_sequence[:, :, 2])  # b sees d (below a) in column order
+
+
+def test_with_the_sequence_mask_a_model_is_causal_and_cached_decoding_equals_the_full_pass(make_lm) -> None:
+    model = make_lm(position="tpe2d", position_args=TABLE, heads="gqa", heads_args={"n_kv_heads": 2})
+    tokens = torch.randint(0, 31, (2, T))
+    edited = tokens.clone()
+    edited[:, 4] = (edited[:, 4] + 1) % 31  # cell d, later in the sequence than cells b, c
+    full = model(tokens)
+    torch.testing.assert_close(model(edited)[:, :4], full[:, :4], atol=1e-6, rtol=0)
+    cache = model.new_cache()
+    with torch.no_grad():
+        steps = torch.cat([model(tokens[:, :3], cache)] + [model(tokens[:, t : t + 1], cache) for t in range(3, T)], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+
+
+def test_the_order_mask_breaks_sequence_causality_inside_the_table(make_lm) -> None:
+    """The documented leak: in column order cell b (position 2) comes after cell d (position 4)."""
+    model = make_lm(position="tpe2d", position_args={**TABLE, "mask": "order"})
+    tokens = torch.randint(0, 31, (2, T))
+    edited = tokens.clone()
+    edited[:, 4] = (edited[:, 4] + 1) % 31
+    before, after = model(tokens), model(edited)
+    torch.testing.assert_close(after[:, :2], before[:, :2], atol=1e-6, rtol=0)  # text and cell a come before d
+    assert not torch.allclose(after[:, 2], before[:, 2], atol=1e-4), "cell b should see the later cell d"
+
+
+def test_the_entropy_penalty_is_an_aux_loss_in_training_only(make_lm) -> None:
+    model = make_lm(position="tpe2d", position_args={**TABLE, "entropy_weight": 0.5}).train()
+    model(torch.randint(0, 31, (2, T)))
+    aux = model.aux_loss()
+    assert aux is not None and aux.requires_grad
+    assert 0 < aux.item() <= 0.5 * torch.log(torch.tensor(2.0)).item() + 1e-6  # λ · mean H(r), H ≤ ln 2
+    layer = model.blocks[0].attn.position
+    aux.backward()
+    assert layer.w3.weight.grad is not None and layer.w3.weight.grad.abs().sum() > 0
+    model.eval()
+    model(torch.randint(0, 31, (2, T)))
+    assert model.aux_loss() is None
+
+
+def test_the_entropy_is_the_mean_over_table_tokens_and_heads_divided_by_the_layers() -> None:
+    site = AttentionSite(d_model=32, n_heads=2, seq_len=16, n_layers=2)
+    module = TablePositions2D(TPE2DParams(**TABLE, entropy_weight=3.0), site).double().train()
+    q, k, v = qkv()
+    x = torch.randn(1, T, 32, dtype=torch.float64)
+    attend(module, q, k, v, x)
+    r = module.router_logits(x).softmax(-1)
+    entropy = -(r * r.log()).sum(-1)[..., 1:7]  # the six cells
+    torch.testing.assert_close(module.aux_loss, 3.0 / 2 * entropy.mean(), atol=1e-12, rtol=0)
+
+
+def test_a_kernel_normaliser_is_refused() -> None:
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="kernel"):
+        tpe().attend(
+            q,
+            k,
+            v,
+            x=torch.randn(1, T, 32),
+            start=0,
+            normaliser=NORMALISERS.get("linear_elu")(NORMALISERS.entry("linear_elu").params(), SITE),
+            causal=True,
+            scale=None,
+            window=None,
+        )
+
+
+@pytest.mark.parametrize("mask", ["sequence", "order"])
+def test_gradcheck_of_the_attention_layer_in_float64(mask: str) -> None:
+    args = {"rows": 2, "cols": 2, "start": 1, "mask": mask}  # the 2 × 2 table fits in 6 tokens
+    layer = build_attention(
+        AttentionConfig(position="tpe2d", position_args=args), AttentionSite(d_model=8, n_heads=2, seq_len=16)
+    )
+    layer = layer.double().train()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 0.5)
+    x = torch.randn(1, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: (layer(inp), layer.position.aux_loss), (x,), eps=1e-6, atol=1e-5)

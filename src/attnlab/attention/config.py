@@ -132,6 +132,22 @@ class AttentionConfig(StrictModel):
                 f"computes attention itself and cannot host the kernel normaliser {self.normaliser_at(site)!r}",
                 HEADS.supporting("kernel_ok"),
             )
+        if POSITIONS.capabilities(self.position).owns_attention:
+            norm = self.normaliser_at(site)
+            if NORMALISERS.capabilities(norm).kernel:
+                raise ConfigError(
+                    f"{field}.normaliser",
+                    norm,
+                    f"is kernel attention; position {self.position!r} computes q·k scores itself",
+                    [n for n in NORMALISERS.names() if not NORMALISERS.capabilities(n).kernel],
+                )
+            if not HEADS.capabilities(self.heads).kernel_ok:
+                raise ConfigError(
+                    f"{field}.heads",
+                    self.heads,
+                    f"computes attention itself, as position {self.position!r} does",
+                    HEADS.supporting("kernel_ok"),
+                )
         for registry, name, args, key in (
             (NORMALISERS, self.normaliser_at(site), self.normaliser_args, "normaliser_args"),
             (HEADS, self.heads, self.heads_args, "heads_args"),

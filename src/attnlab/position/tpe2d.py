@@ -10,26 +10,37 @@ after the table are text. Each token m gets one index per traversal order j:
 
 so tokens inside a cell stay contiguous and text after the table has the same index in both orders.
 
-The paper's attention (card 3, from the authors' ``TPE-Llama/modeling_llama.py``): for each order j, RoPE at
-p_j and a causal mask *in order j* (p_j(n) ≤ p_j(m)), giving o_j; a router per head and token mixes them,
+The paper's attention (card 3, from the authors' ``TPE-Llama/modeling_llama.py``), which the entry computes in
+its ``attend`` (the layer hands it unrotated q, k, v and the layer input x; ``rotate`` is the identity): for each
+order j, RoPE at p_j on q and k and attention with the layer's normaliser gives o_j; a router per head and token
+mixes them,
 
     r_m^h = softmax(W3 (SiLU(W1 x_m^h) ⊙ W2 x_m^h)) ∈ Δ²,     o_m^h = Σ_j r_{m,j}^h o_{m,j}^h
 
 with x_m^h the h-th d-slice of the layer input and W1, W2 ∈ R^{4d×d}, W3 ∈ R^{2×4d} shared by the heads (these
-sizes are from the method description, UNVERIFIED in the released code), trained with an entropy penalty on r.
-``table_order_attention`` and ``table_router`` below are that computation, as a reference.
+sizes are from the method description, UNVERIFIED in the released code). ``hook_pattern`` shows Σ_j r_j A_j.
+In training the module's ``aux_loss`` is the router entropy penalty λ · mean_{b, h, m in table} H(r_m^h)
+(λ = ``entropy_weight``, 1 in the authors' code), divided by the number of layers so that the model's summed
+loss is λ times the mean over layers too (how the code aggregates layers is not in the card).
 
-What the registry entry ``tpe2d`` does — the clearest version attnlab's position interface allows, not the
-paper's full method: a position encoding sees only q, k and positions, so it cannot read the layer input for the
-router nor mix two attention outputs. The entry therefore fixes the router to one order per head
-(``head_orders``; default: the first half of the heads read the table by rows, the rest by columns), i.e. the
-paper's attention at a one-hot router, and keeps the ordinary sequence-causal mask in every head: a column-order
-causal mask lets a table token see cells that come later in the sequence, which would leak the next token in a
-language model trained on every position (the paper only trains on the answer after the table). With grouped
-key heads (GQA, MQA) a key head can carry one rotation only, so all query heads of a group follow the order of
-the group's first query head (MQA: every head reads rows, i.e. plain RoPE). Positions depend only on each
-token's own absolute position, so KV-cache decoding is exact; scores are not shift-invariant (the table is
-anchored at ``start``).
+Masks (``mask``; non-causal sites attend to every key in both orders, a ``window`` counts in the mask's index):
+
+- ``"sequence"`` (default): the ordinary sequence-causal mask in both orders. Causality in sequence order holds,
+  so a language model can train on every position and KV-cache decoding equals the full pass.
+- ``"order"``: the paper's mask, causal *in order j* (key n visible to query m iff p_j(n) ≤ p_j(m)). In column
+  order a table token sees cells that come later in the sequence (the cell below it), so this BREAKS sequence
+  causality: only for training on tokens after the table, as the paper does (loss on the answer only). Tokens
+  after the table see every cell in both orders, so their outputs equal the "sequence" mask's; table tokens
+  decoded with a KV cache cannot see cells not yet generated, so cached decoding differs inside the table.
+
+Grouped key heads (GQA, MQA): the cache holds one unrotated key set, and every step rotates all keys at both
+orders, so every query head reads both orders with its group's key head — the paper's cache of two rotated key
+sets (1.5× the memory of k, v) is traded for re-rotating the cached keys (compute, not memory). Positions depend
+only on each token's own absolute position, so scores are not shift-invariant (the table is anchored at
+``start``). The layer applies the normaliser's ``prepare`` (e.g. LSSA's q, k normalisation) before the rotation.
+Kernel-attention normalisers (q, k arrive feature-mapped) are refused at run time; heads with their own ``attend``
+or ``rotate`` (differential, talking heads, sinks, RCMHA, MLA, CLLA) are bypassed by the layer's dispatch, so the
+pairing is not meaningful (config-time rejection belongs in ``AttentionConfig.check_site``).
 """
 
 from __future__ import annotations
@@ -39,17 +50,16 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnlab.common import compute_dtype
-from attnlab.errors import ConfigError
 from attnlab.position.base import POSITIONS, PositionEncoding
 from attnlab.position.rope import apply_rotary, rope_angles, rope_inv_freq
 
 if TYPE_CHECKING:
-    from attnlab.attention.core import Normaliser
+    from attnlab.attention.core import AttnOutput, Normaliser
 
-Order = Literal["row", "col"]
+ROUTER_EXPANSION = 4  # hidden size 4d (W1, W2 ∈ R^{4d×d}): from the method description, UNVERIFIED in code
 
 
 class TPE2DParams(BaseModel):
@@ -58,14 +68,10 @@ class TPE2DParams(BaseModel):
     cols: int = Field(4, gt=0)
     start: int = Field(0, ge=0)  # sequence position of the table's first token
     cell_tokens: int = Field(1, gt=0)  # tokens per cell, kept contiguous in both orders
-    head_orders: list[Order] | None = None  # one per head; None: first half "row", second half "col"
+    mask: Literal["sequence", "order"] = "sequence"  # "order": the paper's mask, not sequence-causal (see above)
+    entropy_weight: float = Field(1.0, ge=0)  # λ of the router entropy penalty (training only)
     base: float = Field(10000.0, gt=1)
     interleaved: bool = False
-
-    def check_site(self, site: object, field: str) -> None:
-        n_heads = int(getattr(site, "n_heads", 0))
-        if self.head_orders is not None and len(self.head_orders) != n_heads:
-            raise ConfigError(f"{field}.head_orders", self.head_orders, f"needs one order per head ({n_heads})")
 
 
 def column_major_positions(positions: Tensor, rows: int, cols: int, start: int = 0, cell_tokens: int = 1) -> Tensor:
@@ -77,70 +83,101 @@ def column_major_positions(positions: Tensor, rows: int, cols: int, start: int =
     return torch.where(in_table, start + (c * rows + r) * cell_tokens + offset, positions)
 
 
-def table_router(x_heads: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:
-    """r = softmax(W3 (SiLU(W1 x) ⊙ W2 x)) per head and token: x_heads [B, H, T, d] → [B, H, T, J]."""
-    hidden = F.silu(x_heads @ w1.T) * (x_heads @ w2.T)  # [B, H, T, 4d]
-    return torch.softmax(hidden @ w3.T, dim=-1)
+def table_router_logits(x_heads: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:
+    """The router's logits W3 (SiLU(W1 x) ⊙ W2 x), r = their softmax: x_heads [B, H, T, d] → [B, H, T, J]."""
+    return (F.silu(x_heads @ w1.T) * (x_heads @ w2.T)) @ w3.T
 
 
-def table_order_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    gates: Tensor,
-    orders: list[Tensor],
-    *,
-    normaliser: Normaliser,
-    base: float = 10000.0,
-    scale: float | None = None,
-) -> Tensor:
-    """The paper's mixture: Σ_j gates[..., j] · attention(RoPE at orders[j], causal in order j).
-
-    q, k, v [B, H, T, d] before rotation (self-attention, no cache); gates [B, H, T, J]; orders J tensors [T].
-    """
-    dtype = compute_dtype(q)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    inv_freq = rope_inv_freq(q.shape[-1], base)
-    out = torch.zeros(v.shape, dtype=dtype, device=v.device)
-    for j, order in enumerate(orders):
-        angles = rope_angles(order, inv_freq)
-        qj, kj = apply_rotary(q.to(dtype), angles), apply_rotary(k.to(dtype), angles)
-        visible = order[None, :] <= order[:, None]  # [T, T]: key n visible to query m in order j
-        weights = normaliser((qj * scale) @ kj.transpose(-1, -2), visible)  # [B, H, T, T]
-        out = out + gates[..., j : j + 1].to(dtype) * (weights @ v.to(dtype))
-    return out.to(v.dtype)
+def visibility(q_idx: Tensor, k_idx: Tensor, causal: bool, window: int | None) -> Tensor | None:
+    """Boolean [Tq, Tk], True where key n is visible to query m, from their indices in one order (None: all)."""
+    if not causal and window is None:
+        return None
+    ahead = q_idx[:, None] - k_idx[None, :]  # how far the key is behind the query
+    visible = ahead >= 0 if causal else torch.ones_like(ahead, dtype=torch.bool)
+    if window is not None:
+        visible &= (ahead < window) if causal else (ahead.abs() < window)
+    return visible
 
 
 @POSITIONS.register(
     "tpe2d",
-    summary="RoPE over row-major or column-major table positions, one traversal order per head (2D-TPE, fixed router)",
+    summary="RoPE at row-major and column-major table positions, two attentions mixed per head and token (2D-TPE)",
     paper="Li et al. 2024, arXiv:2409.19700",
     params=TPE2DParams,
+    example={"rows": 2, "cols": 3, "start": 1},
     cross=False,
+    owns_attention=True,
 )
 class TablePositions2D(PositionEncoding):
     def __init__(self, params: TPE2DParams | None = None, site: object | None = None):
         super().__init__()
-        params = params or TPE2DParams()
-        self.d_head, n_heads = int(site.d_head), int(site.n_heads)  # type: ignore[union-attr]
+        self.params = params = params or TPE2DParams()
+        self.d_head, self.n_heads = int(site.d_head), int(site.n_heads)  # type: ignore[union-attr]
         if self.d_head % 2:
             raise ValueError(f"tpe2d needs an even head dimension; got d_head={self.d_head}")
-        params.check_site(site, "position_args")
-        orders = params.head_orders or ["row"] * (n_heads // 2) + ["col"] * (n_heads - n_heads // 2)
-        self.register_buffer("by_column", torch.tensor([o == "col" for o in orders]), persistent=False)  # [H]
-        self.table = (params.rows, params.cols, params.start, params.cell_tokens)
-        self.base, self.interleaved = params.base, params.interleaved
+        hidden = ROUTER_EXPANSION * self.d_head
+        self.w1 = nn.Linear(self.d_head, hidden, bias=False)  # router weights, shared by the heads
+        self.w2 = nn.Linear(self.d_head, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, 2, bias=False)
+        self.entropy_weight = params.entropy_weight / int(getattr(site, "n_layers", 1))
+        self.aux_loss: Tensor | None = None
 
-    def head_angles(self, positions: Tensor, by_column: Tensor) -> Tensor:
-        """[H', T, d/2]: each head's RoPE angles in its traversal order."""
-        inv_freq = rope_inv_freq(self.d_head, self.base)
-        row = rope_angles(positions, inv_freq)  # [T, d/2]
-        col = rope_angles(column_major_positions(positions, *self.table), inv_freq)
-        return torch.where(by_column.to(positions.device)[:, None, None], col, row)
+    def orders(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(p_row, p_col) of sequence positions."""
+        p = self.params
+        return positions, column_major_positions(positions, p.rows, p.cols, p.start, p.cell_tokens)
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def router_logits(self, x: Tensor) -> Tensor:
+        """x [B, T, D] → [B, H, T, 2]: each head's logits over (row, col) from its d-slice of x."""
+        b, t, _ = x.shape
+        x_heads = x.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
+        return table_router_logits(x_heads, *(w.weight.to(x.dtype) for w in (self.w1, self.w2, self.w3)))
+
+    def entropy_loss(self, log_gates: Tensor, q_pos: Tensor) -> Tensor:
+        """λ · mean router entropy over batch, heads and the query tokens inside the table (0 if none)."""
+        p = self.params
+        in_table = (q_pos >= p.start) & (q_pos < p.start + p.rows * p.cols * p.cell_tokens)
+        if not bool(in_table.any()):
+            return log_gates.new_zeros(())
+        entropy = -(log_gates.exp() * log_gates).sum(-1)  # [B, H, T]
+        return self.entropy_weight * entropy[..., in_table].mean()
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        x: Tensor,
+        start: int,
+        normaliser: Normaliser,
+        causal: bool,
+        scale: float | None,
+        window: int | None,
+    ) -> AttnOutput:
+        """Σ_j r_j · attention(RoPE at p_j, mask) over j ∈ (row, col). q [B, H, T, d]; k, v [B, Hkv, S, d], the keys
+        at positions 0 … S − 1 (with a cache) and the queries at start … start + T − 1."""
+        from attnlab.attention.core import AttnOutput, repeat_kv
+
+        if hasattr(normaliser, "attend"):  # kernel attention: q, k arrive feature-mapped, there are no q·k scores
+            raise ValueError("tpe2d computes q·k scores itself; it cannot host a kernel-attention normaliser")
+        dtype = compute_dtype(q)
         n_rep = q.shape[1] // k.shape[1]
-        by_kv_head = self.by_column[::n_rep]  # [Hkv]: a key head reads in its group's first query head's order
-        rq = apply_rotary(q, self.head_angles(positions, by_kv_head.repeat_interleave(n_rep)), self.interleaved)
-        rk = apply_rotary(k, self.head_angles(positions, by_kv_head), self.interleaved)
-        return rq, rk
+        k, vc = repeat_kv(k.to(dtype), n_rep), repeat_kv(v.to(dtype), n_rep)
+        q_pos = torch.arange(start, start + q.shape[2], device=q.device)
+        k_pos = torch.arange(k.shape[2], device=q.device)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        log_gates = self.router_logits(x.to(dtype)).log_softmax(-1)  # [B, H, T, 2]
+        gates = log_gates.exp()
+        inv_freq = rope_inv_freq(self.d_head, self.params.base)
+        sequence_mask = visibility(q_pos, k_pos, causal, window)
+        out, weights = torch.zeros_like(q, dtype=dtype), 0.0
+        for j, (pq, pk) in enumerate(zip(self.orders(q_pos), self.orders(k_pos), strict=True)):
+            qj = apply_rotary(q.to(dtype), rope_angles(pq, inv_freq), self.params.interleaved)
+            kj = apply_rotary(k, rope_angles(pk, inv_freq), self.params.interleaved)
+            mask = visibility(pq, pk, causal, window) if self.params.mask == "order" else sequence_mask
+            a = normaliser((qj * scale) @ kj.transpose(-1, -2), mask)  # [B, H, T, S]
+            out = out + gates[..., j : j + 1] * (a @ vc)
+            weights = weights + gates[..., j : j + 1] * a
+        self.aux_loss = self.entropy_loss(log_gates, q_pos) if self.training else None
+        return AttnOutput(out.to(v.dtype), None, weights)

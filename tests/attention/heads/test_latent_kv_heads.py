@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.attention import AttentionConfig, AttentionSite, build_attention
-from attnlab.attention.heads.mla import fake_quantise
+from attnlab.attention import AttentionConfig, AttentionSite, LayerKVCache, build_attention
+from attnlab.attention.heads.mla import dequantise, fake_quantise, pack_int4, quantise, unpack_int4
 from attnlab.errors import ConfigError
 from attnlab.model.hooks import capture
 
@@ -115,3 +115,113 @@ def test_clla_cache_bytes_count_one_quantised_latent_per_group() -> None:
     clla = build_attention(AttentionConfig(heads="clla", heads_args=args), site)
     # 2 groups × (16 int4 = 8 bytes, one bf16 scale = 2 bytes, a bf16 RoPE key of d_head 4 = 8 bytes)
     assert clla.heads.kv_bytes_per_token(torch.bfloat16) == 2 * (8 + 2 + 8)
+
+
+# --- KV-cache decoding stores the latent -------------------------------------------------------------------
+
+LATENT = {"kv_rank": 11, "q_rank": 10}  # odd kv_rank: int4 packing needs a pad nibble
+VARIANTS = {
+    "mla": ("mla", LATENT),
+    "clla-fp": ("clla", {**LATENT, "share_every": 3}),  # 4 layers: groups {0, 1, 2}, {3}
+    "clla-int8": ("clla", {**LATENT, "share_every": 2, "quant_bits": 8}),
+    "clla-int4": ("clla", {**LATENT, "share_every": 2, "quant_bits": 4}),
+}
+
+
+def decode(model, tokens: torch.Tensor, size: int):
+    cache = model.new_cache()
+    out = torch.cat([model(tokens[:, i : i + size], cache) for i in range(0, tokens.shape[1], size)], dim=1)
+    assert cache.length == tokens.shape[1]
+    assert all(layer.length == tokens.shape[1] for layer in cache.layers)
+    return out, cache
+
+
+def latent_model(make_lm, variant: str):
+    heads, args = VARIANTS[variant]
+    return make_lm(n_layers=4, heads=heads, heads_args=args)
+
+
+@pytest.mark.parametrize("chunk", [1, 3], ids=["one-at-a-time", "chunks-of-3"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_decoding_from_the_latent_cache_matches_the_full_forward(make_lm, variant: str, chunk: int) -> None:
+    model = latent_model(make_lm, variant).double()
+    tokens = torch.randint(0, 31, (2, 8))
+    out, _ = decode(model, tokens, chunk)
+    torch.testing.assert_close(out, model(tokens), atol=1e-10, rtol=1e-10)
+    assert not model.blocks[0].attn.site.shared, "the last reader of a group removes the shared cached latent"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_the_cache_stores_the_latent_and_the_shared_rope_key_not_full_keys_and_values(make_lm, variant: str) -> None:
+    model = latent_model(make_lm, variant)
+    _, cache = decode(model, torch.randint(0, 31, (2, 7)), 3)
+    heads, args = VARIANTS[variant]
+    bits = args.get("quant_bits")
+    latent = {
+        None: {"latent": ((2, 7, 11), torch.float32)},
+        8: {"latent_codes": ((2, 7, 11), torch.int8), "latent_scale": ((2, 7, 1), torch.float32)},
+        4: {"latent_codes": ((2, 7, 6), torch.uint8), "latent_scale": ((2, 7, 1), torch.float32)},  # packed
+    }[bits]
+    owner = {**latent, "k_rope": ((2, 1, 7, 8), torch.float32)}  # d_head 8: one rotated RoPE key for all heads
+    for i, layer in enumerate(cache.layers):
+        stored = {name: (tuple(t.shape), t.dtype) for name, t in layer.store.items()}
+        first = heads == "mla" or i % args["share_every"] == 0
+        assert stored == (owner if first else {}), f"layer {i}"
+        assert layer.k is None and layer.v is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_measured_cache_bytes_per_token_match_kv_bytes_per_token_and_beat_mha(make_lm, variant: str) -> None:
+    model = latent_model(make_lm, variant)
+    batch, n = 2, 7
+    _, cache = decode(model, torch.randint(0, 31, (batch, n)), 1)
+    measured = sum(layer.nbytes() / (batch * n) for layer in cache.layers)
+    heads = [block.attn.heads for block in model.blocks]
+    # mla reports one layer, clla the whole model (one latent per group)
+    if VARIANTS[variant][0] == "mla":
+        reported = sum(h.kv_bytes_per_token(torch.float32) for h in heads)
+    else:
+        reported = heads[0].kv_bytes_per_token(torch.float32)
+    assert measured == reported
+    mha = make_lm(n_layers=4)
+    _, mha_cache = decode(mha, torch.randint(0, 31, (batch, n)), 1)
+    mha_per_token = 4 * 2 * 4 * 8 * 4  # layers · (k, v) · heads · d_head · float32 bytes
+    assert mha_cache.nbytes() / (batch * n) == mha_per_token
+    assert measured < mha_per_token
+    assert max(layer.nbytes() for layer in cache.layers) / (batch * n) < mha_per_token / 4, "per layer, too"
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@torch.no_grad()
+def test_the_full_forward_sees_the_latent_the_quantised_cache_holds(make_lm, bits: int) -> None:
+    variant = f"clla-int{bits}"
+    model = latent_model(make_lm, variant)
+    tokens = torch.randint(0, 31, (2, 6))
+    _, cache = decode(model, tokens, 1)
+    with capture(model, ["blocks.0.attn.hook_latent_kv"]) as seen:
+        model(tokens)
+    codes, scale = cache[0].store["latent_codes"], cache[0].store["latent_scale"]
+    if bits == 4:
+        codes = unpack_int4(codes, 11)
+    assert codes.abs().max() <= 2 ** (bits - 1) - 1
+    # bit for bit: the full pass attends over exactly the dequantised codes the cache keeps
+    torch.testing.assert_close(seen["blocks.0.attn.hook_latent_kv"], dequantise(codes, scale), atol=0, rtol=0)
+
+
+def test_int4_codes_pack_two_per_byte_and_unpack_exactly() -> None:
+    x = torch.randn(3, 5, 11)
+    codes, scale = quantise(x, 4)
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 5, 6)
+    assert torch.equal(unpack_int4(packed, 11), codes)
+    assert torch.equal(dequantise(codes, scale), fake_quantise(x, 4))
+
+
+def test_extend_cache_without_the_latent_of_the_same_forward_raises() -> None:
+    mla = mla_module(kv_rank=6)
+    k = torch.zeros(1, 4, 2, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="latent of the 2 new tokens"):
+        mla.heads.extend_cache(LayerKVCache(), k, k)

@@ -20,7 +20,8 @@ each group of ``share_every`` consecutive layers; the other layers of the group 
 ``AttentionSite.shared`` and apply their own W_UK, W_UV (they have no W_DKV, W_KR). This needs the layers
 to run in order within one forward pass, as TransformerLM runs them; a layer that finds no latent from its
 group's first layer raises. The stored latent can be fake-quantised to ``quant_bits`` (int8 / int4,
-symmetric, one scale per token, straight-through gradient), which is what a quantised cache would hold.
+symmetric, one scale per token, straight-through gradient), and the KV cache then holds the integer codes
+and scales, so a cached decode and a full pass see the same dequantised latent.
 
 Sources: MLA follows the paper's §2.1 equations (card 5b, a transcription) with Hugging Face's
 ``modeling_deepseek`` conventions as remembered, not re-read: RMSNorm on both latents, q/k head layout
@@ -28,9 +29,34 @@ Sources: MLA follows the paper's §2.1 equations (card 5b, a transcription) with
 and the quantiser are a reconstruction from the abstract (card 5a), UNVERIFIED in every detail (group
 size, bit width, per-token vs per-channel scale, whether k^R is quantised — here it is not).
 
-Limits of this reference: attnlab's LayerKVCache stores the full per-head k and v (what ``project`` returns),
-so decoding is exact but the cache is not actually compressed; ``kv_bytes_per_token`` reports the latent
-cache analytically. The position encoding rotates d_head-sized slices (RoPE builds its frequencies from the
+Incremental decoding caches the latent, not the full k and v (``extend_cache``, attnlab's LayerKVCache hook):
+
+- ``mla``: the store holds ``latent`` c [B, T, d_c] and, when d_R > 0, ``k_rope`` [B, 1, T, d_R], the shared
+  RoPE key already rotated. Each step rebuilds k^C = W_UK c and v = W_UV c for every cached token and appends
+  the cached k^R to each head: the reference form, O(T · d_c · H · d_head) work per step. Production kernels
+  use the "absorbed" form instead (W_UK folded into the query, q_i^T W_UK,i c, and W_UV into W_O), attending
+  over the latent directly without materialising k, v; not needed here.
+- ``clla``: the group's first layer stores the group latent: ``latent`` c in the model dtype, or, quantised,
+  ``latent_codes`` (int8 codes [B, T, d_c]; int4 codes packed two per byte in uint8 [B, T, ⌈d_c/2⌉], so
+  the bytes held are the packed bytes) plus ``latent_scale`` [B, T, 1] in the model dtype; and ``k_rope`` as
+  MLA. The later layers of the group store NOTHING (their ``LayerKVCache.store`` stays empty, only ``length``
+  advances): the first layer publishes the whole (dequantised) latent and rotated k^R of the current call in
+  ``AttentionSite.shared`` under ``clla.cache.group{g}``, and each reader rebuilds its k, v from it with its
+  own W_UK, W_UV; the group's last reader removes the entry. Like the uncached sharing, this needs all
+  layers to run in order in every decoding call (TransformerLM does). A reader checks that its own rotated
+  k^R for the new tokens equals the first layer's (a position encoding that rotated keys differently per
+  layer would make the shared rotated key wrong) and raises otherwise.
+
+``kv_bytes_per_token`` is what ``LayerKVCache.nbytes()`` holds per token (per batch row) after decoding: per
+layer for ``mla``, for the whole model for ``clla``. The new tokens' latent reaches ``extend_cache`` through
+the module: ``project`` keeps it (``_new_latent``; CLLA's first layer keeps the group latent and its codes
+from ``latent()``), ``extend_cache`` consumes it in the same ``Attention.forward`` and ``combine``, the last
+call of every forward, drops it, so no activation outlives its pass. The cache keeps the latent as ``latent``
+computed it for ``clla`` (the group latent; edits made through ``hook_latent_kv`` are seen by ``mla``'s cache
+but not by ``clla``'s); edits of ``hook_k`` / ``hook_v`` (and of the content part of ``hook_rot_k``) are not
+seen by cached decoding, which rebuilds k^C and v from the latent.
+
+Other limits: the position encoding rotates d_head-sized slices (RoPE builds its frequencies from the
 site's d_head), so d_R is 0 or d_head here; DeepSeek-V2's d_R = d_head/2 ratio is reached with
 ``nope_dim=2·d_head``. With d_R = 0 a rotary position encoding has no effect (NoPE); additive position
 biases (ALiBi) still apply. Normalisers sized by ``site.d_head`` (LSSA's log d, kernel feature maps) see
@@ -40,7 +66,7 @@ d_head, not d_nope + d_R: kernel normalisers work only with rope_dim=0 and the d
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +76,9 @@ from attnlab.attention.heads.base import HEADS, merge_heads, split_heads
 from attnlab.errors import ConfigError
 from attnlab.model.hooks import HookPoint
 from attnlab.position.base import PositionEncoding
+
+if TYPE_CHECKING:
+    from attnlab.attention.build import LayerKVCache
 
 
 class MLAParams(BaseModel):
@@ -100,6 +129,7 @@ class LatentKVHeads(nn.Module):
         self.v_up = nn.Linear(params.kv_rank, h * self.d_head, bias=False)  # W_UV
         self.o_proj = nn.Linear(h * self.d_head, d_model, bias=False)  # W_O
         self.hook_latent_kv = HookPoint()
+        self._new_latent: Tensor | None = None  # project → extend_cache, within one forward (see the docstring)
 
     def latent(self, source: Tensor) -> tuple[Tensor, Tensor | None]:
         """source [B, S, D] → c [B, S, d_c] and the un-rotated RoPE key k^R [B, S, d_R] (None when d_R = 0)."""
@@ -113,11 +143,45 @@ class LatentKVHeads(nn.Module):
     def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         c, k_rope = self.latent(x if context is None else context)
         c = self.hook_latent_kv(c)  # [B, S, d_c]
+        self._new_latent = c  # for extend_cache in this forward; combine drops it
+        k, v = self.up_project(c, None if k_rope is None else k_rope.unsqueeze(1))
+        return self.queries(x), k, v
+
+    def up_project(self, c: Tensor, k_rope: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Latent c [B, S, d_c] and shared RoPE key [B, 1, S, d_R] (or None) → k [B, H, S, nope+rope], v."""
         k = split_heads(self.k_up(c), self.n_heads)  # [B, H, S, nope]
         v = split_heads(self.v_up(c), self.n_heads)  # [B, H, S, d_head]
-        if k_rope is not None:  # one RoPE key for all heads: [B, S, d_R] → [B, H, S, d_R]
-            k = torch.cat([k, k_rope.unsqueeze(1).expand(-1, self.n_heads, -1, -1)], dim=-1)
-        return self.queries(x), k, v
+        if k_rope is not None:  # one RoPE key for all heads: [B, 1, S, d_R] → [B, H, S, d_R]
+            k = torch.cat([k, k_rope.expand(-1, self.n_heads, -1, -1)], dim=-1)
+        return k, v
+
+    def new_rope_key(self, k: Tensor) -> Tensor | None:
+        """The new tokens' rotated, head-shared RoPE key [B, 1, T, d_R] as its own tensor (not a view of k)."""
+        if not self.rope_dim:
+            return None
+        return k[:, :1, :, self.nope_dim :].clone(memory_format=torch.contiguous_format)
+
+    def take_new_latent(self, t_new: int) -> Tensor:
+        c, self._new_latent = self._new_latent, None
+        if c is None or c.shape[1] != t_new:
+            raise RuntimeError(
+                f"{type(self).__name__}.extend_cache needs the latent of the {t_new} new tokens from project() "
+                "in the same forward pass (Attention.forward calls project, rotate, then extend_cache)"
+            )
+        return c
+
+    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Cache the latent c [B, T, d_c] and the rotated RoPE key [B, 1, T, d_R]; rebuild k, v of all tokens.
+
+        k, v are the new tokens' keys (rotated) and values; only k's RoPE slice is kept, the rest is rebuilt
+        from the latent with W_UK, W_UV (the reference form; see the module docstring for the absorbed one).
+        """
+        t_new = k.shape[2]
+        c_all = cache.append_to("latent", self.take_new_latent(t_new), dim=1)  # [B, S, d_c]
+        k_rope = self.new_rope_key(k)
+        k_rope_all = None if k_rope is None else cache.append_to("k_rope", k_rope, dim=2)  # [B, 1, S, d_R]
+        cache.length += t_new
+        return self.up_project(c_all, k_rope_all)
 
     def rotate(self, position: PositionEncoding, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate only the decoupled [.., nope:] channels; the content part k^C stays position-free."""
@@ -128,10 +192,11 @@ class LatentKVHeads(nn.Module):
         return torch.cat([q[..., :n], q_rope], dim=-1), torch.cat([k[..., :n], k_rope], dim=-1)
 
     def combine(self, z: Tensor, x: Tensor) -> Tensor:
+        self._new_latent = None  # the last heads call of every forward: no activation outlives its pass
         return self.o_proj(merge_heads(z))
 
     def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
-        """Bytes per token of this layer's latent cache (c_t and k^R_t), not of the full k, v LayerKVCache holds."""
+        """Bytes per token (per batch row) of this layer's cache: c_t and k^R_t in ``dtype``, as ``nbytes`` counts."""
         return (self.kv_rank + self.rope_dim) * element_size(dtype)
 
 
@@ -139,15 +204,43 @@ def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def quantise(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """x [..., d] → int8 codes in [−q_max, q_max] and one scale per row [..., 1] (x's dtype), q_max = 2^(bits−1) − 1.
+
+    scale = max|x| / q_max over the last dim; codes · scale is the dequantised value (``dequantise``).
+    """
+    q_max = 2 ** (bits - 1) - 1
+    x = x.detach()
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny) / q_max
+    return (x / scale).round().clamp(-q_max, q_max).to(torch.int8), scale
+
+
+def dequantise(codes: Tensor, scale: Tensor) -> Tensor:
+    return codes.to(scale.dtype) * scale
+
+
 def fake_quantise(x: Tensor, bits: int) -> Tensor:
     """Round x to a symmetric ``bits``-bit grid with one scale per row (token) and return it dequantised.
 
-    scale = max|x| / (2^(bits−1) − 1) over the last dim; the gradient passes straight through (STE).
+    The gradient passes straight through (STE). Without a gradient to carry the result is exactly
+    ``dequantise(*quantise(x, bits))``, bit for bit what a quantised cache rebuilds.
     """
-    q_max = 2 ** (bits - 1) - 1
-    scale = x.detach().abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny) / q_max
-    rounded = (x / scale).round().clamp(-q_max, q_max) * scale
-    return x + (rounded - x).detach()
+    rounded = dequantise(*quantise(x, bits))
+    return x + (rounded - x).detach() if x.requires_grad else rounded
+
+
+def pack_int4(codes: Tensor) -> Tensor:
+    """int8 codes in [−7, 7], [..., d] → uint8 [..., ⌈d/2⌉], two codes per byte (offset by 8, low nibble first)."""
+    u = (codes + 8).to(torch.uint8)
+    if u.shape[-1] % 2:
+        u = torch.cat([u, torch.full_like(u[..., :1], 8)], dim=-1)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor, d: int) -> Tensor:
+    """Inverse of ``pack_int4``: uint8 [..., ⌈d/2⌉] → int8 codes [..., d]."""
+    u = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)[..., :d]
+    return u.to(torch.int8) - 8
 
 
 class CLLAParams(MLAParams):
@@ -167,16 +260,26 @@ class CrossLayerLatentHeads(LatentKVHeads):
         self.layer_idx, self.share_every, self.quant_bits = site.layer_idx, params.share_every, params.quant_bits
         self.n_groups = math.ceil(site.n_layers / params.share_every)
         self.shared = site.shared  # one dict per model (AttentionSite.shared)
+        # The first layer's new latent (and quantised codes, scales) from project to extend_cache, in one forward.
+        self._new_group_latent: Tensor | None = None
+        self._new_codes: tuple[Tensor, Tensor] | None = None
 
     @property
     def key(self) -> str:
         return f"clla.latent.group{self.group}"
 
+    @property
+    def cache_key(self) -> str:
+        return f"clla.cache.group{self.group}"
+
     def latent(self, source: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.owner:
             c, k_rope = super().latent(source)
             if self.quant_bits is not None:
-                c = fake_quantise(c, self.quant_bits)
+                codes, scale = quantise(c, self.quant_bits)
+                c = fake_quantise(c, self.quant_bits)  # equals dequantise(codes, scale) without a gradient
+                self._new_codes = (pack_int4(codes) if self.quant_bits == 4 else codes, scale)
+            self._new_group_latent = c  # what the cache keeps (the group latent, before hook_latent_kv)
             if self.last_layer > self.layer_idx:  # later layers of the group will read it in this pass
                 self.shared[self.key] = (c, k_rope)
             return c, k_rope
@@ -194,10 +297,66 @@ class CrossLayerLatentHeads(LatentKVHeads):
             )
         return c, k_rope
 
-    def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
-        """Bytes per token of the whole model's latent cache: one (c_t, k^R_t) per group of layers.
+    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """First layer of a group: cache the (quantised) group latent and the rotated RoPE key; later layers:
+        cache nothing and rebuild k, v from the latent the first layer published for this call."""
+        t_new = k.shape[2]
+        self._new_latent = None
+        if self.owner:
+            c_all = self.extend_latent(cache, t_new)
+            k_rope = self.new_rope_key(k)
+            k_rope_all = None if k_rope is None else cache.append_to("k_rope", k_rope, dim=2)  # [B, 1, S, d_R]
+            if self.last_layer > self.layer_idx:
+                self.shared[self.cache_key] = (c_all, k_rope_all)
+        else:
+            if self.cache_key not in self.shared:
+                raise RuntimeError(
+                    f"CLLA layer {self.layer_idx} decodes from the cached latent of layer {self.first_layer}, which "
+                    "has not run in this call; CLLA layers must run in order (as TransformerLM runs them)"
+                )
+            entry = self.shared[self.cache_key]
+            c_all, k_rope_all = self.shared.pop(self.cache_key) if self.layer_idx == self.last_layer else entry
+            if c_all.shape[:2] != (k.shape[0], cache.length + t_new):
+                raise RuntimeError(
+                    f"CLLA layer {self.layer_idx} has cached {cache.length} tokens and got {t_new} new ones, but "
+                    f"layer {self.first_layer}'s latent covers {tuple(c_all.shape[:2])} (batch, tokens)"
+                )
+            k_rope = self.new_rope_key(k)
+            if k_rope is not None and not torch.equal(k_rope, k_rope_all[:, :, -t_new:]):
+                raise RuntimeError(
+                    f"CLLA layer {self.layer_idx} rotates the shared RoPE key differently from layer "
+                    f"{self.first_layer}; its cached rotated key cannot be shared"
+                )
+        cache.length += t_new
+        return self.up_project(c_all, k_rope_all)
 
-        A quantised c_t costs ⌈d_c · bits / 8⌉ bytes plus one scale in ``dtype``; k^R stays in ``dtype``.
+    def extend_latent(self, cache: LayerKVCache, t_new: int) -> Tensor:
+        """Append the new tokens' group latent to the first layer's cache; the whole latent [B, S, d_c], dequantised."""
+        c, self._new_group_latent = self._new_group_latent, None
+        if c is None or c.shape[1] != t_new:
+            raise RuntimeError(
+                f"CLLA layer {self.layer_idx}: extend_cache needs the latent of the {t_new} new tokens from "
+                "project() in the same forward pass"
+            )
+        if self.quant_bits is None:
+            return cache.append_to("latent", c, dim=1)
+        (codes, scale), self._new_codes = self._new_codes, None
+        codes_all = cache.append_to("latent_codes", codes, dim=1)  # int8 [B, S, d_c] or packed uint8 [B, S, d_c/2]
+        scale_all = cache.append_to("latent_scale", scale, dim=1)  # [B, S, 1], model dtype
+        if self.quant_bits == 4:
+            codes_all = unpack_int4(codes_all, self.kv_rank)
+        return dequantise(codes_all, scale_all)
+
+    def combine(self, z: Tensor, x: Tensor) -> Tensor:
+        self._new_group_latent = self._new_codes = None
+        return super().combine(z, x)
+
+    def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes per token (per batch row) of the whole model's latent cache: one (c_t, k^R_t) per group of layers.
+
+        A quantised c_t costs ⌈d_c · bits / 8⌉ bytes (int8 codes, or int4 codes packed two per byte) plus one
+        scale in ``dtype``; k^R stays in ``dtype``. This is what the first layers' ``LayerKVCache.nbytes()``
+        hold after decoding, in the model's dtype; the other layers hold nothing.
         """
         size = element_size(dtype)
         if self.quant_bits is None:
