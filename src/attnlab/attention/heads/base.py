@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 HEADS: Registry = Registry("heads")
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def check_kv_heads(n_kv_heads: int | None, site: AttentionSite, field: str) -> None:
     if n_kv_heads is not None and site.n_heads % n_kv_heads:
         raise ConfigError(
@@ -35,8 +31,12 @@ def check_kv_heads(n_kv_heads: int | None, site: AttentionSite, field: str) -> N
         )
 
 
-class GQAParams(BaseModel):
+class MHAParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    bias: bool = False  # biases on the q, k, v and output projections (BERT, GPT-2); modern LMs have none
+
+
+class GQAParams(MHAParams):
     n_kv_heads: int = Field(gt=0)
 
     def check_site(self, site: AttentionSite, field: str) -> None:
@@ -54,18 +54,18 @@ def merge_heads(z: Tensor) -> Tensor:
 
 
 class MultiHead(nn.Module):
-    """Bias-free q, k, v and output projections with ``n_kv_heads`` key/value heads."""
+    """q, k, v and output projections (bias-free unless ``bias``) with ``n_kv_heads`` key/value heads."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = False):
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.d_head = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, n_heads * self.d_head, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.d_head, d_model, bias=False)
+        self.q_proj = nn.Linear(d_model, n_heads * self.d_head, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.d_head, d_model, bias=bias)
 
     def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, D] (and context [B, S, D] for cross-attention) → q [B,H,T,d], k, v [B,Hkv,S,d]."""
@@ -80,9 +80,9 @@ class MultiHead(nn.Module):
         return self.o_proj(merge_heads(z))
 
 
-@HEADS.register("mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=NoParams)
-def build_mha(params: NoParams, site: AttentionSite) -> MultiHead:
-    return MultiHead(site.d_model, site.n_heads, site.n_heads)
+@HEADS.register("mha", summary="multi-head attention", paper="Vaswani et al. 2017, arXiv:1706.03762", params=MHAParams)
+def build_mha(params: MHAParams, site: AttentionSite) -> MultiHead:
+    return MultiHead(site.d_model, site.n_heads, site.n_heads, params.bias)
 
 
 @HEADS.register(
@@ -93,14 +93,14 @@ def build_mha(params: NoParams, site: AttentionSite) -> MultiHead:
     example={"n_kv_heads": 2},
 )
 def build_gqa(params: GQAParams, site: AttentionSite) -> MultiHead:
-    return MultiHead(site.d_model, site.n_heads, params.n_kv_heads)
+    return MultiHead(site.d_model, site.n_heads, params.n_kv_heads, params.bias)
 
 
 @HEADS.register(
     "mqa",
     summary="multi-query attention: one key/value head",
     paper="Shazeer 2019, arXiv:1911.02150",
-    params=NoParams,
+    params=MHAParams,
 )
-def build_mqa(params: NoParams, site: AttentionSite) -> MultiHead:
-    return MultiHead(site.d_model, site.n_heads, 1)
+def build_mqa(params: MHAParams, site: AttentionSite) -> MultiHead:
+    return MultiHead(site.d_model, site.n_heads, 1, params.bias)
