@@ -93,28 +93,6 @@ def test_without_random_non_queries_the_filler_is_token_zero() -> None:
     assert filler.any() and (batch.inputs[filler] == 0).all()
 
 
-def test_a_training_batch_is_a_function_of_seed_and_step() -> None:
-    config = MQARConfig(vocab=VOCAB, length=LENGTH, num_kv_pairs=PAIRS)
-    first, again = config.build(seed=3).train_batch(7, 8), config.build(seed=3).train_batch(7, 8)
-    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
-
-
-def test_training_batches_differ_across_steps() -> None:
-    task = MQARConfig(vocab=VOCAB, length=LENGTH, num_kv_pairs=PAIRS).build(seed=0)
-    assert not torch.equal(task.train_batch(1, 8).inputs, task.train_batch(2, 8).inputs)
-
-
-def test_training_batches_differ_across_seeds() -> None:
-    config = MQARConfig(vocab=VOCAB, length=LENGTH, num_kv_pairs=PAIRS)
-    assert not torch.equal(config.build(seed=0).train_batch(1, 8).inputs, config.build(seed=1).train_batch(1, 8).inputs)
-
-
-def test_the_evaluation_set_differs_from_every_early_training_batch() -> None:
-    task = MQARConfig(vocab=VOCAB, length=LENGTH, num_kv_pairs=PAIRS).build(seed=0)
-    eval_inputs = task.eval_batch(8).inputs
-    assert all(not torch.equal(eval_inputs, task.train_batch(step, 8).inputs) for step in range(0, 50))
-
-
 @pytest.mark.parametrize(
     ("config", "field", "value", "allowed"),
     [

@@ -103,26 +103,6 @@ def test_with_length_validates_the_new_length() -> None:
         CONFIG.with_length(8)
 
 
-def test_a_training_batch_is_a_function_of_seed_and_step() -> None:
-    first, again = CONFIG.build(seed=3).train_batch(7, 8), CONFIG.build(seed=3).train_batch(7, 8)
-    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
-
-
-def test_training_batches_differ_across_steps() -> None:
-    task = CONFIG.build(seed=0)
-    assert not torch.equal(task.train_batch(1, 8).inputs, task.train_batch(2, 8).inputs)
-
-
-def test_training_batches_differ_across_seeds() -> None:
-    assert not torch.equal(CONFIG.build(seed=0).train_batch(1, 8).inputs, CONFIG.build(seed=1).train_batch(1, 8).inputs)
-
-
-def test_the_evaluation_set_differs_from_every_early_training_batch() -> None:
-    task = CONFIG.build(seed=0)
-    eval_inputs = task.eval_batch(8).inputs
-    assert all(not torch.equal(eval_inputs, task.train_batch(step, 8).inputs) for step in range(50))
-
-
 @pytest.mark.parametrize(
     ("config", "field", "value", "allowed"),
     [
