@@ -29,12 +29,12 @@ demo: $(STAMP)
 	$(BIN)/attnlab demo
 
 test: $(TEST_STAMP)
-	$(BIN)/ruff check src tests sweeps
+	$(BIN)/ruff check src tests sweeps bench
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests sweeps
-	$(BIN)/ruff format --check src tests sweeps
+	$(BIN)/ruff check src tests sweeps bench
+	$(BIN)/ruff format --check src tests sweeps bench
 
 clean:
 	rm -rf $(VENV) runs

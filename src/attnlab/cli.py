@@ -1,4 +1,4 @@
-"""The ``attnlab`` command line: ``zoo``, ``run``, ``demo``, ``leaderboard``."""
+"""The ``attnlab`` command line: ``zoo``, ``run``, ``demo``, ``leaderboard``, ``inspect``."""
 
 from __future__ import annotations
 
@@ -184,6 +184,108 @@ def presets() -> None:
     for name in preset_names():
         s = load_sweep(name)
         console.print(f"{name}: {len(s.runs())} runs — tasks {[t.name for t in s.tasks]}")
+
+
+RUN_DBS = (Path("runs/results.sqlite"), Path("runs/demo.sqlite"))
+
+
+def _is_run_id(name: str) -> bool:
+    """Whether ``name`` is a run id in one of the default results databases (read-only; no file is created)."""
+    import sqlite3
+
+    for db in RUN_DBS:
+        if not db.is_file():
+            continue
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (name,)).fetchone():
+                    return True
+        except sqlite3.Error:
+            continue
+    return False
+
+
+def _inspect_tokens(name: str, tokenizer, text: str | None, file: Path | None, task: str | None, n: int, seed: int):
+    """→ (tokens [1, T], seq_half or None, labels or None)."""
+    from attnlab.lens.inspect import MODEL_INFO, induction_tokens
+
+    chosen = [opt for opt, v in (("--text", text), ("--file", file), ("--task", task)) if v is not None]
+    if len(chosen) > 1:
+        raise ConfigError("input", " ".join(chosen), "give only one of --text, --file, --task")
+    if text is None and file is None:
+        if task not in (None, "induction"):
+            raise ConfigError("task", task, "unknown task", allowed=["induction"])
+        if n < 1:
+            raise ConfigError("seq_len", n, "must be at least 1")
+        info = MODEL_INFO[name]
+        return induction_tokens(n, seed, info["low"], info["high"], info["bos"]), n, None
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError("file", str(file), "no such file")
+        text = file.read_text()
+    enc = tokenizer.encode(text)
+    if len(enc.ids) < 3:
+        raise ConfigError("text", text, "needs at least 3 tokens")
+    import torch
+
+    return torch.tensor([enc.ids]), None, list(enc.tokens)
+
+
+def _inspect(
+    name: str, text: str | None, file: Path | None, task: str | None, n: int, seed: int, top: int, out: Path | None
+) -> None:
+    from attnlab.lens import inspect as lens
+
+    if name not in lens.MODELS:
+        if _is_run_id(name):
+            raise ConfigError("model", name, "is a run id, but run checkpoints are not stored yet", lens.MODELS)
+        raise ConfigError("model", name, "unknown model", allowed=lens.MODELS)
+    try:
+        model, tokenizer = lens.load_model(name)
+    except (FileNotFoundError, ImportError) as err:
+        raise ConfigError("model", name, f"cannot load: {err}") from err
+    causal = lens.MODEL_INFO[name]["causal"]
+    tokens, seq_half, labels = _inspect_tokens(name, tokenizer, text, file, task, n, seed)
+    logits, pats = lens.capture_patterns(model, tokens)
+    rows, losses = lens.analyse(logits, pats, tokens, causal, seq_half)
+    key = "induction" if seq_half is not None else "sink_score"
+    ranked = lens.sorted_rows(rows, key)
+    shown = ranked[: max(top, 0)]
+    what = f"induction task: [BOS] + x + x, |x| = {seq_half}, seed {seed}" if seq_half else f"{tokens.shape[1]} tokens"
+    table = Table(title=f"{name}: top {len(shown)} of {len(rows)} heads by {key} ({what})", title_justify="left")
+    wanted = (key, "sink_score", "induction", "previous_token", "duplicate", "entropy", "distance")
+    columns = list(dict.fromkeys(c for c in wanted if c in rows[0]))
+    for col in ("layer", "head", *columns):
+        table.add_column(col, justify="right")
+    for r in shown:
+        table.add_row(str(r["layer"]), str(r["head"]), *(lens.fmt(r[c]) for c in columns))
+    console.print(table)
+    if not causal:
+        console.print(f"loss: not defined for {name}, an encoder (no next-token prediction)")
+    elif seq_half is not None:
+        first, second = losses["first_copy"], losses["second_copy"]
+        console.print(f"loss (nats/token): first copy {first:.3f}, second copy {second:.3f}")
+    else:
+        console.print(f"loss (nats/token): mean next-token {losses['mean']:.3f}")
+    if out is not None:
+        csv_path = lens.write_csv(ranked, out / "heads.csv")
+        pngs = lens.write_heatmaps(shown, pats, out / "heatmaps", key, labels)
+        console.print(f"wrote {csv_path} and {len(pngs)} heatmaps under {out / 'heatmaps'}/")
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="a pretrained model: smollm2 or minilm")],
+    text: Annotated[str | None, typer.Option(help="inspect the heads on this text")] = None,
+    file: Annotated[Path | None, typer.Option(help="inspect the heads on this file's text")] = None,
+    task: Annotated[str | None, typer.Option(help="a synthetic task: induction (the default)")] = None,
+    seq_len: Annotated[int, typer.Option(help="induction: length of the random sequence x")] = 40,
+    seed: Annotated[int, typer.Option(help="induction: seed of the random sequence")] = 0,
+    top: Annotated[int, typer.Option(help="rows of the head table to print (and heatmaps to write)")] = 10,
+    out: Annotated[Path | None, typer.Option(help="write the full table (CSV) and top heads' heatmaps here")] = None,
+) -> None:
+    """Score every attention head of a pretrained model (induction, sinks, ...) and, for a causal LM, its loss."""
+    _guard(lambda: _inspect(model, text, file, task, seq_len, seed, top, out))
 
 
 def _fail(err: Exception) -> None:
