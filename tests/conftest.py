@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Corpora the tests build (the stdlib one is built on first use) go to a fresh folder, not ~/.cache.
+if "ATTNLAB_DATA" not in os.environ:
+    import tempfile
+
+    os.environ["ATTNLAB_DATA"] = tempfile.mkdtemp(prefix="attnlab-test-data-")
 
 from collections.abc import Callable
 from typing import Any
