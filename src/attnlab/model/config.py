@@ -1,4 +1,9 @@
-"""``ModelConfig``: a typed, frozen dataclass-like config of the Transformer (a strict pydantic model)."""
+"""``ModelConfig``: a typed, frozen dataclass-like config of the Transformer (a strict pydantic model).
+
+``mode`` picks the model: ``"decoder"`` (causal LM) and ``"encoder"`` (non-causal) are one stack, a
+``TransformerLM``; ``"encoder_decoder"`` is an ``EncoderDecoder`` (``model/encdec.py``) with ``n_layers``
+encoder and ``n_layers`` decoder blocks. ``attnlab.model.encdec.build_model`` returns the right one.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,13 @@ from attnlab.errors import ConfigError
 class ModelConfig(StrictModel):
     vocab_size: int = Field(gt=1)
     d_model: int = Field(64, gt=0)
-    n_layers: int = Field(2, gt=0)
+    n_layers: int = Field(2, gt=0)  # per stack: an encoder-decoder has n_layers of each
     n_heads: int = Field(4, gt=0)
     d_mlp: int | None = Field(None, gt=0)  # None: 4 · d_model
     mlp: bool = True  # False: attention-only blocks
-    mode: Literal["decoder", "encoder"] = "decoder"  # encoder: non-causal self-attention
-    max_seq_len: int = Field(256, gt=0)  # the training length the attention sites are told about
+    # decoder: causal self-attention; encoder: non-causal; encoder_decoder: both, joined by cross-attention
+    mode: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
+    max_seq_len: int = Field(256, gt=0)  # the training length the attention sites are told about (source and target)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     tie_embeddings: bool = True
     attention: AttentionConfig = AttentionConfig()
@@ -31,13 +37,20 @@ class ModelConfig(StrictModel):
             raise ConfigError("n_heads", self.n_heads, f"does not divide d_model={self.d_model}", divisors)
         for layer in range(self.n_layers):
             self.attention.check_site(self.site(layer))
+            if self.mode == "encoder_decoder":
+                self.attention.check_site(self.decoder_site(layer))
+                # The cross layers run without a position encoding (see cross_attention), so only the
+                # normaliser and heads are checked for cross-attention; the error still names `attention`.
+                self.cross_attention.check_site(self.cross_site(layer))
         return self
 
     @property
     def causal(self) -> bool:
+        """Whether the single stack (``site``) is causal: True only for ``mode="decoder"``."""
         return self.mode == "decoder"
 
     def site(self, layer: int) -> AttentionSite:
+        """The self-attention site of ``layer`` in a single-stack model, or in an encoder-decoder's encoder."""
         return AttentionSite(
             d_model=self.d_model,
             n_heads=self.n_heads,
@@ -47,3 +60,38 @@ class ModelConfig(StrictModel):
             n_layers=self.n_layers,
             seq_len=self.max_seq_len,
         )
+
+    def decoder_site(self, layer: int) -> AttentionSite:
+        """The causal self-attention site of decoder ``layer`` in an encoder-decoder."""
+        return AttentionSite(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            causal=True,
+            cross=False,
+            layer_idx=layer,
+            n_layers=self.n_layers,
+            seq_len=self.max_seq_len,
+        )
+
+    def cross_site(self, layer: int) -> AttentionSite:
+        """The cross-attention site of decoder ``layer``: queries from the decoder, keys from the encoder output
+        (``seq_len`` is the training source length, ``max_seq_len``)."""
+        return AttentionSite(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            causal=False,
+            cross=True,
+            layer_idx=layer,
+            n_layers=self.n_layers,
+            seq_len=self.max_seq_len,
+        )
+
+    @property
+    def cross_attention(self) -> AttentionConfig:
+        """The attention config of the cross layers: ``attention`` without a position encoding.
+
+        Queries and keys come from different sequences, so a relative encoding (RoPE, ALiBi, T5) has no
+        meaning there; as in T5 and the original Transformer, order enters through the self-attention layers
+        and the input embeddings (absolute encodings are added once at each stack's input).
+        """
+        return AttentionConfig(**{**self.attention.model_dump(), "position": "nope", "position_args": {}})

@@ -15,8 +15,31 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, KVCache, build_attention, build_input_position
+from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.model.hooks import HookPoint
+from attnlab.position.base import PositionEncoding
+
+
+class PositionRangeError(ValueError):
+    """A sequence reaches beyond what the model's absolute position table holds (learned positions have
+    ``max_positions`` rows and cannot extrapolate). The training loop catches it when evaluating longer
+    sequences and records NaN instead of failing the run."""
+
+
+def embed_positions(pos: PositionEncoding, start: int, length: int, device: torch.device) -> Tensor:
+    """The absolute position embeddings [T, D] of positions ``start … start + length − 1``.
+
+    An encoding with a finite table (``max_positions``, e.g. learned positions) rejects positions past it
+    with a ValueError; that is re-raised as :class:`PositionRangeError` with the same message.
+    """
+    try:
+        return pos.embed(torch.arange(start, start + length, device=device))
+    except ValueError as err:
+        limit = getattr(pos, "max_positions", None)
+        if isinstance(limit, int) and start + length > limit:
+            raise PositionRangeError(str(err)) from err
+        raise
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
@@ -77,6 +100,13 @@ class TransformerLM(CausalLM):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.mode == "encoder_decoder":
+            raise ConfigError(
+                "ModelConfig.mode",
+                cfg.mode,
+                "TransformerLM is one stack; attnlab.model.encdec.build_model builds the encoder-decoder",
+                ["decoder", "encoder"],
+            )
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = build_input_position(cfg.attention, cfg.site(0))  # absolute encodings only, else None
@@ -108,8 +138,8 @@ class TransformerLM(CausalLM):
         start = cache.length if cache is not None else 0
         x = self.hook_embed(self.embed(tokens))  # [B, T, D]
         if self.pos is not None:
-            positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-            x = x + self.hook_pos_embed(self.pos.embed(positions).to(x.dtype))
+            pos = embed_positions(self.pos, start, tokens.shape[1], tokens.device)
+            x = x + self.hook_pos_embed(pos.to(x.dtype))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
         return self.unembed(self.ln_f(x))  # [B, T, V]

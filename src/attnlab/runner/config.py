@@ -17,6 +17,7 @@ from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.position import POSITIONS
 from attnlab.tasks import TaskConfig, task_from_dict
+from attnlab.tasks.base import extrapolation_tasks
 from attnlab.train.config import TrainConfig
 
 
@@ -40,13 +41,14 @@ class RunConfig(StrictModel):
                 self.model.vocab_size,
                 f"smaller than the task's vocabulary ({self.task.vocab_size})",
             )
-        if self.task.causal != self.model.causal:
+        if self.task.mode != self.model.mode:
             raise ConfigError(
                 "model.mode",
                 self.model.mode,
-                f"task {self.task.name!r} needs a {'causal' if self.task.causal else 'non-causal'} model",
-                ["decoder" if self.task.causal else "encoder"],
+                f"task {self.task.name!r} needs a {self.task.mode} model",
+                [self.task.mode],
             )
+        extrapolation_tasks(self.task, self.train.extrapolate, "train.extrapolate")
         return self
 
     @property
@@ -79,6 +81,8 @@ class Sweep(StrictModel):
     seeds: list[int] = Field([0], min_length=1)
     model: dict[str, Any] = {}
     train: TrainConfig = TrainConfig()
+    # True: drop the grid points a mechanism cannot serve (listed by ``skipped()``) instead of rejecting the sweep.
+    skip_unsupported: bool = False
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -99,11 +103,21 @@ class Sweep(StrictModel):
         for key in ("vocab_size", "d_model", "attention", "max_seq_len"):
             if key in self.model:
                 raise ConfigError(f"model.{key}", self.model[key], "is set by the sweep's axes, not in model")
-        self.runs()  # every point of the grid must be a valid run
+        runs, _ = self._expand()  # every point of the grid must be a valid run (or be skippable)
+        if not runs:
+            raise ConfigError("sweep", self.name, "every point of the grid is unsupported", self.skipped())
         return self
 
     def runs(self) -> list[RunConfig]:
-        out = []
+        return self._expand()[0]
+
+    def skipped(self) -> list[str]:
+        """The grid points dropped by ``skip_unsupported``: one line each, with the registry's reason."""
+        return self._expand()[1]
+
+    def _expand(self) -> tuple[list[RunConfig], list[str]]:
+        out: list[RunConfig] = []
+        skipped: list[str] = []
         for task, mech, width, lr, seed in itertools.product(
             self.tasks, self.mechanisms, self.widths, self.lrs, self.seeds
         ):
@@ -113,16 +127,24 @@ class Sweep(StrictModel):
                     if position == mech.position
                     else mech.model_copy(update={"position": position, "position_args": {}})
                 )
-                model = ModelConfig.parse(
-                    {
-                        **self.model,
-                        "vocab_size": task.vocab_size,
-                        "d_model": width,
-                        "max_seq_len": task.seq_len,
-                        "mode": "decoder" if task.causal else "encoder",
-                        "attention": attention.model_dump(),
-                    }
-                )
+                try:
+                    model = ModelConfig.parse(
+                        {
+                            **self.model,
+                            "vocab_size": task.vocab_size,
+                            "d_model": width,
+                            "max_seq_len": task.seq_len,
+                            "mode": task.mode,
+                            "attention": attention.model_dump(),
+                        }
+                    )
+                except ConfigError as err:
+                    if not self.skip_unsupported:
+                        raise
+                    line = f"{self.name}: {task.name} × {attention.label} / {position} (d{width}): {err}"
+                    if line not in skipped:
+                        skipped.append(line)
+                    continue
                 train = self.train.model_copy(update={"lr": lr})
                 out.append(RunConfig(task=task, model=model, train=train, seed=seed, sweep=self.name))
-        return out
+        return out, skipped

@@ -2,35 +2,67 @@
 
 Every task is token-in, token-out: ``inputs`` [B, T] and ``targets`` [B, T] with ``IGNORE`` (−100) at
 positions that are not scored, so one loss (cross-entropy over scored positions) and one metric
-(accuracy over scored positions) serve them all.
+(accuracy over scored positions) serve them all. Sequence-to-sequence tasks add ``source`` [B, S], the
+encoder's input; ``inputs`` are then the decoder's (teacher-forced) input.
+
+A task config says which model it needs in the class attribute ``mode`` (the ``ModelConfig.mode``):
+``"decoder"`` (causal LM), ``"encoder"`` (non-causal, token classification) or ``"encoder_decoder"``
+(cross-attention from a causal decoder to a non-causal encoder). ``causal`` is kept for older code: it is
+derived from ``mode`` (False only for ``"encoder"``), and a subclass that sets only ``causal = False``
+gets ``mode = "encoder"``.
+
+Length extrapolation: a task config that can be rebuilt at another length defines
+``with_length(length) -> TaskConfig`` (the same task at about ``length`` positions, validated);
+:func:`extrapolation_tasks` builds those configs for a list of factors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from attnlab.config import StrictModel
+from attnlab.errors import ConfigError
 from attnlab.registry import Registry
 
 IGNORE = -100
 TASKS: Registry = Registry("task")
+ModelMode = Literal["decoder", "encoder", "encoder_decoder"]
+MODEL_MODES: tuple[str, ...] = ("decoder", "encoder", "encoder_decoder")
 
 
 @dataclass
 class Batch:
-    inputs: Tensor  # [B, T] token ids
+    inputs: Tensor  # [B, T] token ids (the decoder's input in a sequence-to-sequence task)
     targets: Tensor  # [B, T] token ids, IGNORE where not scored
+    source: Tensor | None = None  # [B, S] the encoder's input; None for single-stream tasks
 
 
 class TaskConfig(StrictModel):
-    """Base of every task config; subclasses set ``name`` (a Literal) and register with ``TASKS``."""
+    """Base of every task config; subclasses set ``name`` (a Literal) and register with ``TASKS``.
+
+    ``mode`` is the model kind the task needs (see the module docstring); ``causal`` follows from it.
+    """
 
     name: str
-    causal: ClassVar[bool] = True  # False for tasks that need a non-causal (encoder) model
+    mode: ClassVar[ModelMode] = "decoder"
+    causal: ClassVar[bool] = True  # derived from mode: False only for tasks that need an encoder
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep ``mode`` and the older ``causal`` flag in step for every subclass."""
+        super().__pydantic_init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "mode" in own:
+            if own["mode"] not in MODEL_MODES:
+                raise TypeError(f"{cls.__name__}.mode={own['mode']!r}: not one of {', '.join(MODEL_MODES)}")
+            cls.causal = own["mode"] != "encoder"
+        elif "causal" in own:
+            cls.mode = "decoder" if own["causal"] else "encoder"
 
     @property
     def vocab_size(self) -> int:  # pragma: no cover - abstract
@@ -77,7 +109,48 @@ def task_from_dict(data: Any) -> TaskConfig:
     if isinstance(data, TaskConfig):
         return data
     if not isinstance(data, dict) or "name" not in data:
-        from attnlab.errors import ConfigError
-
         raise ConfigError("task.name", data, "a task needs a name", TASKS.names())
     return TASKS.entry(data["name"]).factory.parse(data)
+
+
+def tasks_with_length() -> list[str]:
+    """The registered tasks whose config can be rebuilt at another length (they define ``with_length``)."""
+    import attnlab.tasks  # noqa: F401  (registers every task)
+
+    return [name for name in TASKS.names() if callable(getattr(TASKS.get(name), "with_length", None))]
+
+
+def extrapolation_label(factor: float) -> str:
+    """The metric suffix of a length factor: 2.0 → ``"2x"``, 1.5 → ``"1.5x"``."""
+    return f"{factor:g}x"
+
+
+def extrapolation_tasks(
+    task: TaskConfig, factors: Sequence[float], field: str = "train.extrapolate"
+) -> list[tuple[str, TaskConfig]]:
+    """(label, config) for each factor f: ``task.with_length(round(f · T))`` with T the task's ``seq_len``.
+
+    A task without ``with_length``, a repeated factor or a length the task rejects is a ConfigError on
+    ``field`` (one line, naming the task and what would work).
+    """
+    if not factors:
+        return []
+    with_length = getattr(task, "with_length", None)
+    if not callable(with_length):
+        raise ConfigError(
+            field,
+            list(factors),
+            f"task {task.name!r} cannot be rebuilt at another length (it has no with_length)",
+            tasks_with_length(),
+        )
+    out: list[tuple[str, TaskConfig]] = []
+    for factor in factors:
+        label = extrapolation_label(factor)
+        if any(label == seen for seen, _ in out):
+            raise ConfigError(field, list(factors), f"factor {factor:g} is given twice", "distinct factors")
+        length = round(factor * task.seq_len)
+        try:
+            out.append((label, with_length(length)))
+        except ConfigError as err:
+            raise ConfigError(field, factor, f"task {task.name!r} rejects length {length}: {err}") from None
+    return out

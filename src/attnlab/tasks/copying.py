@@ -52,6 +52,12 @@ class CopyingConfig(TaskConfig):
     def seq_len(self) -> int:
         return self.length
 
+    def with_length(self, length: int) -> CopyingConfig:
+        """The same task at ``length`` with the span scaled in proportion (a longer string to copy, not just more
+        padding, which a causal model would never see), validated."""
+        span = max(1, min((length - 1) // 2, round(self.span * length / self.length)))
+        return type(self)(**{**self.model_dump(), "length": length, "span": span})
+
     def build(self, seed: int) -> Copying:
         return Copying(self, seed)
 

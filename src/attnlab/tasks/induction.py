@@ -61,6 +61,10 @@ class InductionConfig(TaskConfig):
     def seq_len(self) -> int:
         return int(self.bos) + 2 * self.half
 
+    def with_length(self, length: int) -> InductionConfig:
+        """The same task with ``half = (length − bos) // 2``: a sequence of about ``length`` tokens, validated."""
+        return type(self)(**{**self.model_dump(), "half": (length - int(self.bos)) // 2})
+
     def build(self, seed: int) -> Induction:
         return Induction(self, seed)
 

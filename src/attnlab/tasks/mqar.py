@@ -56,6 +56,10 @@ class MQARConfig(TaskConfig):
     def seq_len(self) -> int:
         return self.length
 
+    def with_length(self, length: int) -> MQARConfig:
+        """The same task at ``length`` (rounded down to even), with the same number of key-value pairs, validated."""
+        return type(self)(**{**self.model_dump(), "length": length - length % 2})
+
     def build(self, seed: int) -> MQAR:
         return MQAR(self, seed)
 

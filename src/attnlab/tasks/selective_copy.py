@@ -58,6 +58,10 @@ class SelectiveCopyConfig(TaskConfig):
     def seq_len(self) -> int:
         return self.length
 
+    def with_length(self, length: int) -> SelectiveCopyConfig:
+        """The same task at ``length`` with the same number of tokens to memorise (more blanks), validated."""
+        return type(self)(**{**self.model_dump(), "length": length})
+
     def build(self, seed: int) -> SelectiveCopy:
         return SelectiveCopy(self, seed)
 

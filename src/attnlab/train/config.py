@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
+
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from attnlab.config import StrictModel
+from attnlab.errors import ConfigError
 
 
 class TrainConfig(StrictModel):
@@ -21,3 +24,24 @@ class TrainConfig(StrictModel):
     target_accuracy: float | None = Field(None, gt=0, le=1)  # early stop once reached at an evaluation
     bf16: bool = False  # bf16 autocast (CPU or CUDA)
     device: str = "cpu"
+    # Length extrapolation: after training, evaluate the task at round(f · T) for each factor f (the task needs
+    # with_length); final metrics loss@{f}x, accuracy@{f}x (NaN where the model cannot represent the length).
+    extrapolate: list[Annotated[float, Field(gt=0)]] = []
+
+    @field_validator("extrapolate")
+    @classmethod
+    def _distinct(cls, factors: list[float]) -> list[float]:
+        """Each factor once: its metrics are named by it (``loss@2x``)."""
+        for i, factor in enumerate(factors):
+            if factor in factors[:i]:
+                raise ConfigError("extrapolate", factors, f"factor {factor:g} is given twice", "distinct factors")
+        return factors
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_extrapolate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump without ``extrapolate`` when it is empty, so configs (and run ids) from before the field existed
+        keep their canonical JSON and a resumed sweep still finds its finished runs."""
+        data = handler(self)
+        if not self.extrapolate:
+            data.pop("extrapolate", None)
+        return data

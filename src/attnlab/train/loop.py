@@ -1,8 +1,20 @@
 """One plain training loop: AdamW, linear warmup then cosine decay, optional bf16 autocast,
-deterministic seeding, periodic evaluation and early stop at a target accuracy."""
+deterministic seeding, periodic evaluation, early stop at a target accuracy, and length extrapolation.
+
+The model is ``build_model(model_cfg)``: a ``TransformerLM`` for single-stream tasks, an ``EncoderDecoder``
+for sequence-to-sequence tasks (whose batches carry ``source``).
+
+Length extrapolation (``TrainConfig.extrapolate``): after training, for each factor f the task is rebuilt with
+``with_length(round(f · T))`` and its evaluation set scored, giving final metrics ``loss@{f}x`` and
+``accuracy@{f}x``. A model whose position encoding cannot represent the longer sequence (learned absolute
+positions: a table of ``max_seq_len`` rows) raises ``PositionRangeError``; the loop records NaN for both metrics,
+logs a warning and keeps the reason in ``TrainResult.notes``. Evaluation is chunked by tokens, so memory at
+8× the training length stays bounded.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -12,17 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
-from attnlab.model.transformer import TransformerLM
-from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig
+from attnlab.model.encdec import build_model
+from attnlab.model.transformer import PositionRangeError
+from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
 from attnlab.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+EVAL_TOKENS = 16384  # tokens (source + target) per evaluation chunk: 256 sequences of 64
 
 
 @dataclass
 class TrainResult:
-    final: dict[str, float]  # metrics at the last evaluation, plus steps and timings
+    final: dict[str, float]  # metrics at the last evaluation, plus steps, timings and extrapolation metrics
     curves: list[tuple[int, str, float]] = field(default_factory=list)  # (step, name, value)
     model: nn.Module | None = None
+    notes: list[str] = field(default_factory=list)  # why a metric is NaN (e.g. learned positions at 2x)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -54,25 +73,67 @@ def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return loss, correct.sum() / scored.sum().clamp(min=1)
 
 
+def run_model(model: nn.Module, batch: Batch, device: str, rows: slice = slice(None)) -> torch.Tensor:
+    """The model's logits [B, T, V] on ``batch.inputs[rows]``, with ``source=batch.source[rows]`` when the batch
+    has one (an encoder-decoder)."""
+    inputs = batch.inputs[rows].to(device)
+    if batch.source is None:
+        return model(inputs)
+    return model(inputs, source=batch.source[rows].to(device))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batch: Batch, cfg: TrainConfig, chunk: int = 256) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batch: Batch, cfg: TrainConfig, chunk: int = 256, max_tokens: int = EVAL_TOKENS
+) -> dict[str, float]:
+    """Cross-entropy and accuracy over every scored position of ``batch``, averaged per scored token.
+
+    Sequences are scored ``min(chunk, max_tokens // tokens per sequence)`` at a time (at least one).
+    """
     model.eval()
-    total_loss = total_correct = total_scored = 0.0
-    for start in range(0, batch.inputs.shape[0], chunk):
-        inputs = batch.inputs[start : start + chunk].to(cfg.device)
-        targets = batch.targets[start : start + chunk].to(cfg.device)
-        with autocast(cfg):
-            logits = model(inputs)
-        n = float((targets != IGNORE).sum())
-        loss, acc = loss_and_accuracy(logits, targets)
-        total_loss += float(loss) * n
-        total_correct += float(acc) * n
-        total_scored += n
-    model.train()
+    try:
+        per_row = batch.inputs.shape[1] + (batch.source.shape[1] if batch.source is not None else 0)
+        step = max(1, min(chunk, max_tokens // max(per_row, 1)))
+        total_loss = total_correct = total_scored = 0.0
+        for start in range(0, batch.inputs.shape[0], step):
+            rows = slice(start, start + step)
+            targets = batch.targets[rows].to(cfg.device)
+            with autocast(cfg):
+                logits = run_model(model, batch, cfg.device, rows)
+            n = float((targets != IGNORE).sum())
+            loss, acc = loss_and_accuracy(logits, targets)
+            total_loss += float(loss) * n
+            total_correct += float(acc) * n
+            total_scored += n
+    finally:
+        model.train()
     return {"loss": total_loss / max(total_scored, 1), "accuracy": total_correct / max(total_scored, 1)}
 
 
+def evaluate_extrapolation(
+    model: nn.Module, task_cfg: TaskConfig, cfg: TrainConfig, seed: int
+) -> tuple[dict[str, float], list[str]]:
+    """``loss@{f}x`` and ``accuracy@{f}x`` for each factor f of ``cfg.extrapolate`` (see the module docstring).
+
+    Returns the metrics and one note per factor the model could not evaluate (its metrics are NaN).
+    """
+    metrics: dict[str, float] = {}
+    notes: list[str] = []
+    for label, longer in extrapolation_tasks(task_cfg, cfg.extrapolate):
+        eval_set = longer.build(seed).eval_batch(cfg.eval_examples)
+        try:
+            result = evaluate(model, eval_set, cfg)
+        except PositionRangeError as err:
+            result = {"loss": math.nan, "accuracy": math.nan}
+            notes.append(f"{label} (length {longer.seq_len}): {err}")
+            log.warning("length extrapolation %s (length %d) not evaluated: %s", label, longer.seq_len, err)
+        metrics[f"loss@{label}"] = result["loss"]
+        metrics[f"accuracy@{label}"] = result["accuracy"]
+    return metrics, notes
+
+
 def autocast(cfg: TrainConfig) -> torch.autocast:
+    """bf16 autocast on the config's device when ``cfg.bf16``, else a disabled (no-op) context."""
     device_type = torch.device(cfg.device).type
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
@@ -84,9 +145,15 @@ def train(
     seed: int,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train a fresh TransformerLM on the task; deterministic for a given (configs, seed) on one device."""
+    """Train a fresh model (``build_model(model_cfg)``) on the task; deterministic for a given (configs, seed) on
+    one device. With ``cfg.extrapolate``, the final metrics include the length-extrapolation metrics."""
+    if task_cfg.mode != model_cfg.mode:
+        raise ConfigError(
+            "model.mode", model_cfg.mode, f"task {task_cfg.name!r} needs a {task_cfg.mode} model", [task_cfg.mode]
+        )
+    extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
     torch.manual_seed(seed)
-    model = TransformerLM(model_cfg).to(cfg.device)
+    model = build_model(model_cfg).to(cfg.device)
     task: Task = task_cfg.build(seed)
     eval_set = task.eval_batch(cfg.eval_examples)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=False)
@@ -99,7 +166,7 @@ def train(
             group["lr"] = lr_at(step - 1, cfg)
         batch = task.train_batch(step, cfg.batch_size)
         with autocast(cfg):
-            logits = model(batch.inputs.to(cfg.device))
+            logits = run_model(model, batch, cfg.device)
         loss, _ = loss_and_accuracy(logits, batch.targets.to(cfg.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
@@ -119,10 +186,12 @@ def train(
             if cfg.target_accuracy is not None and metrics["accuracy"] >= cfg.target_accuracy:
                 break
     train_s = time.perf_counter() - t0
+    extrapolated, notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     final = {
         **metrics,
+        **extrapolated,
         "steps": float(step),
         "train_s": train_s,
         "params": float(sum(p.numel() for p in model.parameters())),
     }
-    return TrainResult(final=final, curves=curves, model=model)
+    return TrainResult(final=final, curves=curves, model=model, notes=notes)
