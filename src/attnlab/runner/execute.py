@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -12,15 +13,20 @@ import torch
 
 @dataclass
 class RunOutcome:
+    """What a worker hands back to the sweep's driver, the only writer of the results database."""
+
     run_id: str
     ok: bool
     final: dict[str, float] = field(default_factory=dict)
     curves: list[tuple[int, str, float]] = field(default_factory=list)
     error: str = ""
     wall_s: float = 0.0
+    host: str = ""  # where the run was trained (a Ray worker may be on another machine); "" if unknown
+    pid: int = 0
 
 
 def set_threads(threads: int) -> None:
+    """Use ``threads`` torch intra-op threads (at least one) in this process and its children."""
     torch.set_num_threads(max(1, threads))
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
 
@@ -32,13 +38,14 @@ def execute(config_json: str) -> RunOutcome:
 
     t0 = time.perf_counter()
     run_id = "?"
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
         cfg = RunConfig.model_validate_json(config_json)
         run_id = cfg.run_id
         result = train(cfg.model, cfg.task, cfg.train, cfg.seed)
-        return RunOutcome(run_id, True, result.final, result.curves, wall_s=time.perf_counter() - t0)
+        return RunOutcome(run_id, True, result.final, result.curves, wall_s=time.perf_counter() - t0, **where)
     except Exception as exc:  # one failing run must not stop its sweep: record the error instead
         detail = "".join(traceback.format_exception(exc))
         return RunOutcome(
-            run_id, False, error=f"{type(exc).__name__}: {exc}\n{detail}", wall_s=time.perf_counter() - t0
+            run_id, False, error=f"{type(exc).__name__}: {exc}\n{detail}", wall_s=time.perf_counter() - t0, **where
         )

@@ -25,10 +25,53 @@ OnDone = Callable[[RunConfig, RunOutcome], None]
 
 @dataclass
 class SweepSummary:
+    """How a sweep start went: runs asked for, already done before it, finished now, failed now."""
+
     total: int
     skipped: int  # already done before this start
     done: int
     failed: int
+
+
+class Recorder:
+    """The driver's side of a sweep, shared by every backend: mark runs started, record their outcomes.
+
+    The driver is the only writer of the results database; workers only return ``RunOutcome``s.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        summary: SweepSummary,
+        on_start: Callable[[RunConfig], None] | None = None,
+        on_done: OnDone | None = None,
+    ):
+        self.store, self.summary, self.on_start, self.on_done = store, summary, on_start, on_done
+
+    def begin(self, run: RunConfig) -> None:
+        """Mark ``run`` running (it is being handed to a worker) and tell ``on_start``."""
+        self.store.start(run.run_id)
+        if self.on_start is not None:
+            self.on_start(run)
+
+    def record(self, run: RunConfig, outcome: RunOutcome) -> None:
+        """Write a finished or failed run (curves and status in one transaction) and tell ``on_done``."""
+        where = {"host": outcome.host or None, "pid": outcome.pid or None}
+        if outcome.ok:
+            self.store.finish(run.run_id, outcome.final, outcome.curves, **where)
+            self.summary.done += 1
+        else:
+            self.store.fail(run.run_id, outcome.error, **where)
+            self.summary.failed += 1
+        if self.on_done is not None:
+            self.on_done(run, outcome)
+
+
+def pending(runs: Sequence[RunConfig], store: Store) -> tuple[list[RunConfig], SweepSummary]:
+    """Enqueue ``runs`` and return the ones not yet ``done``, with a summary counting the others as skipped."""
+    store.enqueue(runs)
+    todo = [r for r in runs if store.status(r.run_id) != "done"]
+    return todo, SweepSummary(total=len(runs), skipped=len(runs) - len(todo), done=0, failed=0)
 
 
 def plan_workers(n_runs: int, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -42,6 +85,7 @@ def plan_workers(n_runs: int, workers: int | None, threads: int | None) -> tuple
 
 
 def _worker_init(threads: int) -> None:
+    """Pool worker set-up: its thread count, and Ctrl-C left to the parent."""
     set_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and requeues
 
@@ -55,27 +99,12 @@ def run_local(
     on_done: OnDone | None = None,
 ) -> SweepSummary:
     """Run every run of ``runs`` that is not ``done`` in ``store``. ``workers=0`` runs in this process."""
-    store.enqueue(runs)
-    todo = [r for r in runs if store.status(r.run_id) != "done"]
-    summary = SweepSummary(total=len(runs), skipped=len(runs) - len(todo), done=0, failed=0)
+    todo, summary = pending(runs, store)
     if not todo:
         return summary
     n_workers, n_threads = plan_workers(len(todo), workers or None, threads)
-
-    def record(run: RunConfig, outcome: RunOutcome) -> None:
-        if outcome.ok:
-            store.finish(run.run_id, outcome.final, outcome.curves)
-            summary.done += 1
-        else:
-            store.fail(run.run_id, outcome.error)
-            summary.failed += 1
-        if on_done is not None:
-            on_done(run, outcome)
-
-    def begin(run: RunConfig) -> None:
-        store.start(run.run_id)
-        if on_start is not None:
-            on_start(run)
+    recorder = Recorder(store, summary, on_start, on_done)
+    begin, record = recorder.begin, recorder.record
 
     if workers == 0:
         set_threads(n_threads)
@@ -101,6 +130,8 @@ def run_local(
                 in_flight[pool.submit(execute, run.canonical_json())] = run
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in finished:
+                if fut not in in_flight:  # requeued when the pool broke on an earlier future of this batch
+                    continue
                 run = in_flight.pop(fut)
                 try:
                     outcome = fut.result()
@@ -138,4 +169,5 @@ def _kill(pool: ProcessPoolExecutor) -> None:
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop the sweep as Ctrl-C does (in-flight runs are requeued)."""
     raise KeyboardInterrupt(f"signal {signum}")

@@ -54,6 +54,8 @@ CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep, status);
 
 
 class Store:
+    """The results database of one or more sweeps; open it, write through its methods, close it."""
+
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,7 @@ class Store:
                     c.execute(statement)
 
     def close(self) -> None:
+        """Close the connection."""
         self.conn.close()
 
     def __enter__(self) -> Store:
@@ -78,6 +81,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (KeyboardInterrupt included)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -115,10 +119,12 @@ class Store:
             return c.execute("SELECT COUNT(*) FROM runs").fetchone()[0] - before
 
     def status(self, run_id: str) -> str | None:
+        """The run's status (queued / running / done / failed), or None for an unknown run id."""
         row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else row["status"]
 
     def start(self, run_id: str, pid: int | None = None) -> None:
+        """Mark a run ``running`` (handed to a worker) and count the attempt."""
         with self.transaction() as c:
             c.execute(
                 "UPDATE runs SET status='running', host=?, pid=?, started_at=?, attempts=attempts+1, error=NULL"
@@ -126,8 +132,19 @@ class Store:
                 (socket.gethostname(), pid or os.getpid(), time.time(), run_id),
             )
 
-    def finish(self, run_id: str, final: dict[str, float], curves: Iterable[tuple[int, str, float]]) -> None:
-        """Record a finished run: curves and status in one transaction."""
+    def finish(
+        self,
+        run_id: str,
+        final: dict[str, float],
+        curves: Iterable[tuple[int, str, float]],
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """Record a finished run: curves and status in one transaction.
+
+        ``host`` / ``pid``, when given, say where the run was trained (a Ray worker) and replace the
+        driver's, which ``start`` wrote.
+        """
         now = time.time()
         with self.transaction() as c:
             c.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
@@ -136,18 +153,19 @@ class Store:
                 [(run_id, int(s), str(n), float(v)) for s, n, v in curves],
             )
             c.execute(
-                "UPDATE runs SET status='done', finished_at=?, wall_s=? - COALESCE(started_at, ?), final=?, error=NULL"
-                " WHERE run_id=?",
-                (now, now, now, json.dumps(final, sort_keys=True), run_id),
+                "UPDATE runs SET status='done', finished_at=?, wall_s=? - COALESCE(started_at, ?), final=?, error=NULL,"
+                " host=COALESCE(?, host), pid=COALESCE(?, pid) WHERE run_id=?",
+                (now, now, now, json.dumps(final, sort_keys=True), host or None, pid or None, run_id),
             )
 
-    def fail(self, run_id: str, error: str) -> None:
+    def fail(self, run_id: str, error: str, host: str | None = None, pid: int | None = None) -> None:
+        """Record a failed run with its error text (the last 4000 characters)."""
         now = time.time()
         with self.transaction() as c:
             c.execute(
-                "UPDATE runs SET status='failed', finished_at=?, wall_s=? - COALESCE(started_at, ?), error=?"
-                " WHERE run_id=?",
-                (now, now, now, error[-4000:], run_id),
+                "UPDATE runs SET status='failed', finished_at=?, wall_s=? - COALESCE(started_at, ?), error=?,"
+                " host=COALESCE(?, host), pid=COALESCE(?, pid) WHERE run_id=?",
+                (now, now, now, error[-4000:], host or None, pid or None, run_id),
             )
 
     def requeue_unfinished(self, run_ids: Iterable[str]) -> None:
@@ -158,6 +176,7 @@ class Store:
             )
 
     def runs(self, sweep: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Every run row (optionally of one sweep / status) as a dict; ``final`` is decoded from JSON."""
         query, args = "SELECT * FROM runs WHERE 1=1", []
         if sweep is not None:
             query, args = query + " AND sweep=?", [*args, sweep]
@@ -168,8 +187,44 @@ class Store:
             d = dict(row)
             d["final"] = json.loads(d["final"]) if d["final"] else {}
             out.append(d)
-        return out
+        return label_tasks(out)
 
     def curves(self, run_id: str) -> list[tuple[int, str, float]]:
+        """One run's curves: (step, name, value), ordered by step then name."""
         rows = self.conn.execute("SELECT step, name, value FROM metrics WHERE run_id=? ORDER BY step, name", (run_id,))
         return [(r["step"], r["name"], r["value"]) for r in rows]
+
+    def metrics(self, sweep: str | None = None) -> list[tuple[str, int, str, float]]:
+        """Every curve point (run_id, step, name, value) of every run (of one sweep), in one query."""
+        query = "SELECT m.run_id, m.step, m.name, m.value FROM metrics m JOIN runs r ON r.run_id = m.run_id"
+        args: list[Any] = []
+        if sweep is not None:
+            query, args = query + " WHERE r.sweep = ?", [sweep]
+        rows = self.conn.execute(query + " ORDER BY r.queued_at, m.run_id, m.step, m.name", args)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def label_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tell apart runs of one task with different settings: ``task`` becomes ``mqar[length=128 num_kv_pairs=8]``.
+
+    Only the fields that differ between the task configs of the same name in ``rows`` are named, so a
+    database with one MQAR setting keeps the plain name. ``task_name`` keeps the registered name.
+    """
+    configs: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        row["task_name"] = row["task"]
+        task = json.loads(row["config"]).get("task", {}) if row.get("config") else {}
+        configs.setdefault(row["task"], {})[json.dumps(task, sort_keys=True)] = task
+    labels: dict[tuple[str, str], str] = {}
+    for name, variants in configs.items():
+        if len(variants) < 2:
+            continue
+        keys = sorted({k for t in variants.values() for k in t})
+        differ = [k for k in keys if len({json.dumps(t.get(k), sort_keys=True) for t in variants.values()}) > 1]
+        for key, task in variants.items():
+            labels[(name, key)] = f"{name}[{' '.join(f'{k}={task.get(k)}' for k in differ)}]"
+    for row in rows:
+        if labels:
+            task = json.loads(row["config"]).get("task", {}) if row.get("config") else {}
+            row["task"] = labels.get((row["task"], json.dumps(task, sort_keys=True)), row["task"])
+    return rows
