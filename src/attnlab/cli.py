@@ -18,6 +18,17 @@ from attnlab.report.tables import md_cell
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention mechanisms.")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
+
+def _mount_subcommands() -> None:
+    """Sub-apps live beside their code; they import nothing heavy at module level."""
+    from attnlab.data.cli import data_app
+
+    app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")
+
+
+_mount_subcommands()
+
+BACKENDS = ["local", "ray"]
 CAPABILITY_COLUMNS = ("causal", "non_causal", "cross", "kv_cache", "row_stochastic", "signed")
 
 
@@ -82,14 +93,28 @@ def zoo(markdown: Annotated[bool, typer.Option(help="print a markdown table inst
     console.print(f"{total} entries; docs: docs/zoo/README.md, compatibility: docs/compatibility.md")
 
 
-def _run(sweep_name: str, db: Path, workers: int | None, threads: int | None, report_dir: Path | None) -> None:
+def _run(
+    sweep_name: str,
+    db: Path,
+    workers: int | None,
+    threads: int | None,
+    report_dir: Path | None,
+    backend: str = "local",
+    address: str | None = None,
+) -> None:
     from attnlab.report.markdown import write_report
     from attnlab.runner.local import plan_workers, run_local
     from attnlab.runner.store import Store
     from attnlab.sweeps import load_sweep
 
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, "unknown backend", BACKENDS)
+    if address is not None and backend != "ray":
+        raise ConfigError("address", address, "is for the Ray backend only", ["--backend ray"])
     sweep = load_sweep(sweep_name)
     runs = sweep.runs()
+    for line in sweep.skipped():
+        console.print(f"[dim]skipped: {line}[/dim]")
     with Store(db) as store:
         store.enqueue(runs)
         todo = sum(store.status(r.run_id) != "done" for r in runs)
@@ -112,7 +137,12 @@ def _run(sweep_name: str, db: Path, workers: int | None, threads: int | None, re
                 )
                 progress.advance(bar)
 
-            summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done)
+            if backend == "ray":
+                from attnlab.runner.ray_backend import run_ray
+
+                summary = run_ray(runs, store, address=address, workers=workers, threads=n_threads, on_done=on_done)
+            else:
+                summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done)
         console.print(
             f"finished in {time.perf_counter() - t0:.0f} s: {summary.done} done, {summary.failed} failed, "
             f"{summary.skipped} skipped (already done)"
@@ -141,10 +171,12 @@ def run(
     db: Annotated[Path, typer.Option(help="results database (SQLite)")] = Path("runs/results.sqlite"),
     workers: Annotated[int | None, typer.Option(help="parallel runs; 0 runs in this process")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
-    report: Annotated[Path | None, typer.Option(help="write a markdown report with plots here")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the HTML + markdown report with plots here")] = None,
+    backend: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://host:port)")] = None,
 ) -> None:
     """Run a sweep; finished runs in the database are skipped, unfinished ones re-run."""
-    _guard(lambda: _run(sweep, db, workers, threads, report))
+    _guard(lambda: _run(sweep, db, workers, threads, report, backend, address))
 
 
 @app.command()
@@ -165,6 +197,49 @@ def leaderboard(db: Annotated[Path, typer.Argument(help="results database")], sw
         _fail(ConfigError("db", str(db), "no such file"))
     with Store(db) as store:
         _print_leaderboard(store, sweep)
+
+
+@app.command()
+def report(
+    db: Annotated[Path, typer.Argument(help="results database")],
+    out: Annotated[Path | None, typer.Option(help="report folder (default: next to the database)")] = None,
+    sweep: Annotated[str | None, typer.Option(help="only this sweep's runs")] = None,
+) -> None:
+    """Write report.html (self-contained) and report.md with leaderboards and plots for a results database."""
+
+    def go() -> None:
+        from attnlab.report.markdown import write_report
+        from attnlab.runner.store import Store
+
+        if not db.is_file():
+            raise ConfigError("db", str(db), "no such file")
+        folder = out if out is not None else db.with_suffix("")
+        with Store(db) as store:
+            path = write_report(store, folder, sweep=sweep, title=f"attnlab report: {db.name}")
+        console.print(f"report: {path} and {path.with_suffix('.html')}")
+
+    _guard(go)
+
+
+@app.command()
+def export(
+    db: Annotated[Path, typer.Argument(help="results database")],
+    path: Annotated[Path, typer.Argument(help="output file: .csv or .parquet")],
+    sweep: Annotated[str | None, typer.Option(help="only this sweep's runs")] = None,
+) -> None:
+    """Export one row per run (config axes, status, wall time, every final metric) to CSV or Parquet."""
+
+    def go() -> None:
+        from attnlab.report.export import export as export_runs
+        from attnlab.runner.store import Store
+
+        if not db.is_file():
+            raise ConfigError("db", str(db), "no such file")
+        with Store(db) as store:
+            n = export_runs(store, path, sweep=sweep)
+        console.print(f"wrote {n} runs to {path}")
+
+    _guard(go)
 
 
 @app.command()

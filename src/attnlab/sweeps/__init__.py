@@ -1,4 +1,5 @@
-"""Sweep presets: each module exports ``SWEEP``. ``load_sweep`` also accepts a path to a Python file."""
+"""Sweep presets: each module exports ``SWEEP`` (a ``Sweep`` or a ``Suite`` of sweeps). ``load_sweep`` also
+accepts a path to a Python file."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from pathlib import Path
 
 from attnlab.errors import ConfigError
 from attnlab.runner.config import Sweep
+from attnlab.runner.suite import Suite
 
 
 def preset_names() -> list[str]:
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__))
 
 
-def load_sweep(name_or_path: str) -> Sweep:
-    """A preset name (``quick``) or a Python file that defines a ``Sweep`` named ``SWEEP``."""
+def load_sweep(name_or_path: str) -> Sweep | Suite:
+    """A preset name (``quick``) or a Python file that defines ``SWEEP`` (a ``Sweep`` or a ``Suite``)."""
     path = Path(name_or_path)
     if path.suffix == ".py":
         if not path.is_file():
@@ -31,6 +33,6 @@ def load_sweep(name_or_path: str) -> Sweep:
     else:
         raise ConfigError("sweep", name_or_path, "not a preset nor a .py file", preset_names())
     sweep = getattr(module, "SWEEP", None)
-    if not isinstance(sweep, Sweep):
-        raise ConfigError("sweep", name_or_path, "the file must define SWEEP = Sweep(...)")
+    if not isinstance(sweep, Sweep | Suite):
+        raise ConfigError("sweep", name_or_path, "the file must define SWEEP = Sweep(...) or Suite(...)")
     return sweep
