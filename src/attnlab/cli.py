@@ -261,23 +261,26 @@ def presets() -> None:
         console.print(f"{name}: {len(s.runs())} runs — tasks {[t.name for t in s.tasks]}")
 
 
-RUN_DBS = (Path("runs/results.sqlite"), Path("runs/demo.sqlite"))
+RUN_DBS = (Path("runs/results.sqlite"), Path("runs/demo.sqlite"), Path("runs/standard.sqlite"))
 
 
-def _is_run_id(name: str) -> bool:
-    """Whether ``name`` is a run id in one of the default results databases (read-only; no file is created)."""
+def _find_run(name: str, db: Path | None) -> Path | None:
+    """The results database holding run id ``name`` (``db`` if given, else the default ones), or None.
+
+    Read-only: no database file is created.
+    """
     import sqlite3
 
-    for db in RUN_DBS:
-        if not db.is_file():
+    for path in [db] if db is not None else RUN_DBS:
+        if path is None or not path.is_file():
             continue
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
                 if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (name,)).fetchone():
-                    return True
+                    return path
         except sqlite3.Error:
             continue
-    return False
+    return None
 
 
 def _inspect_tokens(name: str, tokenizer, text: str | None, file: Path | None, task: str | None, n: int, seed: int):
@@ -306,21 +309,57 @@ def _inspect_tokens(name: str, tokenizer, text: str | None, file: Path | None, t
     return torch.tensor([enc.ids]), None, list(enc.tokens)
 
 
+def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: str | None):
+    """A trained run as an inspect target → (model, causal, tokens [1, T], seq_half or None, labels None).
+
+    The tokens are the first example of the run's own evaluation set; for the induction task the head table
+    gets the induction score over its two copies.
+    """
+    from attnlab.lens.inspect import load_run
+
+    for option, value in (("--text", text), ("--file", file), ("--task", task)):
+        if value is not None:
+            raise ConfigError(option.lstrip("-"), str(value), "a run is inspected on its own task's evaluation data")
+    model, cfg = load_run(db, name)
+    if cfg.model.mode == "encoder_decoder":
+        raise ConfigError("model", name, "is an encoder-decoder run; inspect reads decoder-only or encoder models")
+    built = cfg.task.build(cfg.seed)
+    tokens = built.eval_batch(1).inputs
+    seq_half = None
+    if cfg.task.name == "induction" and getattr(cfg.task, "bos", False):
+        seq_half = cfg.task.half
+    console.print(
+        f"run {name} ({db}): {cfg.task.name} · {cfg.mechanism} / {cfg.position} · d{cfg.model.d_model} "
+        f"· {cfg.model.n_layers} layers; first evaluation example, {tokens.shape[1]} tokens"
+    )
+    return model, cfg.model.causal, tokens, seq_half, None
+
+
 def _inspect(
-    name: str, text: str | None, file: Path | None, task: str | None, n: int, seed: int, top: int, out: Path | None
+    name: str,
+    text: str | None,
+    file: Path | None,
+    task: str | None,
+    n: int,
+    seed: int,
+    top: int,
+    out: Path | None,
+    db: Path | None = None,
 ) -> None:
     from attnlab.lens import inspect as lens
 
-    if name not in lens.MODELS:
-        if _is_run_id(name):
-            raise ConfigError("model", name, "is a run id, but run checkpoints are not stored yet", lens.MODELS)
-        raise ConfigError("model", name, "unknown model", allowed=lens.MODELS)
-    try:
-        model, tokenizer = lens.load_model(name)
-    except (FileNotFoundError, ImportError) as err:
-        raise ConfigError("model", name, f"cannot load: {err}") from err
-    causal = lens.MODEL_INFO[name]["causal"]
-    tokens, seq_half, labels = _inspect_tokens(name, tokenizer, text, file, task, n, seed)
+    if name in lens.MODELS:
+        try:
+            model, tokenizer = lens.load_model(name)
+        except (FileNotFoundError, ImportError) as err:
+            raise ConfigError("model", name, f"cannot load: {err}") from err
+        causal = lens.MODEL_INFO[name]["causal"]
+        tokens, seq_half, labels = _inspect_tokens(name, tokenizer, text, file, task, n, seed)
+    elif (run_db := _find_run(name, db)) is not None:
+        model, causal, tokens, seq_half, labels = _run_inputs(name, run_db, text, file, task)
+    else:
+        where = str(db) if db is not None else " or ".join(str(p) for p in RUN_DBS)
+        raise ConfigError("model", name, f"neither a pretrained model nor a run id in {where}", lens.MODELS)
     logits, pats = lens.capture_patterns(model, tokens)
     rows, losses = lens.analyse(logits, pats, tokens, causal, seq_half)
     key = "induction" if seq_half is not None else "sink_score"
@@ -350,7 +389,7 @@ def _inspect(
 
 @app.command()
 def inspect(
-    model: Annotated[str, typer.Argument(help="a pretrained model: smollm2 or minilm")],
+    model: Annotated[str, typer.Argument(help="smollm2, minilm, or a run id of a results database")],
     text: Annotated[str | None, typer.Option(help="inspect the heads on this text")] = None,
     file: Annotated[Path | None, typer.Option(help="inspect the heads on this file's text")] = None,
     task: Annotated[str | None, typer.Option(help="a synthetic task: induction (the default)")] = None,
@@ -358,9 +397,10 @@ def inspect(
     seed: Annotated[int, typer.Option(help="induction: seed of the random sequence")] = 0,
     top: Annotated[int, typer.Option(help="rows of the head table to print (and heatmaps to write)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the full table (CSV) and top heads' heatmaps here")] = None,
+    db: Annotated[Path | None, typer.Option(help="the results database of a run id (default: runs/*.sqlite)")] = None,
 ) -> None:
-    """Score every attention head of a pretrained model (induction, sinks, ...) and, for a causal LM, its loss."""
-    _guard(lambda: _inspect(model, text, file, task, seq_len, seed, top, out))
+    """Score every attention head of a pretrained model or a trained run (induction, sinks, ...) and its loss."""
+    _guard(lambda: _inspect(model, text, file, task, seq_len, seed, top, out, db))
 
 
 def _fail(err: Exception) -> None:

@@ -23,6 +23,14 @@ class RunOutcome:
     wall_s: float = 0.0
     host: str = ""  # where the run was trained (a Ray worker may be on another machine); "" if unknown
     pid: int = 0
+    checkpoint: bytes = b""  # the trained weights as safetensors bytes (the driver writes the file)
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes (tied weights stored once per name; no pickle involved)."""
+    from safetensors.torch import save
+
+    return save({name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()})
 
 
 def set_threads(threads: int) -> None:
@@ -43,7 +51,10 @@ def execute(config_json: str) -> RunOutcome:
         cfg = RunConfig.model_validate_json(config_json)
         run_id = cfg.run_id
         result = train(cfg.model, cfg.task, cfg.train, cfg.seed)
-        return RunOutcome(run_id, True, result.final, result.curves, wall_s=time.perf_counter() - t0, **where)
+        weights = checkpoint_bytes(result.model) if result.model is not None else b""
+        return RunOutcome(
+            run_id, True, result.final, result.curves, wall_s=time.perf_counter() - t0, checkpoint=weights, **where
+        )
     except Exception as exc:  # one failing run must not stop its sweep: record the error instead
         detail = "".join(traceback.format_exception(exc))
         return RunOutcome(

@@ -58,6 +58,8 @@ class Recorder:
         """Write a finished or failed run (curves and status in one transaction) and tell ``on_done``."""
         where = {"host": outcome.host or None, "pid": outcome.pid or None}
         if outcome.ok:
+            if outcome.checkpoint:  # the weights first: a run marked done always has its checkpoint
+                self.store.write_checkpoint(run.run_id, outcome.checkpoint)
             self.store.finish(run.run_id, outcome.final, outcome.curves, **where)
             self.summary.done += 1
         else:

@@ -132,6 +132,24 @@ class Store:
                 (socket.gethostname(), pid or os.getpid(), time.time(), run_id),
             )
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where finished runs' weights live: ``runs/x.sqlite`` → ``runs/x.checkpoints/``."""
+        return self.path.with_suffix(".checkpoints")
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        """The safetensors file of a run's trained weights (it exists once the run is done)."""
+        return self.checkpoint_dir / f"{run_id}.safetensors"
+
+    def write_checkpoint(self, run_id: str, data: bytes) -> Path:
+        """Write a run's weights atomically (tmp + rename), so a killed sweep never leaves half a file."""
+        path = self.checkpoint_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
     def finish(
         self,
         run_id: str,
