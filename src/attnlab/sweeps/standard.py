@@ -48,8 +48,9 @@ def _part(
 
 
 SYNTHETIC = TrainConfig(steps=1200, batch_size=64, eval_every=100, eval_examples=512, target_accuracy=0.99)
-EXTRAPOLATE = SYNTHETIC.model_copy(update={"extrapolate": [2.0, 4.0, 8.0]})
-LM = TrainConfig(steps=600, batch_size=16, eval_every=100, eval_examples=64, extrapolate=[2.0, 4.0, 8.0])
+EXTRAPOLATE = SYNTHETIC.model_copy(update={"steps": 800, "extrapolate": [2.0, 4.0, 8.0]})
+SHORT = SYNTHETIC.model_copy(update={"steps": 800})
+LM = TrainConfig(steps=400, batch_size=16, eval_every=100, eval_examples=64, extrapolate=[2.0, 4.0, 8.0])
 
 
 SWEEP = Suite(
@@ -77,7 +78,7 @@ SWEEP = Suite(
             ["rope", "rope_ntk_dynamic"],
         ),
         _part("lm-bpe", [{"name": "lm", "corpus": "stdlib", "tokenizer": "bpe", "length": 64}], LM, ["rope"]),
-        _part("sorting", [{"name": "sorting"}], SYNTHETIC, ["rope"]),
-        _part("reversal", [{"name": "reversal"}], SYNTHETIC, ["rope"]),
+        _part("sorting", [{"name": "sorting"}], SHORT, ["rope"]),
+        _part("reversal", [{"name": "reversal"}], SHORT, ["rope"]),
     ],
 )
