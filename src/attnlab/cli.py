@@ -22,8 +22,12 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 def _mount_subcommands() -> None:
     """Sub-apps live beside their code; they import nothing heavy at module level."""
     from attnlab.data.cli import data_app
+    from attnlab.lens.intervene_cli import intervene_app
 
     app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")
+    app.add_typer(
+        intervene_app, name="intervene", help="Change heads and measure before / after: ablate, scale, PEAR, ACT."
+    )
 
 
 _mount_subcommands()

@@ -1,0 +1,274 @@
+"""``attnlab intervene ablate|scale|pear|act``: the typer sub-application for ``lens.intervene``.
+
+The main CLI mounts it with ``app.add_typer(intervene_app, name="intervene")``. Every command loads the model with
+``lens.inspect.load_model`` (only SmolLM2 for now: the tasks need a causal LM), runs one experiment and prints its
+table. Bad input is one line (``ConfigError``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from attnlab.errors import ConfigError
+
+intervene_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Intervene on attention heads of a pretrained model: ablate, scale, PEAR, ACT; before / after tables.",
+)
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+CAUSAL_MODELS = ("smollm2",)
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+def _check_model(name: str) -> None:
+    if name not in CAUSAL_MODELS:
+        raise ConfigError("model", name, "intervene needs a causal language model", CAUSAL_MODELS)
+
+
+def _load(name: str) -> tuple[Any, Any]:
+    from attnlab.lens import inspect as lens
+
+    _check_model(name)
+    try:
+        return lens.load_model(name)
+    except (FileNotFoundError, ImportError) as err:
+        raise ConfigError("model", name, f"cannot load: {err}") from err
+
+
+def _task(name: str, seq_len: int) -> Any:
+    from attnlab.lens.inspect import MODEL_INFO
+    from attnlab.lens.pear import CopyTask
+
+    _check_model(name)
+    info = MODEL_INFO[name]
+    return CopyTask(n=seq_len, low=info["low"], high=info["high"], bos=info["bos"])
+
+
+def _heads(spec: str | None) -> list[tuple[int, int]] | None:
+    from attnlab.lens.interventions import parse_heads
+
+    return None if spec is None else parse_heads(spec)
+
+
+def _floats(spec: str, field: str) -> list[float]:
+    out = []
+    for item in (s for s in spec.replace(" ", ",").split(",") if s):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ConfigError(field, item, "not a number", "a list like 0,0.5,1,2") from None
+    if not out:
+        raise ConfigError(field, spec, "no values given", "a list like 0,0.5,1,2")
+    return out
+
+
+def _layers(spec: str | None) -> list[int] | None:
+    """``"17-29"`` or ``"3,5,17-18"`` → layer list; None → None (all layers)."""
+    if spec is None:
+        return None
+    out: list[int] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        lo, _, hi = item.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ConfigError("layers", item, "not a layer or range", "e.g. 17-29 or 3,5,17") from None
+        if b < a:
+            raise ConfigError("layers", item, "empty range")
+        out += [x for x in range(a, b + 1) if x not in out]
+    if not out:
+        raise ConfigError("layers", spec, "no layers given", "e.g. 17-29 or 3,5,17")
+    return out
+
+
+@intervene_app.command()
+def ablate(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    heads: Annotated[str | None, typer.Option(help="heads, e.g. L18H6,L17H3 (default: top induction heads)")] = None,
+    top_k: Annotated[int, typer.Option(help="without --heads: ablate this many top induction heads")] = 5,
+    mode: Annotated[str, typer.Option(help="zero or mean (mean over a reference batch)")] = "zero",
+    seq_len: Annotated[int, typer.Option(help="length of the random sequence x in [BOS] + x + x")] = 40,
+    batch: Annotated[int, typer.Option(help="sequences measured")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the measured batch")] = 0,
+    random_draws: Annotated[int, typer.Option(help="control: sets of random heads of the same count")] = 3,
+) -> None:
+    """Ablate heads and measure copying on repeated random tokens; random heads of the same count as control."""
+
+    def go() -> None:
+        from attnlab.lens.intervene import ablation_experiment
+
+        chosen, task = _heads(heads), _task(model, seq_len)
+        m, _ = _load(model)
+        res = ablation_experiment(
+            m,
+            chosen,
+            top_k=top_k,
+            mode=mode,
+            task=task,
+            batch=batch,
+            seed=seed,
+            random_draws=random_draws,
+        )
+        console.print(res.table())
+        if res.induction_scores:
+            found = ", ".join(f"L{la}H{h} {s:.2f}" for (la, h), s in res.induction_scores.items())
+            console.print(f"induction scores of the ablated heads (detected on seed {seed + 1}): {found}")
+        if res.controls:
+            console.print(
+                f"copy loss: none {res.before.copy_loss:.3f}, chosen heads {res.after.copy_loss:.3f}, "
+                f"random heads (mean of {len(res.controls)}) {res.control_mean():.3f}",
+                highlight=False,
+            )
+
+    _guard(go)
+
+
+@intervene_app.command()
+def scale(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    heads: Annotated[str, typer.Option(help="heads to scale, e.g. L18H6,L17H3")] = "L18H6",
+    coefs: Annotated[str, typer.Option(help="coefficients, e.g. 0,0.5,1,1.5,2")] = "0,0.5,1,1.5,2",
+    seq_len: Annotated[int, typer.Option(help="length of the random sequence x in [BOS] + x + x")] = 40,
+    batch: Annotated[int, typer.Option(help="sequences measured")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the measured batch")] = 0,
+) -> None:
+    """Multiply heads' outputs by each coefficient and measure copying (coefficient 1 = the unchanged model)."""
+
+    def go() -> None:
+        from attnlab.lens.intervene import scaling_experiment
+
+        chosen, values, task = _heads(heads) or [], _floats(coefs, "coefs"), _task(model, seq_len)
+        m, _ = _load(model)
+        res = scaling_experiment(m, chosen, values, task=task, batch=batch, seed=seed)
+        console.print(res.table())
+
+    _guard(go)
+
+
+@intervene_app.command()
+def pear(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    layers: Annotated[str | None, typer.Option(help="re-weight every head of these layers, e.g. 10-29")] = None,
+    heads: Annotated[str | None, typer.Option(help="or exactly these heads, e.g. L18H6,L17H3")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 40,
+    batch: Annotated[int, typer.Option(help="sequences per step")] = 4,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (authors: 5e-3 over 2500 steps of 20)")] = 3e-2,
+    seq_len: Annotated[int, typer.Option(help="length of the random sequence x in [BOS] + x + x")] = 25,
+    eval_batch: Annotated[int, typer.Option(help="held-out copying sequences")] = 32,
+    sum_penalty: Annotated[float, typer.Option(help="weight of (Σ_h α − H)² per layer (authors: 0)")] = 0.0,
+    text_chunks: Annotated[int, typer.Option(help="chunks of 128 tokens of real text for a side-effect loss")] = 4,
+    seed: Annotated[int, typer.Option(help="seed of the training batches (held-out: another seed)")] = 0,
+    top: Annotated[int, typer.Option(help="coefficients to list at each end")] = 10,
+) -> None:
+    """Learn PEAR head coefficients on the copying proxy (model frozen); held-out copying before / after."""
+
+    def go() -> None:
+        from attnlab.lens.intervene import pear_experiment
+        from attnlab.lens.intervene import text_chunks as chunks
+
+        if heads is not None and layers is not None:
+            raise ConfigError("heads", heads, "give --heads or --layers, not both")
+        chosen, chosen_layers, task = _heads(heads), _layers(layers), _task(model, seq_len)
+        m, tok = _load(model)
+        text = chunks(tok, 128, text_chunks, from_end=True) if text_chunks > 0 else None
+        every = max(1, steps // 10)
+
+        def progress(step: int, loss: float) -> None:
+            if step % every == 0 or step == steps - 1:
+                console.print(f"step {step + 1}/{steps}: proxy copy loss {loss:.3f}", highlight=False)
+
+        res = pear_experiment(
+            m,
+            chosen,
+            layers=chosen_layers,
+            task=task,
+            steps=steps,
+            batch=batch,
+            lr=lr,
+            sum_penalty=sum_penalty,
+            eval_batch=eval_batch,
+            seed=seed,
+            text_tokens=text,
+            on_step=progress,
+        )
+        console.print(res.table())
+        console.print(res.coefficient_table(top))
+        b, a = res.before, res.after
+        console.print(
+            f"held-out copying accuracy {b.copy_acc:.3f} → {a.copy_acc:.3f}, loss {b.copy_loss:.3f} → "
+            f"{a.copy_loss:.3f} nats/token ({res.seconds:.0f} s)",
+            highlight=False,
+        )
+
+    _guard(go)
+
+
+@intervene_app.command()
+def act(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    beta: Annotated[float, typer.Option(help="share of a hidden sink's attention it keeps (authors: 0.4)")] = 0.4,
+    threshold: Annotated[float, typer.Option(help="column score above which a key is a sink (authors: 0.1)")] = 0.1,
+    seq_len: Annotated[int, typer.Option(help="tokens per text chunk (with BOS)")] = 128,
+    calib_chunks: Annotated[int, typer.Option(help="chunks for the head search (start of the text)")] = 2,
+    heldout_chunks: Annotated[int, typer.Option(help="held-out chunks (end of the text)")] = 8,
+    min_layer: Annotated[int, typer.Option(help="first layer calibrated (authors: 2)")] = 2,
+    exclude_last: Annotated[int, typer.Option(help="final keys never counted as sinks (authors: 0)")] = 0,
+    max_candidates: Annotated[int | None, typer.Option(help="try at most this many heads (default: all)")] = None,
+) -> None:
+    """ACT on real text: find heads whose calibration lowers the loss, then measure held-out text before / after."""
+
+    def go() -> None:
+        from attnlab.lens.intervene import act_experiment, text_chunks
+
+        _check_model(model)
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError("beta", beta, "must be in [0, 1]")
+        m, tok = _load(model)
+        trials: list[float] = []
+
+        def progress(head: tuple[int, int], loss: float) -> None:
+            trials.append(loss)
+            if len(trials) % 25 == 0:
+                console.print(f"head search: {len(trials)} heads tried", highlight=False)
+
+        calib = text_chunks(tok, seq_len, calib_chunks)
+        held = text_chunks(tok, seq_len, heldout_chunks, from_end=True)
+        res = act_experiment(
+            m,
+            calib,
+            held,
+            beta=beta,
+            threshold=threshold,
+            min_layer=min_layer,
+            exclude_last=exclude_last,
+            max_candidates=max_candidates,
+            on_head=progress,
+        )
+        console.print(res.table())
+        kept = ", ".join(f"L{la}H{h}" for (la, h), _ in res.selected[:20])
+        summary = f"{len(res.candidates)} candidate heads; kept {len(res.selected)}: {kept or '-'}"
+        console.print(summary, highlight=False)
+
+    _guard(go)
+
+
+if __name__ == "__main__":
+    intervene_app()
