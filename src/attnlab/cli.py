@@ -25,8 +25,14 @@ def _mount_subcommands() -> None:
     from attnlab.lens.intervene_cli import intervene_app
 
     app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")
+    from attnlab.lens.experiments_cli import experiments_app
+
+    # One group for every measured change: head edits (ablate, scale, pear, act) and the cache / position ones.
+    intervene_app.registered_commands.extend(experiments_app.registered_commands)
     app.add_typer(
-        intervene_app, name="intervene", help="Change heads and measure before / after: ablate, scale, PEAR, ACT."
+        intervene_app,
+        name="intervene",
+        help="Change a model and measure before / after: ablate, scale, pear, act, kv-eviction, rope-scaling, sinks.",
     )
 
 
@@ -361,10 +367,56 @@ def _inspect(
         tokens, seq_half, labels = _inspect_tokens(name, tokenizer, text, file, task, n, seed)
     elif (run_db := _find_run(name, db)) is not None:
         model, causal, tokens, seq_half, labels = _run_inputs(name, run_db, text, file, task)
+    elif Path(name).is_dir():
+        _inspect_checkpoint(Path(name), text, file, task, n, seed, top, out)
+        return
     else:
-        where = str(db) if db is not None else " or ".join(str(p) for p in RUN_DBS)
-        raise ConfigError("model", name, f"neither a pretrained model nor a run id in {where}", lens.MODELS)
+        where = str(db) if db is not None else "runs/*.sqlite"
+        raise ConfigError("model", name, f"not a model, checkpoint folder or run id of {where}", lens.MODELS)
     logits, pats = lens.capture_patterns(model, tokens)
+    _report_heads(name, logits, pats, tokens, causal, seq_half, labels, seed, top, out)
+
+
+def _inspect_checkpoint(
+    folder: Path, text: str | None, file: Path | None, task: str | None, n: int, seed: int, top: int, out: Path | None
+) -> None:
+    """A local transformers checkpoint directory, through transformers' eager attention (the ``hf`` extra)."""
+    from attnlab.lens.capture import patterns
+    from attnlab.lens.inspect import induction_tokens
+    from attnlab.lens.pretrained.hf_adapter import checkpoint_kind, hf_run_with_cache, load_hf
+
+    model = load_hf(folder)
+    causal = checkpoint_kind(folder) == "causal_lm"
+    labels, seq_half = None, None
+    if text is not None or file is not None:
+        if text is not None and file is not None:
+            raise ConfigError("input", "--text --file", "give only one of --text, --file, --task")
+        tokenizer_file = folder / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise ConfigError("text", str(folder), "the checkpoint has no tokenizer.json; use --task induction")
+        from tokenizers import Tokenizer
+
+        if file is not None and not file.is_file():
+            raise ConfigError("file", str(file), "no such file")
+        enc = Tokenizer.from_file(str(tokenizer_file)).encode(text if text is not None else file.read_text())
+        if len(enc.ids) < 3:
+            raise ConfigError("text", text, "needs at least 3 tokens")
+        import torch
+
+        tokens, labels = torch.tensor([enc.ids]), list(enc.tokens)
+    else:
+        if task not in (None, "induction"):
+            raise ConfigError("task", task, "unknown task", allowed=["induction"])
+        vocab = int(model.config.vocab_size)  # position 0 holds token 0, as [BOS] in the induction convention
+        tokens, seq_half = induction_tokens(n, seed, min(100, vocab // 2), vocab, 0), n
+    logits, cache = hf_run_with_cache(model, tokens)
+    _report_heads(str(folder), logits, patterns(cache), tokens, causal, seq_half, labels, seed, top, out)
+
+
+def _report_heads(name, logits, pats, tokens, causal, seq_half, labels, seed, top, out) -> None:
+    """Print the head table (and losses) of a captured pass; write CSV and heatmaps with ``out``."""
+    from attnlab.lens import inspect as lens
+
     rows, losses = lens.analyse(logits, pats, tokens, causal, seq_half)
     key = "induction" if seq_half is not None else "sink_score"
     ranked = lens.sorted_rows(rows, key)

@@ -59,7 +59,7 @@ def test_inspect_an_unknown_name_says_where_it_looked(finished: tuple[Path, str]
     db, _ = finished
     result = runner.invoke(app, ["inspect", "0123456789abcdef", "--db", str(db)])
     assert result.exit_code == 2
-    assert "neither a pretrained model nor a run id in" in result.output
+    assert "not a model, checkpoint folder or run id of" in result.output
 
 
 def test_a_run_without_a_checkpoint_is_a_clear_error(finished: tuple[Path, str], tmp_path: Path) -> None:

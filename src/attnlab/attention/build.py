@@ -20,6 +20,10 @@ Extension points, each optional, found by duck typing so the module never names 
 - ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position encoding that owns
   the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal orders); q, k
   arrive unrotated and ``start`` is the absolute position of the first query.
+- ``cache.extend_rotated(position, q, k, v) -> (q, k_all, v_all)``: a KV cache that keeps keys *before*
+  rotation and chooses every key's position itself (StreamingLLM's positions within an evicted cache,
+  ``attnlab.lens.kv_eviction``) appends the new k, v and returns the rotated queries and all rotated keys;
+  the default ``LayerKVCache`` has no such method and caches keys after rotation.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention.config import AttentionConfig, AttentionSite
-from attnlab.attention.core import AttnOutput, attend_reference, build_mask
+from attnlab.attention.core import AttnOutput, attend_reference, build_mask, repeat_kv
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.model.hooks import HookPoint
@@ -111,7 +115,8 @@ class Attention(nn.Module):
         norm = NORMALISERS.entry(norm_name)
         norm_args = cfg.normaliser_args if norm_name == cfg.normaliser else {}
         self.normaliser = norm.factory(norm.params.model_validate(norm_args), site)
-        self.sdpa_ok = "sdpa" in norm.capabilities.backends
+        # an instance may opt out of its entry's sdpa backend (softmax with soft-capping, which SDPA cannot apply)
+        self.sdpa_ok = "sdpa" in norm.capabilities.backends and getattr(self.normaliser, "sdpa_ok", True)
         pos_cls = POSITIONS.get(cfg.position)
         self.position = NoPE() if (site.cross or pos_cls.absolute) else build_position(cfg, site)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
@@ -153,6 +158,21 @@ class Attention(nn.Module):
             return self.normaliser.attend(q, k, v, **kwargs)
         return attend_reference(q, k, v, **kwargs)
 
+    def output_from_pattern(self, weights: Tensor, v: Tensor) -> Tensor:
+        """``z = weights @ v`` for a pattern a ``hook_pattern`` hook replaced (ACT, pattern patching).
+
+        Only where the output is the pattern times the values (the plain reference path); a mechanism that
+        computes its output otherwise (kernel attention, differential or talking heads) refuses the edit
+        rather than silently ignoring it.
+        """
+        if hasattr(self.heads, "attend") or hasattr(self.normaliser, "attend"):
+            raise ValueError(
+                "a hook_pattern edit cannot reach the output of this layer: its mechanism does not compute "
+                "z = pattern @ v (edit hook_z instead)"
+            )
+        v = repeat_kv(v, weights.shape[1] // v.shape[1])
+        return (weights @ v.to(weights.dtype)).to(v.dtype)
+
     def forward(self, x: Tensor, context: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
         """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention."""
         if self.site.cross and context is None:
@@ -160,17 +180,22 @@ class Attention(nn.Module):
         q, k, v = self.heads.project(x, context)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         start = cache.length if (cache is not None and not self.site.cross) else 0
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        if hasattr(self.heads, "rotate"):
-            q, k = self.heads.rotate(self.position, q, k, positions)
+        if cache is not None and not self.site.cross and hasattr(cache, "extend_rotated"):
+            # the cache rotates: q at the positions it assigns, and every cached key (hook_rot_k sees them all)
+            q, k, v = cache.extend_rotated(self.position, q, k, v)
+            q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         else:
-            q, k = self.position.rotate(q, k, positions)
-        q, k = self.hook_rot_q(q), self.hook_rot_k(k)
-        if cache is not None and not self.site.cross:
-            if hasattr(self.heads, "extend_cache"):
-                k, v = self.heads.extend_cache(cache, k, v)
+            positions = torch.arange(start, start + x.shape[1], device=x.device)
+            if hasattr(self.heads, "rotate"):
+                q, k = self.heads.rotate(self.position, q, k, positions)
             else:
-                k, v = cache.append(k, v)
+                q, k = self.position.rotate(q, k, positions)
+            q, k = self.hook_rot_q(q), self.hook_rot_k(k)
+            if cache is not None and not self.site.cross:
+                if hasattr(self.heads, "extend_cache"):
+                    k, v = self.heads.extend_cache(cache, k, v)
+                else:
+                    k, v = cache.append(k, v)
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
         causal = self.site.causal and not self.site.cross
         if hasattr(self.position, "attend"):
@@ -196,9 +221,11 @@ class Attention(nn.Module):
             res = self.attend(q, k, v, causal, scale)
             if res.scores is not None:
                 self.hook_attn_scores(res.scores)
-            if res.weights is not None:
-                self.hook_pattern(res.weights)
             z = res.out
+            if res.weights is not None:
+                weights = self.hook_pattern(res.weights)
+                if weights is not res.weights:  # a hook replaced the pattern: the output must follow it
+                    z = self.output_from_pattern(weights, v)
         z = self.hook_z(z)  # [B, H, T, d]
         return self.heads.combine(z, x)
 

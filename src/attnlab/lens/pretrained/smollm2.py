@@ -14,6 +14,9 @@ Notes on the file:
   RoPE pairs are (x_{2i}, x_{2i+1}): the attention uses ``position_args={"interleaved": True}``. Attention maps are
   unaffected; q/k hook activations are in GGUF's (interleaved) dimension order.
 - Nothing here touches the network: the weights and the tokenizer come from the local file only.
+- ``load_smollm2(position=..., position_args=...)`` builds the attention with another RoPE-family encoding (PI, NTK,
+  YaRN, ABF: ``attnlab.lens.rope_scaling``) over the same weights; the GGUF's base and interleaving and its training
+  length (``llama.context_length``, 8192 for SmolLM2-135M) fill in what the arguments leave out.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, KVCache, build_attention
+from attnlab.errors import ConfigError
 from attnlab.model.hooks import HookPoint
 from attnlab.model.transformer import CausalLM
 
@@ -135,28 +140,58 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-def attention_config(spec: LlamaSpec) -> AttentionConfig:
+# RoPE-family entries and the training-length argument each takes (None: it has none)
+ROPE_POSITIONS: dict[str, str | None] = {
+    "rope": None,
+    "rope_pi": None,
+    "rope_ntk": None,
+    "rope_ntk_dynamic": "train_length",
+    "yarn": "train_length",
+    "rope_abf": "entropy_length",
+}
+
+
+def attention_config(
+    spec: LlamaSpec, position: str = "rope", position_args: Mapping[str, Any] | None = None
+) -> AttentionConfig:
+    """GQA attention with the file's interleaved RoPE, or another RoPE-family ``position`` (``ROPE_POSITIONS``).
+
+    ``base`` (the GGUF's ``rope.freq_base``), ``interleaved=True`` and the training length (``context_length``, for
+    the entries that take one) are filled in unless ``position_args`` sets them. Raises ConfigError for a position
+    that is not a rotary encoding (the weights were trained with RoPE) or for bad arguments.
+    """
+    if position not in ROPE_POSITIONS:
+        raise ConfigError("position", position, "SmolLM2 rebuilds only with a rotary position", list(ROPE_POSITIONS))
+    args: dict[str, Any] = {"base": spec.rope_base, "interleaved": True}
+    length_key = ROPE_POSITIONS[position]
+    if length_key is not None:
+        args[length_key] = spec.context_length
+    args.update(position_args or {})
     return AttentionConfig(
         heads="gqa",
         heads_args={"n_kv_heads": spec.n_kv_heads},
-        position="rope",
-        position_args={"base": spec.rope_base, "interleaved": True},
+        position=position,
+        position_args=args,
+    )
+
+
+def attention_site(spec: LlamaSpec, layer: int) -> AttentionSite:
+    """Where layer ``layer``'s attention sits; ``seq_len`` is the training length (``llama.context_length``)."""
+    return AttentionSite(
+        d_model=spec.d_model,
+        n_heads=spec.n_heads,
+        causal=True,
+        n_layers=spec.n_layers,
+        layer_idx=layer,
+        seq_len=spec.context_length,
     )
 
 
 class LlamaBlock(nn.Module):
-    def __init__(self, spec: LlamaSpec, layer: int):
+    def __init__(self, spec: LlamaSpec, layer: int, attention: AttentionConfig | None = None):
         super().__init__()
         self.ln1 = nn.RMSNorm(spec.d_model, eps=spec.rms_eps)
-        site = AttentionSite(
-            d_model=spec.d_model,
-            n_heads=spec.n_heads,
-            causal=True,
-            n_layers=spec.n_layers,
-            layer_idx=layer,
-            seq_len=spec.context_length,
-        )
-        self.attn: Attention = build_attention(attention_config(spec), site)
+        self.attn: Attention = build_attention(attention or attention_config(spec), attention_site(spec, layer))
         self.ln2 = nn.RMSNorm(spec.d_model, eps=spec.rms_eps)
         self.mlp = SwiGLU(spec.d_model, spec.d_mlp)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
@@ -171,24 +206,29 @@ class LlamaBlock(nn.Module):
 class LlamaLM(CausalLM):
     """tokens [B, T] → logits [B, T, V]; a Llama decoder (RMSNorm, GQA + RoPE, SwiGLU, tied unembedding)."""
 
-    def __init__(self, spec: LlamaSpec):
+    def __init__(self, spec: LlamaSpec, attention: AttentionConfig | None = None):
         super().__init__()
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
         self.hook_embed = HookPoint()
-        self.blocks = nn.ModuleList(LlamaBlock(spec, layer) for layer in range(spec.n_layers))
+        self.blocks = nn.ModuleList(LlamaBlock(spec, layer, attention) for layer in range(spec.n_layers))
         self.ln_f = nn.RMSNorm(spec.d_model, eps=spec.rms_eps)
         self.unembed = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
         if spec.tied:
             self.unembed.weight = self.embed.weight
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        return self.unembed(self.final_hidden(tokens, cache))
+
+    def final_hidden(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens [B, T] → the normalised last hidden state [B, T, D] (``forward`` is ``unembed`` of it); long
+        sequences can then be unembedded in slices instead of holding [B, T, V] logits."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
         x = self.hook_embed(self.embed(tokens))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        return self.unembed(self.ln_f(x))
+        return self.ln_f(x)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.spec.n_layers)
@@ -333,13 +373,42 @@ def load_smollm2_tokenizer(path: Path | None = None, reader: Any = None) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- entry point
-def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None) -> tuple[LlamaLM, Any]:
-    """SmolLM2-135M-Instruct → ``(LlamaLM in eval mode, tokenizers.Tokenizer)``. Never downloads anything."""
+def load_smollm2(
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | Path | None = None,
+    position: str = "rope",
+    position_args: Mapping[str, Any] | None = None,
+) -> tuple[LlamaLM, Any]:
+    """SmolLM2-135M-Instruct → ``(LlamaLM in eval mode, tokenizers.Tokenizer)``. Never downloads anything.
+
+    ``position`` / ``position_args``: build every layer with another rotary encoding over the same weights
+    (see ``attention_config``; e.g. ``position="yarn", position_args={"scale": 2}``).
+    """
     spec, tensors, tokenizer = read_smollm2(cache_dir)
+    attention_config(spec, position, position_args)  # bad arguments fail before the weights are copied
     with torch.device("meta"):
         model = LlamaLM(spec)
     model = model.to_empty(device="cpu")
     if spec.tied:
         model.unembed.weight = model.embed.weight
     load_state(model, tensors)
+    if position != "rope" or position_args:
+        # rebuilt off the meta device: some encodings keep plain tensors (YaRN's frequencies) that to_empty skips
+        with_position(model, position, position_args)
     return model.to(dtype).eval(), tokenizer
+
+
+def with_position(model: LlamaLM, position: str, position_args: Mapping[str, Any] | None = None) -> LlamaLM:
+    """Rebuild every attention layer of ``model`` in place with another rotary ``position`` (see
+    ``attention_config``), keeping its projection weights, dtype and device; returns the model.
+
+    Only the (parameter-free) position encoding changes, so the new layers load the old layers' state exactly.
+    """
+    cfg = attention_config(model.spec, position, position_args)
+    for layer, block in enumerate(model.blocks):
+        old = block.attn
+        ref = next(old.parameters())
+        new = build_attention(cfg, attention_site(model.spec, layer)).to(device=ref.device, dtype=ref.dtype)
+        new.load_state_dict(old.state_dict(), strict=True)
+        block.attn = new.train(old.training)
+    return model
