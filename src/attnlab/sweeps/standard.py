@@ -11,7 +11,7 @@ prints which.
 
 Each part has its own training budget; every run uses one learning rate (2e-3), and every model has 2 layers,
 4 heads and width 64. For a learning-rate sweep copy this file and set ``LRS``. Run it with
-``attnlab run standard --db runs/standard.sqlite --report runs/standard``; see the README for how long it took.
+``attnlab run standard --db runs/standard.sqlite --report runs/standard`` (resumable).
 """
 
 from attnlab.runner.config import Sweep
