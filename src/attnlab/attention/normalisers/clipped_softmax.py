@@ -7,6 +7,9 @@ With γ < 0 a head can give a key an exact zero without pushing its score to −
 outliers from growing. Rows need not sum to 1. Defaults follow the authors' BERT script
 (``clipped(-.025:1)``: γ = −0.025, ζ = 1); ``alpha`` gives their OPT form γ = −α / T with T the
 training sequence length. Source followed: Qualcomm-AI-research/outlier-free-transformers.
+
+Backends: ``chunked``: two passes over key tiles (the row logsumexp, then the clipped weights); the backward
+needs Σ_j p_ij dp_ij first, so it also takes two passes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
+from attnlab.attention.fast.chunked import ClippedSoftmaxRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
 
 
@@ -38,6 +42,7 @@ class ClippedSoftmaxParams(BaseModel):
     summary="clip((ζ−γ)·softmax + γ, 0, 1)",
     paper="Bondarenko et al. 2023, arXiv:2306.12929",
     params=ClippedSoftmaxParams,
+    backends=("reference", "chunked"),
 )
 class ClippedSoftmax(NormaliserBase):
     def __init__(self, params: ClippedSoftmaxParams | None = None, site: object | None = None):
@@ -63,3 +68,27 @@ class ClippedSoftmax(NormaliserBase):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:.4f}, zeta={self.zeta}"
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """Clipped softmax in tiles, two passes (O(T·chunk) memory), exact."""
+        return attend_chunked_rule(
+            ClippedSoftmaxRule(self.gamma, self.zeta),
+            q,
+            k,
+            v,
+            score_mod=score_mod,
+            causal=causal,
+            scale=scale,
+            window=window,
+        )

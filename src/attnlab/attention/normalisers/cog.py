@@ -9,13 +9,17 @@ Weights may be negative; Σ_j |w_ij| = 1 but Σ_j w_ij ∈ [−1, 1]. The mask i
 Source followed: the authors' code (trestad/CogAttn, ``Cogformer/attention.py``). Their language
 models use plain softmax in the first and last layers and Cog in between (``attn_type='np'``); in attnlab
 that layout is ``AttentionConfig(normaliser="cog", edge_normaliser="softmax")``.
+
+Backends: ``chunked``: online normalisation by Σ exp|s| as in FlashAttention (running max of |s|), a custom
+backward from the saved logsumexp (ds = w·(sign(s)·dw − dO·o)).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
+from attnlab.attention.fast.chunked import SoftmaxRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NoParams, NormaliserBase
 
 
@@ -25,6 +29,7 @@ from attnlab.attention.normalisers.base import NORMALISERS, NoParams, Normaliser
     paper="Lv et al. 2024, arXiv:2411.07176",
     params=NoParams,
     signed=True,
+    backends=("reference", "chunked"),
 )
 class Cog(NormaliserBase):
     def __init__(self, params: NoParams | None = None, site: object | None = None):
@@ -36,3 +41,20 @@ class Cog(NormaliserBase):
         if mask is not None:
             magnitude = magnitude.masked_fill(~mask, float("-inf"))
         return s.sign() * magnitude.softmax(dim=-1)
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """Signed softmax in tiles with an online row normaliser (O(T·chunk) memory), exact."""
+        return attend_chunked_rule(
+            SoftmaxRule(signed=True), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window
+        )

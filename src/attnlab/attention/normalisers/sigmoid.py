@@ -7,6 +7,9 @@ No row normalisation: rows do not sum to 1. ``n`` is the training sequence lengt
 recommended fixed bias, a buffer, not learned); pass ``bias`` to override. Source followed: the
 authors' reference code (apple/ml-sigmoid-attention, ``attention_simulator``), which masks first
 (to −max, so σ → 0) and then adds the bias; here masked keys get an exact zero instead.
+
+Backends: ``chunked`` (``attnlab.attention.fast.chunked``): tiles of scores, never the T×T matrix, with a
+custom backward (ds = σ(1 − σ)·dw). The bias is a fixed number (the paper's recommendation), not learned.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import math
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
+from attnlab.attention.fast.chunked import PointwiseRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 
 
@@ -30,6 +34,7 @@ class SigmoidParams(BaseModel):
     summary="elementwise sigmoid with bias −log n, no row normalisation",
     paper="Ramapuram et al. 2024, arXiv:2409.04431",
     params=SigmoidParams,
+    backends=("reference", "chunked"),
 )
 class Sigmoid(NormaliserBase):
     def __init__(self, params: SigmoidParams | None = None, site: object | None = None):
@@ -49,3 +54,27 @@ class Sigmoid(NormaliserBase):
 
     def extra_repr(self) -> str:
         return f"bias={self.bias:.4f}"
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """σ(s + b) attention in tiles of scores (O(T·chunk) memory), exact."""
+        return attend_chunked_rule(
+            PointwiseRule("sigmoid", bias=self.bias),
+            q,
+            k,
+            v,
+            score_mod=score_mod,
+            causal=causal,
+            scale=scale,
+            window=window,
+        )

@@ -2,31 +2,91 @@
 
     w_ij = exp(s_ij) / Σ_{j' visible} exp(s_ij')        s_ij = q_i·k_j / √d
 
-Row-stochastic. Fused backends: PyTorch SDPA (``backend="sdpa"``), which never returns weights.
+Row-stochastic. ``softcap`` c: logit soft-capping s ← c·tanh(s / c) before the mask (Gemma 2: Gemma Team 2024,
+arXiv:2408.00118, c = 50 in attention), which keeps logits in (−c, c).
+
+Backends, none of which returns weights:
+- ``sdpa``: PyTorch's fused kernel (not with ``softcap``, which it cannot apply; ``auto`` then uses the
+  reference);
+- ``chunked``: tiles of scores with an online normaliser and a recomputing backward (O(T·chunk) memory);
+  honours a position's score_mod (ALiBi, T5 bias) and differentiates its learnable tensors;
+- ``flex``: compiled FlexAttention (``attnlab.attention.fast.flex``) with the score_mod, soft-capping and a
+  block mask for causal / sliding-window attention. On CPU, torch 2.13's flex has no backward and no
+  logsumexp, so gradients come from the chunked backward; KV-cache decoding and float64 use ``chunked``.
 """
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype
-from attnlab.attention.normalisers.base import NORMALISERS, NoParams, NormaliserBase
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
+from attnlab.attention.fast.chunked import SoftmaxRule, attend_chunked_rule
+from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
+
+
+class SoftmaxParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    softcap: float | None = Field(None, gt=0)  # logit soft-capping c·tanh(s / c) (Gemma 2: 50); None: off
 
 
 @NORMALISERS.register(
     "softmax",
     summary="softmax over visible keys",
     paper="Vaswani et al. 2017, arXiv:1706.03762",
-    params=NoParams,
+    params=SoftmaxParams,
     row_stochastic=True,
-    backends=("reference", "sdpa"),
+    backends=("reference", "sdpa", "chunked", "flex"),
 )
 class Softmax(NormaliserBase):
-    def __init__(self, params: NoParams | None = None, site: object | None = None):
+    def __init__(self, params: SoftmaxParams | None = None, site: object | None = None):
         super().__init__()
+        self.softcap = (params or SoftmaxParams()).softcap
+        self.sdpa_ok = self.softcap is None  # SDPA cannot soft-cap: the layer falls back to the reference
 
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         s = scores.to(compute_dtype(scores))
+        if self.softcap is not None:
+            s = (s / self.softcap).tanh() * self.softcap
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf"))
         return s.softmax(dim=-1)
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """Softmax in tiles with an online normaliser (FlashAttention's algorithm in PyTorch ops), exact."""
+        rule = SoftmaxRule(softcap=self.softcap)
+        return attend_chunked_rule(rule, q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+
+    def attend_flex(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """Softmax through compiled FlexAttention (score_mod, soft-capping, window as a block mask)."""
+        from attnlab.attention.fast.flex import flex_softmax  # imports torch's flex machinery on first use
+
+        out, _ = flex_softmax(
+            q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window, softcap=self.softcap
+        )
+        return AttnOutput(out, None, None)
+
+    def extra_repr(self) -> str:
+        return "" if self.softcap is None else f"softcap={self.softcap}"

@@ -19,6 +19,11 @@ log d · log N_i on cosine scores, ReLU(N·A − O)^p, the zero offset on three 
 setting, ε = 1e-8) come from third-party summaries and reviews of the paper that agree with each other; the
 paper body and the authors' code (iminfine/freeattn) could not be read offline. Every constant is a
 parameter so the form can be pinned once the paper is checked.
+
+Backends: ``chunked`` (``attnlab.attention.fast.chunked``): both are pointwise in the score once the row's N_i
+is known (it is, from the mask), and l1-normalised, so they run in tiles with O(T·chunk) memory: LSSA in one
+pass (Σ_j u_ij accumulates beside Σ_j u_ij v_j); LSSAR needs Σ_j u_ij before its re-weighting, so two passes
+forward and two backward.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype, visible_counts
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype, visible_counts
+from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftplusRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 
 
@@ -61,6 +67,7 @@ def lssa_weights(scores: Tensor, mask: Tensor | None, d_head: int, length_scale:
     paper="Gao & Spratling 2025, arXiv:2501.13428",
     params=SoftplusParams,
     row_stochastic=True,
+    backends=("reference", "chunked"),
 )
 class LSSA(NormaliserBase):
     def __init__(self, params: SoftplusParams | None = None, site: object | None = None):
@@ -78,12 +85,32 @@ class LSSA(NormaliserBase):
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         return lssa_weights(scores, mask, self.d_head, self.params.length_scale, self.params.eps)
 
+    def rule(self) -> SoftplusRule | ReweightedSoftplusRule:
+        """This normaliser's tile algebra for the chunked backend."""
+        return SoftplusRule(self.d_head, self.params.length_scale, self.params.eps)
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """The normaliser in tiles of scores on prepared q, k (O(T·chunk) memory), exact."""
+        return attend_chunked_rule(self.rule(), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+
 
 @NORMALISERS.register(
     "lssar",
     summary="LSSA then ReLU(N·A − 1)^p re-weighting, l1-normalised",
     paper="Gao & Spratling 2025, arXiv:2501.13428",
     params=ReweightedSoftplusParams,
+    backends=("reference", "chunked"),
 )
 class LSSAR(LSSA):
     params: ReweightedSoftplusParams
@@ -98,3 +125,7 @@ class LSSAR(LSSA):
         offset = (n > p.offset_free_rows).to(a.dtype)  # O_i: 0 on the first rows, 1 after
         r = masked_fill_zero((n * a - offset).relu().pow(p.power), mask)
         return r / (r.sum(-1, keepdim=True) + p.eps)
+
+    def rule(self) -> ReweightedSoftplusRule:
+        p = self.params
+        return ReweightedSoftplusRule(self.d_head, p.length_scale, p.eps, p.power, p.offset_free_rows)

@@ -1,0 +1,66 @@
+"""``attnlab speed``: the speed and memory benchmark of ``attnlab.speed`` from the command line.
+
+``speed_app`` is a Typer app of its own (one command, run by its callback); the main CLI mounts it with
+``app.add_typer(speed_app, name="speed")``. ``python bench/speed.py`` runs the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnlab.errors import ConfigError
+
+speed_app = typer.Typer(add_completion=False, help="Time and peak memory of every mechanism × backend vs SDPA.")
+
+
+def _lengths(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError("lengths", text, "not a comma-separated list of integers", "e.g. 256,1024,4096") from None
+
+
+@speed_app.callback(invoke_without_command=True)
+def speed(
+    out: Annotated[Path, typer.Option(help="folder for speed.json and the plots")] = Path("runs/speed"),
+    quick: Annotated[bool, typer.Option(help="smoke test: T = 64, 128, five cases, one thread (seconds)")] = False,
+    lengths: Annotated[str | None, typer.Option(help="comma-separated sequence lengths")] = None,
+    case: Annotated[
+        list[str] | None, typer.Option(help="a case (mechanism/backend) or a mechanism; repeatable; default all")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="timed repeats per case at T <= 2048")] = 5,
+    long_repeats: Annotated[int, typer.Option(help="timed repeats per case at T > 2048")] = 3,
+    dense_limit: Annotated[int, typer.Option(help="skip dense T×T cases above this T")] = 2048,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    memory: Annotated[bool, typer.Option(help="measure peak memory (one subprocess per case)")] = True,
+    train: Annotated[bool, typer.Option(help="measure training throughput of a small TransformerLM")] = True,
+    flex: Annotated[bool, typer.Option(help="include the compiled FlexAttention cases")] = True,
+    xt: Annotated[bool, typer.Option(help="include x-transformers' cases (if installed)")] = True,
+) -> None:
+    """Check every case against the reference, then time it (interleaved) and measure its peak memory."""
+    from attnlab.speed import run_speed
+
+    try:
+        run_speed(
+            out,
+            lengths=_lengths(lengths),
+            cases=case,
+            repeats=repeats,
+            long_repeats=long_repeats,
+            dense_limit=dense_limit,
+            memory=memory,
+            train=train,
+            flex=flex,
+            xt=xt,
+            quick=quick,
+            threads=threads,
+            echo=typer.echo,
+        )
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,254 @@
+"""The chunked backend equals the reference: outputs and every gradient, in tiles, never a T×T tensor.
+
+Small ``chunk`` / ``key_block`` sizes that do not divide T make every call use several query blocks and key
+tiles, partly masked tiles, and (with a window) rows that see nothing in some tile; ``whole_rows`` switches
+between that online path and the one-tile-per-block path that rows short enough take.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, attend_reference, build_attention
+from attnlab.attention.fast import chunked
+from attnlab.attention.fast.chunked import PointwiseRule, chunked_attention
+from attnlab.errors import ConfigError
+from attnlab.model.hooks import capture
+from attnlab.position.alibi import ALiBi
+from attnlab.position.t5 import T5RelativeBias
+
+CHUNKED = ["softmax", "cog", "sigmoid", "lssa", "lssar", "clipped_softmax"]
+SITE = AttentionSite(d_model=32, n_heads=4, seq_len=16)  # d_head 8
+ARGS = {"clipped_softmax": {"gamma": -0.1, "zeta": 1.1}}  # clip at both ends with these random scores
+# (t_q, t_k, causal, window, kv heads): odd lengths, one token, decoding (Tq < Tk), cross (Tq ≠ Tk), GQA, windows
+SHAPES = {
+    "T13-causal": (13, 13, True, None, 4),
+    "T13-full-gqa": (13, 13, False, None, 2),
+    "T1": (1, 1, True, None, 4),
+    "decode-3of11-mqa": (3, 11, True, None, 1),
+    "cross-5x9": (5, 9, False, None, 4),
+    "T13-window4": (13, 13, True, 4, 2),
+    "T12-full-window3": (12, 12, False, 3, 4),
+}
+
+
+def normaliser(name: str, site: AttentionSite = SITE) -> torch.nn.Module:
+    entry = NORMALISERS.entry(name)
+    return entry.factory(entry.params(**ARGS.get(name, {})), site)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a − e| / max |e|: the error relative to the tensor's scale."""
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp(min=1e-30)).item()
+
+
+def rms_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.double(), expected.double()
+    return ((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp(min=1e-30)).item()
+
+
+def inputs(t_q: int, t_k: int, kv_heads: int, dtype=torch.float32, scale: float = 1.0):
+    q = (torch.randn(2, 4, t_q, 8, dtype=dtype) * scale).requires_grad_()
+    k = (torch.randn(2, kv_heads, t_k, 8, dtype=dtype) * scale).requires_grad_()
+    v = torch.randn(2, kv_heads, t_k, 8, dtype=dtype).requires_grad_()
+    return q, k, v
+
+
+def compare(name, q, k, v, causal, window, score_mod=None, extra=(), tolerance=1e-4, metric=relative_error):
+    norm = normaliser(name)
+    args = [q, k, v, *extra]
+    grad_out = None
+    outs, grads = [], []
+    for path in ("reference", "chunked"):
+        qp, kp, scale = norm.prepare(q, k, None)
+        kwargs = dict(causal=causal, window=window, score_mod=score_mod, scale=scale)
+        if path == "reference":
+            out = attend_reference(qp, kp, v, normaliser=norm, **kwargs).out
+            grad_out = torch.randn_like(out)
+        else:
+            out = norm.attend_chunked(qp, kp, v, **kwargs).out
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, args, grad_out))
+    assert outs[1].dtype == outs[0].dtype and outs[1].shape == outs[0].shape
+    assert metric(outs[1], outs[0]) <= tolerance, f"output: {metric(outs[1], outs[0]):.2e}"
+    for label, got, want in zip(["q", "k", "v", "param"], grads[1], grads[0], strict=False):
+        assert got.dtype == want.dtype
+        assert metric(got, want) <= tolerance, f"grad {label}: {metric(got, want):.2e}"
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 4 queries and tiles of 3 keys: several partly masked tiles per call."""
+    monkeypatch.setattr(chunked, "DEFAULT_CHUNK", 4)
+    monkeypatch.setattr(chunked, "DEFAULT_KEY_BLOCK", 3)
+    monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", 0)
+
+
+@pytest.fixture(params=[0, 64], ids=["tiles", "rows"])
+def whole_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Tiles of 3 keys (the online, multi-pass path), or every row in one tile (the fused one-pass path)."""
+    monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", CHUNKED)
+def test_chunked_matches_reference_in_float32(name: str, shape: str, whole_rows: int) -> None:
+    t_q, t_k, causal, window, kv_heads = SHAPES[shape]
+    compare(name, *inputs(t_q, t_k, kv_heads, scale=1.5), causal=causal, window=window)
+
+
+@pytest.mark.parametrize("position", ["alibi", "t5"])
+@pytest.mark.parametrize("name", ["softmax", "cog", "sigmoid", "clipped_softmax"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_chunked_applies_position_score_mods_and_trains_the_t5_table(
+    name: str, position: str, causal: bool, whole_rows: int
+) -> None:
+    site = AttentionSite(d_model=32, n_heads=4, causal=causal)
+    pos = ALiBi(None, site) if position == "alibi" else T5RelativeBias(None, site)
+    extra = tuple(pos.parameters())  # T5's bias table: its gradient is compared too
+    compare(name, *inputs(11, 11, 2, scale=1.5), causal=causal, window=None, score_mod=pos.score_mod(), extra=extra)
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+def test_chunked_matches_reference_in_bfloat16(name: str, whole_rows: int) -> None:
+    """bf16 inputs are computed in float32 by both paths; they differ only in the order of summation."""
+    compare(
+        name,
+        *inputs(13, 13, 2, dtype=torch.bfloat16),
+        causal=True,
+        window=None,
+        metric=rms_relative_error,
+        tolerance=2e-2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "causal", "window"),
+    [(n, True, None) for n in CHUNKED] + [("softmax", False, 2), ("sigmoid", True, 2), ("lssar", False, None)],
+)
+def test_chunked_gradients_match_finite_differences(
+    name: str, causal: bool, window: int | None, whole_rows: int
+) -> None:
+    norm = normaliser(name, AttentionSite(d_model=6, n_heads=2, seq_len=5))
+    q, k, v = (torch.randn(1, 2, 5, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        qp, kp, scale = norm.prepare(q, k, None)
+        return norm.attend_chunked(qp, kp, v, causal=causal, window=window, scale=scale).out
+
+    assert torch.autograd.gradcheck(attend, (q, k, v))
+
+
+def test_score_mod_tensor_gradients_match_finite_differences() -> None:
+    """A learnable bias per head and clipped distance (T5-like), captured by the score_mod, gets its gradient."""
+    table = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    q, k, v = (torch.randn(1, 2, 6, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        def bias(s, b, h, q_idx, kv_idx):
+            return s + table[h, (q_idx - kv_idx).clamp(0, 3)]
+
+        return chunked_attention(q, k, v, chunked.SoftmaxRule(), score_mod=bias)[0]
+
+    assert torch.autograd.gradcheck(attend, (q, k, v, table))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements any op produced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+def test_chunked_never_builds_a_t_by_t_tensor(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "DEFAULT_CHUNK", 16)
+    monkeypatch.setattr(chunked, "DEFAULT_KEY_BLOCK", 32)
+    monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", 32)
+    b, h, t = 1, 2, 256
+    q, k, v = (torch.randn(b, h, t, 8, requires_grad=True) for _ in range(3))
+    norm = normaliser(name, AttentionSite(d_model=16, n_heads=2, seq_len=t))
+    with LargestTensor() as probe:
+        out = norm.attend_chunked(q, k, v, causal=True).out
+        out.sum().backward()
+    tile, qkv = b * h * 16 * 32, b * h * t * 8
+    assert probe.largest <= max(tile, qkv), f"a tensor of {probe.largest} elements (one T×T head: {t * t})"
+    with LargestTensor() as dense:
+        attend_reference(q, k, v, normaliser=norm, causal=True).out.sum().backward()
+    assert dense.largest >= b * h * t * t  # the probe sees the reference's score matrix
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+def test_model_with_the_chunked_backend_equals_the_reference_and_decodes_with_the_cache(make_lm, name: str) -> None:
+    reference = make_lm(normaliser=name, normaliser_args=ARGS.get(name, {}), position="rope", backend="reference")
+    fast = make_lm(normaliser=name, normaliser_args=ARGS.get(name, {}), position="rope", backend="chunked")
+    fast.load_state_dict(reference.state_dict())
+    tokens = torch.randint(0, 31, (2, 11))
+    full = reference(tokens)
+    torch.testing.assert_close(fast(tokens), full, atol=1e-4, rtol=1e-4)
+    cache = fast.new_cache()
+    steps = torch.cat([fast(tokens[:, :6], cache), *(fast(tokens[:, t : t + 1], cache) for t in range(6, 11))], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+
+
+def test_capturing_the_pattern_switches_a_chunked_layer_to_the_reference(make_lm) -> None:
+    model = make_lm(normaliser="sigmoid", backend="chunked")
+    tokens = torch.randint(0, 31, (1, 9))
+    plain = model(tokens)
+    with capture(model, ["blocks.0.attn.hook_pattern"]) as cache:
+        captured = model(tokens)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (1, 4, 9, 9)
+    torch.testing.assert_close(captured, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_softcap_bounds_the_logits_and_disables_sdpa() -> None:
+    norm = normaliser("softmax")
+    capped = NORMALISERS.entry("softmax").factory(NORMALISERS.entry("softmax").params(softcap=2.0), SITE)
+    scores = torch.tensor([[[[0.0, 10.0, -10.0]]]])
+    expected = (2.0 * torch.tanh(scores / 2.0)).softmax(-1)
+    torch.testing.assert_close(capped(scores, None), expected)
+    assert not torch.allclose(norm(scores, None), expected)
+    module = build_attention(AttentionConfig(normaliser_args={"softcap": 2.0}), SITE)
+    assert not module.use_fused()
+    compare_softcap = chunked.SoftmaxRule(softcap=2.0)
+    q, k, v = inputs(13, 13, 4, scale=3.0)
+    got = chunked_attention(q, k, v, compare_softcap)[0]
+    torch.testing.assert_close(got, attend_reference(q, k, v, normaliser=capped).out, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_calls_are_rejected_in_one_line() -> None:
+    q, k, v = inputs(5, 3, 4)
+    rule = PointwiseRule("sigmoid")
+    with pytest.raises(ValueError, match="causal attention needs Tq <= Tk"):
+        chunked_attention(q, k, v, rule, causal=True)
+    with pytest.raises(ValueError, match="window=0"):
+        chunked_attention(q, q, q, rule, window=0)
+    with pytest.raises(ValueError, match="unknown"):
+        PointwiseRule("tanh")
+    with pytest.raises(ConfigError, match="backend='chunked': not available for normaliser 'relu'"):
+        AttentionConfig(normaliser="relu", backend="chunked")
+    with pytest.raises(ValueError, match="document masks"):
+        chunked_attention(q, q, q, chunked.SoftplusRule(8, True, 1e-8), documents=torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_a_score_mod_that_hides_its_parameters_is_refused() -> None:
+    table = torch.nn.Linear(1, 4)
+
+    def hidden(s, b, h, q_idx, kv_idx):
+        return s + holder["layer"].weight[h, 0]
+
+    holder = {"layer": table}
+    q, k, v = inputs(5, 5, 4)
+    with pytest.raises(ValueError, match="not in its closure"):
+        chunked_attention(q, k, v, chunked.SoftmaxRule(), score_mod=hidden)

@@ -1,0 +1,81 @@
+"""The speed benchmark's pipeline: quick mode end to end, the correctness gate, the memory probe, the CLI.
+
+Timings are never asserted (the machine is shared); what is checked is that every number is produced, that a
+wrong case is caught before timing, and that the peak-memory probe sees a known allocation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnlab import speed
+from attnlab.attention.build import sdpa
+from attnlab.speed_cli import speed_app
+
+
+def test_quick_run_checks_times_measures_and_writes_everything(tmp_path) -> None:
+    lines: list[str] = []
+    result = speed.run_speed(tmp_path, quick=True, echo=lines.append)
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["checks"] and all(c["ok"] for c in data["checks"].values()), data["checks"]
+    timed = [r for r in data["timing"] if not r["skipped"]]
+    assert {(r["case"], r["T"], r["mode"]) for r in timed} == {
+        (c, t, m) for c in speed.QUICK_CASES for t in speed.QUICK_LENGTHS for m in speed.MODES
+    }
+    assert all(r["median_s"] > 0 and len(r["samples_s"]) == 2 for r in timed)
+    assert all(r["ratio_vs_sdpa"] == 1.0 for r in timed if r["case"] == "softmax/sdpa")
+    if speed.memory_available() is None:
+        assert {(r["case"], r["T"], r["mode"]) for r in data["memory"] if not r["skipped"]} == {
+            (c, t, m) for c in speed.QUICK_CASES for t in speed.QUICK_LENGTHS for m in speed.MODES
+        }
+    assert {s["precision"] for s in data["train"]["settings"]} == {"fp32", "bf16"}
+    assert data["train"]["fastest"] in [
+        {"precision": s["precision"], "compiled": s["compiled"]} for s in data["train"]["settings"]
+    ]
+    assert any("≤ 2.5× SDPA" in t["target"] for t in data["targets"])
+    for path in result.files:
+        assert path.is_file() and path.stat().st_size > 1000, path
+    assert "time, forward+backward: ratio to SDPA softmax" in result.report and result.report in "\n".join(lines)
+
+
+def test_a_wrong_case_fails_the_check_and_is_not_timed() -> None:
+    reference = next(c for c in speed.all_cases(flex=False, xt=False) if c.name == "softmax/reference")
+    wrong = speed.Case(
+        "softmax", "off-by-one-percent", lambda t: lambda q, k, v: 1.01 * sdpa(q, k, v, causal=True, scale=None)
+    )
+    report = speed.check_cases([reference, wrong], t=32)
+    assert report["softmax/reference"]["ok"]
+    assert not report["softmax/off-by-one-percent"]["ok"]
+    assert report["softmax/off-by-one-percent"]["relative_error"] == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.skipif(speed.memory_available() is not None, reason="needs Linux /proc/self/clear_refs")
+def test_the_peak_memory_probe_sees_a_known_allocation() -> None:
+    speed.reset_peak_rss()
+    before = speed._proc_status_kib("VmRSS")
+    block = torch.ones(16, 1024, 1024)  # 64 MiB, touched
+    peak = speed._proc_status_kib("VmHWM")
+    del block
+    assert (peak - before) / 1024 >= 60
+
+
+def test_flops_per_token_counts_every_linear_weight_and_the_attention_matmuls() -> None:
+    from attnlab.model.config import ModelConfig
+    from attnlab.model.transformer import TransformerLM
+
+    cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, max_seq_len=8, attention={"position": "rope"})
+    model = TransformerLM(cfg)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert linear == 2 * (4 * 16 * 16 + 2 * 16 * 64) + 50 * 16  # q, k, v, o; MLP up/down; tied unembedding
+    assert speed.train_flops_per_token(model, 2, 16, 8) == 6 * linear + 6 * 2 * 9 * 16
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--lengths", "1,x"], "lengths"), (["--case", "nope"], "unknown case")])
+def test_cli_rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(speed_app, args)
+    assert result.exit_code == 2
+    assert message in result.output
