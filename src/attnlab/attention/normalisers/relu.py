@@ -22,6 +22,9 @@ papers' L for full attention and keeps every row's scale independent of its posi
 FLASH-pytorch divides causal GAU scores by i + 1, the same choice); or ``"seq_len"``, the fixed training
 length from the site (the GAU pseudo-code's ``seq_len``). ``alpha=0`` removes the division.
 
+Backends: ``chunked`` (``attnlab.attention.fast.chunked``): tiles of scores, never the T×T matrix, with a
+recomputing backward (ds = p·ReLU(s)^(p−1)·dw / L_i^α).
+
 Not row-stochastic (rows sum to anything ≥ 0, often 0), never negative; masked keys get an exact 0.
 
 Weights are quadratic in the score for relu2: with small scores (early training, small q, k) and α = 2 the
@@ -42,7 +45,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import compute_dtype, visible_counts
+from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype, visible_counts
+from attnlab.attention.fast.chunked import PointwiseRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 from attnlab.errors import ConfigError
 
@@ -84,6 +88,27 @@ class ReLUAttention(NormaliserBase):
         w = s.relu().pow(self.power) / self.lengths(s, mask).pow(self.params.alpha)
         return masked_fill_zero(w, mask)
 
+    def row_scale(self, counts: Tensor) -> Tensor:
+        """1 / L_i^α for the chunked rule, from the visible counts N_i [c, 1] of a block's rows."""
+        length = counts if self.params.length == "visible" else counts.new_full((1, 1), float(self.seq_len or 1))
+        return length.pow(-self.params.alpha)
+
+    def attend_chunked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """ReLU(s)^p / L_i^α attention in tiles of scores (O(T·chunk) memory), exact."""
+        rule = PointwiseRule("relu", power=self.power, row_scale=self.row_scale if self.params.alpha else None)
+        return attend_chunked_rule(rule, q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+
     def extra_repr(self) -> str:
         return f"power={self.power}, length={self.params.length}, alpha={self.params.alpha}"
 
@@ -93,6 +118,7 @@ class ReLUAttention(NormaliserBase):
     summary="ReLU(s) / L: pointwise, divided by the sequence length",
     paper="Wortsman et al. 2023, arXiv:2309.08586",
     params=ReLUParams,
+    backends=("reference", "chunked"),
 )
 class ReLU(ReLUAttention):
     power = 1
@@ -103,6 +129,7 @@ class ReLU(ReLUAttention):
     summary="ReLU(s / L)²: squared ReLU, the length inside the square",
     paper="Hua et al. 2022, arXiv:2202.10447 (squared ReLU: So et al. 2021, arXiv:2109.08668)",
     params=ReLU2Params,
+    backends=("reference", "chunked"),
 )
 class ReLU2(ReLUAttention):
     power = 2
