@@ -171,14 +171,16 @@ def _run(
 
 
 def _print_leaderboard(store, sweep: str | None) -> None:
+    from rich.markup import escape
+
     from attnlab.report.tables import COLUMNS, entry_cells, leaderboard
 
     entries = leaderboard(store.runs(sweep=sweep))
     table = Table(title="leaderboard (best over learning rates, mean over seeds)", title_justify="left")
     for col in COLUMNS:
         table.add_column(col, justify="right" if col not in ("task", "mechanism", "position") else "left")
-    for e in entries:
-        table.add_row(*entry_cells(e))
+    for e in entries:  # escaped: task labels like lm[length=128 tokenizer=byte] are not rich markup
+        table.add_row(*(escape(cell) for cell in entry_cells(e)))
     console.print(table)
 
 

@@ -167,24 +167,68 @@ def sink_logits() -> Tensor:
     return seeded(lambda: torch.randn(HEADS, 1), seed=1)  # gpt-oss: one learned logit per head
 
 
-def sinks_case(backend: str) -> Case:
-    """gpt-oss sinks: one learned logit per head, value zero."""
+def sinks_case(backend: str, kind: str = "logit") -> Case:
+    """gpt-oss sinks (one learned logit per head, value zero), or ``kind="kv"``: one learned key/value per head."""
 
     def build(t: int) -> AttnFn:
         from attnlab.attention import HEADS as HEAD_REGISTRY
 
-        logits = torch.nn.Parameter(sink_logits())
+        entry = HEAD_REGISTRY.entry("sinks")
+        heads = seeded(lambda: entry.factory(entry.params(n_sinks=1, kind=kind), site(t)), seed=1)
+        if kind == "logit":
+            heads.sink_logit = torch.nn.Parameter(sink_logits())
+        else:
+            heads.sink_v.data.copy_(seeded(lambda: torch.randn_like(heads.sink_v), seed=2))
+        soft = normaliser("softmax", t)
         if backend == "reference":
-            entry = HEAD_REGISTRY.entry("sinks")
-            heads = entry.factory(entry.params(n_sinks=1, kind="logit"), site(t))
-            heads.sink_logit = logits
-            soft = normaliser("softmax", t)
             return lambda q, k, v: heads.attend(q, k, v, normaliser=soft, causal=True).out
+        if backend == "sdpa":
+            return lambda q, k, v: heads.attend_sdpa(q, k, v, normaliser=soft, causal=True).out
         from attnlab.attention.fast.flex import attend_with_sinks
 
-        return lambda q, k, v: attend_with_sinks(q, k, v, sink_logits=logits, causal=True)[0]
+        sinks = {"sink_logits": heads.sink_logit} if kind == "logit" else {}
+        if kind == "kv":
+            sinks = {"sink_keys": heads.sink_k, "sink_values": heads.sink_v}
+        return lambda q, k, v: attend_with_sinks(q, k, v, **sinks, causal=True)[0]
 
-    return Case("softmax+sinks", backend, build, dense=backend == "reference", compiled=backend == "flex")
+    mechanism = "softmax+sinks" if kind == "logit" else "softmax+sinks_kv"
+    return Case(mechanism, backend, build, dense=backend == "reference", compiled=backend == "flex")
+
+
+DOCUMENT_FRACTIONS = (0.4, 0.25, 0.2, 0.15)  # packed documents: a run of ids per fraction of T
+
+
+def documents_of(t: int) -> Tensor:
+    """[1, T] document ids: runs of DOCUMENT_FRACTIONS of T (the last takes the remainder)."""
+    lengths = [max(1, int(f * t)) for f in DOCUMENT_FRACTIONS[:-1]]
+    lengths.append(max(0, t - sum(lengths)))
+    ids = torch.cat([torch.full((n,), d) for d, n in enumerate(lengths)])[:t]
+    return ids[None]
+
+
+def documents_case(backend: str) -> Case:
+    """Causal softmax within packed documents: reference (dense), sdpa (one SDPA call per run length),
+    sdpa-mask (SDPA with the boolean T×T mask)."""
+
+    def build(t: int) -> AttnFn:
+        from attnlab.attention.core import causal_mask
+        from attnlab.attention.fast.sdpa_variants import document_sdpa
+
+        docs = documents_of(t)
+        mask = (docs[0][:, None] == docs[0][None, :]) & causal_mask(t, t)
+        soft = normaliser("softmax", t)
+
+        def fn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            if backend == "sdpa":
+                return document_sdpa(q, k, v, docs, causal=True)
+            if backend == "sdpa-mask":
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+            return soft(scores, mask) @ v
+
+        return fn
+
+    return Case("softmax+documents", backend, build, dense=backend != "sdpa")
 
 
 def xt_available() -> bool:
@@ -236,13 +280,16 @@ def all_cases(*, flex: bool = True, xt: bool = True) -> list[Case]:
         ("softmax+softcap", {"softcap": SOFTCAP}),
     ]
     for mechanism, args in softmax_family:
-        for backend in ("reference", "chunked", *(("flex",) if flex else ())):
+        exact_sdpa = ("sdpa",) if "position" in args else ()  # ALiBi, T5: exact SDPA reformulations
+        for backend in ("reference", *exact_sdpa, "chunked", *(("flex",) if flex else ())):
             cases.append(attnlab_case(mechanism, backend, "softmax", **args))
     for backend in ("sdpa", "reference", "chunked", *(("flex",) if flex else ())):
         cases.append(window_case(backend))
-    cases.append(sinks_case("reference"))
-    if flex:
-        cases.append(sinks_case("flex"))
+    for kind in ("logit", "kv"):
+        for backend in ("reference", "sdpa", *(("flex",) if flex else ())):
+            cases.append(sinks_case(backend, kind))
+    for backend in ("reference", "sdpa", "sdpa-mask"):
+        cases.append(documents_case(backend))
     for name in ("cog", "sigmoid", "lssa", "lssar", "clipped_softmax"):
         for backend in ("reference", "chunked"):
             cases.append(attnlab_case(name, backend, name))
@@ -610,7 +657,15 @@ def train_throughput(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]
 
 # --- targets, tables, plots ----------------------------------------------------------------------------
 
-FLEX_VARIANTS = ("softmax", "softmax+alibi", "softmax+t5", "softmax+softcap", "softmax+window", "softmax+sinks")
+SOFTMAX_VARIANTS = (  # the softmax-family variants of the issue, each against plain SDPA softmax
+    "softmax+alibi",
+    "softmax+t5",
+    "softmax+softcap",
+    "softmax+window",
+    "softmax+sinks",
+    "softmax+sinks_kv",
+    "softmax+documents",
+)
 CHUNKED_NORMALISERS = ("cog", "sigmoid", "lssa", "lssar", "clipped_softmax")
 
 
@@ -630,7 +685,7 @@ def best_attnlab(rows: list[dict[str, Any]], mechanism: str, t: int, mode: str, 
         and r["T"] == t
         and r["mode"] == mode
         and not r.get("skipped")
-        and r["backend"] not in ("x-transformers", "reference")
+        and r["backend"] not in ("x-transformers", "reference", "sdpa-mask")  # not attnlab paths
         and r.get(key) is not None
     ]
     return min(found, key=lambda x: x[1]) if found else None
@@ -644,12 +699,12 @@ def targets(time_rows: list[dict[str, Any]], memory_rows: list[dict[str, Any]]) 
     def add(name: str, measured: float | None, limit: float, holds: bool | None, detail: str = "") -> None:
         out.append({"target": name, "measured": measured, "limit": limit, "holds": holds, "detail": detail})
 
-    for mech in FLEX_VARIANTS:
-        r = lookup(time_rows, f"{mech}/flex", 2048, fb, "ratio_vs_sdpa")
-        add(f"T=2048 fwd+bwd {mech}/flex ≤ 1.3× SDPA", r, 1.3, None if r is None else r <= 1.3)
-        r = lookup(time_rows, f"{mech}/chunked", 2048, fb, "ratio_vs_sdpa")
-        if r is not None:
-            add(f"(also) T=2048 fwd+bwd {mech}/chunked ≤ 1.3× SDPA", r, 1.3, r <= 1.3)
+    floor = lookup(time_rows, "softmax/sdpa", 2048, fb, "median_s")
+    for mech in SOFTMAX_VARIANTS:  # the issue's target is per variant: its fastest attnlab backend counts
+        best = best_attnlab(time_rows, mech, 2048, fb, "median_s")
+        r = best[1] / floor if (best and floor) else None
+        holds = None if r is None else r <= 1.3
+        add(f"T=2048 fwd+bwd {mech} ≤ 1.3× SDPA", r, 1.3, holds, f"attnlab {best[0]}" if best else "")
     for mech in CHUNKED_NORMALISERS:
         r = lookup(time_rows, f"{mech}/chunked", 2048, fb, "ratio_vs_sdpa")
         add(f"T=2048 fwd+bwd {mech}/chunked ≤ 2.5× SDPA", r, 2.5, None if r is None else r <= 2.5)
@@ -701,6 +756,7 @@ COLOURS = {
     "chunked": "tab:orange",
     "flex": "tab:green",
     "sdpa": "tab:purple",
+    "sdpa-mask": "tab:brown",
     "x-transformers": "tab:red",
 }
 

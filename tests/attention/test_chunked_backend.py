@@ -19,9 +19,10 @@ from attnlab.model.hooks import capture
 from attnlab.position.alibi import ALiBi
 from attnlab.position.t5 import T5RelativeBias
 
-CHUNKED = ["softmax", "cog", "sigmoid", "lssa", "lssar", "clipped_softmax"]
+CHUNKED = ["softmax", "cog", "sigmoid", "lssa", "lssar", "clipped_softmax", "relu", "relu2"]
 SITE = AttentionSite(d_model=32, n_heads=4, seq_len=16)  # d_head 8
-ARGS = {"clipped_softmax": {"gamma": -0.1, "zeta": 1.1}}  # clip at both ends with these random scores
+# clipped softmax: clip at both ends with these random scores; relu2: the fixed training length as L
+ARGS = {"clipped_softmax": {"gamma": -0.1, "zeta": 1.1}, "relu2": {"length": "seq_len"}}
 # (t_q, t_k, causal, window, kv heads): odd lengths, one token, decoding (Tq < Tk), cross (Tq ≠ Tk), GQA, windows
 SHAPES = {
     "T13-causal": (13, 13, True, None, 4),
@@ -56,25 +57,35 @@ def inputs(t_q: int, t_k: int, kv_heads: int, dtype=torch.float32, scale: float 
     return q, k, v
 
 
-def compare(name, q, k, v, causal, window, score_mod=None, extra=(), tolerance=1e-4, metric=relative_error):
+def compare(
+    name, q, k, v, causal, window, score_mod=None, extra=(), tolerance=1e-4, metric=relative_error, truth=False
+):
+    """The chunked output and gradients against the reference's, in the same dtype (``truth``: against the
+    reference in float64 on the same values, the dtypes against the inputs')."""
     norm = normaliser(name)
     args = [q, k, v, *extra]
     grad_out = None
     outs, grads = [], []
     for path in ("reference", "chunked"):
-        qp, kp, scale = norm.prepare(q, k, None)
+        if path == "reference" and truth:
+            args_64 = [a.detach().double().requires_grad_() for a in args]
+            q_r, k_r, v_r = args_64[:3]
+        else:
+            q_r, k_r, v_r = q, k, v
+        qp, kp, scale = norm.prepare(q_r, k_r, None)
         kwargs = dict(causal=causal, window=window, score_mod=score_mod, scale=scale)
         if path == "reference":
-            out = attend_reference(qp, kp, v, normaliser=norm, **kwargs).out
+            out = attend_reference(qp, kp, v_r, normaliser=norm, **kwargs).out
             grad_out = torch.randn_like(out)
+            grads.append(torch.autograd.grad(out, args_64 if truth else args, grad_out))
         else:
             out = norm.attend_chunked(qp, kp, v, **kwargs).out
+            grads.append(torch.autograd.grad(out, args, grad_out.to(out.dtype)))
         outs.append(out)
-        grads.append(torch.autograd.grad(out, args, grad_out))
-    assert outs[1].dtype == outs[0].dtype and outs[1].shape == outs[0].shape
+    assert outs[1].dtype == v.dtype and outs[1].shape == outs[0].shape
     assert metric(outs[1], outs[0]) <= tolerance, f"output: {metric(outs[1], outs[0]):.2e}"
-    for label, got, want in zip(["q", "k", "v", "param"], grads[1], grads[0], strict=False):
-        assert got.dtype == want.dtype
+    for label, got, want, arg in zip(["q", "k", "v", "param"], grads[1], grads[0], args, strict=False):
+        assert got.dtype == arg.dtype
         assert metric(got, want) <= tolerance, f"grad {label}: {metric(got, want):.2e}"
 
 
@@ -114,7 +125,11 @@ def test_chunked_applies_position_score_mods_and_trains_the_t5_table(
 
 @pytest.mark.parametrize("name", CHUNKED)
 def test_chunked_matches_reference_in_bfloat16(name: str, whole_rows: int) -> None:
-    """bf16 inputs are computed in float32 by both paths; they differ only in the order of summation."""
+    """bf16 inputs are computed in float32: the chunked results are within bf16 rounding of the float64 reference.
+
+    (Not against the bf16 reference: LSSA's prepare normalises q, k in bf16 there, and LSSAR's power 15 makes
+    that rounding a few percent of its gradients; the chunked kernel normalises the bf16 inputs in float32.)
+    """
     compare(
         name,
         *inputs(13, 13, 2, dtype=torch.bfloat16),
@@ -122,6 +137,7 @@ def test_chunked_matches_reference_in_bfloat16(name: str, whole_rows: int) -> No
         window=None,
         metric=rms_relative_error,
         tolerance=2e-2,
+        truth=True,
     )
 
 
@@ -156,6 +172,44 @@ def test_score_mod_tensor_gradients_match_finite_differences() -> None:
     assert torch.autograd.gradcheck(attend, (q, k, v, table))
 
 
+@pytest.mark.parametrize("name", ["lssa", "lssar"])
+def test_qk_norm_in_the_kernel_matches_f_normalize_on_tiny_and_zero_rows(name: str, whole_rows: int) -> None:
+    """F.normalize's ε = 1e-12: a zero row, rows below ε (x / ε, no projection in the gradient) and a small row."""
+    q, k, v = (t.detach() for t in inputs(13, 13, 2, dtype=torch.float64, scale=1.5))
+    q[0, 1, 2], q[1, 0, 5] = 0.0, q[1, 0, 5] * 1e-14  # ‖q‖ = 0 and < ε
+    q[0, 2, 7] *= 1e-6
+    k[0, 1, 0], k[1, 1, 4] = 0.0, k[1, 1, 4] * 1e-14
+    k[0, 0, 9] *= 1e-7
+    compare(name, q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), causal=True, window=None, tolerance=1e-9)
+
+
+@pytest.mark.parametrize("name", ["lssa", "lssar"])
+def test_lssa_chunked_keeps_no_normalised_copy_for_the_backward(name: str) -> None:
+    """prepare's F.normalize(q), F.normalize(k) are not saved: the kernel saves the raw q, k and normalises itself.
+
+    A pair that is not prepare's own (copied, or changed in place since) is attended as given.
+    """
+    q, k, v = inputs(13, 13, 2)
+    norm = normaliser(name)
+    qp, kp, scale = norm.prepare(q, k, None)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+    pointers = {t.untyped_storage().data_ptr() for t in saved}
+    assert {q.data_ptr(), k.data_ptr()} <= pointers
+    assert not {qp.data_ptr(), kp.data_ptr()} & pointers
+    expected = attend_reference(qp, kp, v, normaliser=norm, causal=True, scale=scale).out
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    copied = norm.attend_chunked(qp.clone(), kp.clone(), v, causal=True, scale=scale).out
+    torch.testing.assert_close(copied, expected, atol=1e-5, rtol=1e-5)
+    qp, kp, scale = norm.prepare(q, k, None)
+    with torch.no_grad():
+        qp[:, :, 3] *= 2.0  # no longer a unit vector: the kernel must attend this q, not F.normalize(q)
+    changed = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+    torch.testing.assert_close(changed, attend_reference(qp, kp, v, normaliser=norm, causal=True, scale=scale).out)
+    assert not torch.allclose(changed, expected)
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest number of elements any op produced."""
 
@@ -180,7 +234,8 @@ def test_chunked_never_builds_a_t_by_t_tensor(name: str, monkeypatch: pytest.Mon
     q, k, v = (torch.randn(b, h, t, 8, requires_grad=True) for _ in range(3))
     norm = normaliser(name, AttentionSite(d_model=16, n_heads=2, seq_len=t))
     with LargestTensor() as probe:
-        out = norm.attend_chunked(q, k, v, causal=True).out
+        qp, kp, scale = norm.prepare(q, k, None)  # as the layer calls it (LSSA: the kernel normalises q, k)
+        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
         out.sum().backward()
     tile, qkv = b * h * 16 * 32, b * h * t * 8
     assert probe.largest <= max(tile, qkv), f"a tensor of {probe.largest} elements (one T×T head: {t * t})"
@@ -236,8 +291,8 @@ def test_bad_calls_are_rejected_in_one_line() -> None:
         chunked_attention(q, q, q, rule, window=0)
     with pytest.raises(ValueError, match="unknown"):
         PointwiseRule("tanh")
-    with pytest.raises(ConfigError, match="backend='chunked': not available for normaliser 'relu'"):
-        AttentionConfig(normaliser="relu", backend="chunked")
+    with pytest.raises(ConfigError, match="backend='chunked': not available for normaliser 'kernel_rpe_fft'"):
+        AttentionConfig(normaliser="kernel_rpe_fft", backend="chunked")
     with pytest.raises(ValueError, match="document masks"):
         chunked_attention(q, q, q, chunked.SoftplusRule(8, True, 1e-8), documents=torch.zeros(2, 5, dtype=torch.long))
 
@@ -252,3 +307,20 @@ def test_a_score_mod_that_hides_its_parameters_is_refused() -> None:
     q, k, v = inputs(5, 5, 4)
     with pytest.raises(ValueError, match="not in its closure"):
         chunked_attention(q, k, v, chunked.SoftmaxRule(), score_mod=hidden)
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_lssar_gradients_with_a_power_at_most_one(power: float, whole_rows: int) -> None:
+    """ReLU(x)^p has zero derivative where x ≤ 0 for every p (not p·0^(p−1), which is 1 or inf for p ≤ 1)."""
+    norm = NORMALISERS.entry("lssar").factory(NORMALISERS.entry("lssar").params(power=power), SITE)
+    q, k, v = inputs(13, 13, 2, scale=1.5)
+    grad_out = torch.randn(2, 4, 13, 8)
+    results = []
+    for path in ("reference", "chunked"):
+        qp, kp, scale = norm.prepare(q, k, None)
+        kwargs = dict(causal=True, scale=scale)
+        attend = attend_reference(qp, kp, v, normaliser=norm, **kwargs) if path == "reference" else None
+        out = attend.out if attend is not None else norm.attend_chunked(qp, kp, v, **kwargs).out
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
+    for label, got, want in zip(["out", "q", "k", "v"], results[1], results[0], strict=True):
+        assert relative_error(got, want) <= 1e-4, f"{label}: {relative_error(got, want):.2e}"

@@ -41,3 +41,30 @@ def test_an_unknown_preset_creates_no_database(tmp_path: Path) -> None:
 def test_the_leaderboard_of_a_missing_database_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["leaderboard", str(tmp_path / "missing.sqlite")])
     assert result.exit_code == 2 and "missing.sqlite" in result.output and "no such file" in result.output
+
+
+def test_the_leaderboard_prints_bracketed_task_labels_as_text(tmp_path: Path) -> None:
+    """Two settings of one task are labelled ``mqar[num_kv_pairs=…]``; rich must not eat that as markup."""
+    from attnlab.runner.config import Sweep
+    from attnlab.runner.store import Store
+    from attnlab.train.config import TrainConfig
+
+    tasks = [{"name": "mqar", "vocab": 16, "length": 16, "num_kv_pairs": n} for n in (2, 3)]
+    sweep = Sweep(
+        name="labels",
+        tasks=tasks,
+        mechanisms=[{"normaliser": "softmax"}],
+        widths=[16],
+        lrs=[1e-3],
+        seeds=[0],
+        model={"n_layers": 1, "n_heads": 2},
+        train=TrainConfig(steps=2, batch_size=2, eval_every=1, eval_examples=2),
+    )
+    db = tmp_path / "results.sqlite"
+    with Store(db) as store:
+        store.enqueue(sweep.runs())
+        for run in sweep.runs():
+            store.finish(run.run_id, {"accuracy": 0.5, "loss": 1.0}, [])
+    result = runner.invoke(app, ["leaderboard", str(db)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "mqar[num_kv_pairs=2]" in result.output and "mqar[num_kv_pairs=3]" in result.output

@@ -13,10 +13,13 @@ Extension points, each optional, found by duck typing so the module never names 
   (MLA / CLLA keep the latent) store it in the ``LayerKVCache`` and rebuild the full keys and values;
 - ``heads.attend(q, k, v, *, normaliser, score_mod, causal, scale, window) -> AttnOutput``: heads that
   change the attention computation itself (differential pairs, talking heads, sink tokens);
+  ``heads.attend_sdpa(...)`` (same signature): their fused form, used instead on backend auto / sdpa when no
+  hook reads the weights;
 - ``normaliser.attend(...)``: same signature, for mechanisms whose weights are not a function of q·k
   scores (kernel / linear attention: the quadratic reference);
 - ``normaliser.attend_<backend>(...)``: a fast path declared in the normaliser's capability ``backends``
   (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None;
+  ``attend_sdpa`` is called on backend auto / sdpa when there is a score_mod (softmax: ALiBi, T5 via SDPA);
 - ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position encoding that owns
   the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal orders); q, k
   arrive unrotated and ``start`` is the absolute position of the first query.
@@ -149,8 +152,13 @@ class Attention(nn.Module):
             scale=scale,
             window=self.cfg.window,
         )
+        fused = self.cfg.backend in ("auto", "sdpa") and self.sdpa_ok and not self.wants_weights()
         if hasattr(self.heads, "attend"):
+            if fused and hasattr(self.heads, "attend_sdpa"):  # e.g. sinks as SDPA over [sinks ⧺ keys]
+                return self.heads.attend_sdpa(q, k, v, **kwargs)
             return self.heads.attend(q, k, v, **kwargs)
+        if fused and kwargs["score_mod"] is not None and hasattr(self.normaliser, "attend_sdpa"):
+            return self.normaliser.attend_sdpa(q, k, v, **kwargs)  # exact SDPA forms of ALiBi / T5
         backend = self.cfg.backend
         if backend not in ("auto", "reference", "sdpa") and not self.wants_weights():
             return getattr(self.normaliser, f"attend_{backend}")(q, k, v, **kwargs)

@@ -19,11 +19,17 @@ Differences from T5: T5 has no 1/√d on q·k (it is folded into the initialisat
 the scaled scores; T5 computes the bias in the first layer and reuses it in every layer — here each layer has
 its own table (initialised N(0, d_model^{−1/2}) as in HF). The bias depends on j − i only, so KV-cache decoding
 is exact; it is relative, so cross-attention is not supported.
+
+The score_mod carries ``sdpa_form`` (a ``RelativeBiasForm``: the table and the bucket function), from which
+``attnlab.attention.fast.sdpa_variants`` runs the bias through PyTorch's fused SDPA kernel with the table's gradient.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +43,13 @@ class T5Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_buckets: int = Field(32, ge=2)
     max_distance: int = Field(128, ge=2)
+
+
+class RelativeBiasForm(NamedTuple):
+    """A learned bias of the relative position as data: s_ij += table[bucket(j − i), h]."""
+
+    table: Tensor  # [num_buckets, H]
+    bucket: Callable[[Tensor], Tensor]  # relative positions j − i (long) → bucket indices (long)
 
 
 def relative_position_bucket(
@@ -84,4 +97,11 @@ class T5RelativeBias(PositionEncoding):
             bucket = relative_position_bucket(kv_idx - q_idx, bidirectional, num_buckets, max_distance)
             return score + table[bucket, h].to(score.dtype)
 
+        bucket_of = functools.partial(
+            relative_position_bucket,
+            bidirectional=bidirectional,
+            num_buckets=num_buckets,
+            max_distance=max_distance,
+        )
+        t5_bias.sdpa_form = RelativeBiasForm(table, bucket_of)  # type: ignore[attr-defined]
         return t5_bias

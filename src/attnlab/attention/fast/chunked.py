@@ -25,6 +25,12 @@ Per row i, with s_ij the (scaled, score_mod-ified) scores, M the mask, D_i = dO_
 Numerics: weights below e^−64 of the row maximum are set to exactly 0 (see ``EXP_FLOOR``): PyTorch's exp is
 ~80× slower where float32 underflows, and denormal weights slow the next matmul ~100× (ALiBi makes many).
 
+``qk_norm`` (LSSA's cosine scores): q and k are l2-normalised inside the kernel, as ``F.normalize(x, dim=-1)``
+does (x / max(‖x‖, 1e-12)): each query block and each key tile on the fly (O(w·D) per tile against the tile's
+O(c·w·D) matmul; short sequences normalise the keys once per call). The Function saves only the raw q, k, so no
+normalised [B, H, T, D] copy outlives the call; dq, dk accumulate with respect to q̂, k̂ and are mapped back
+through the Jacobian of the normalisation at the end, dx = (dx̂ − x̂ (x̂·dx̂)) / max(‖x‖, ε).
+
 Everything is computed in float32 (float64 stays float64), as ``attend_reference`` does; outputs come back in
 v's dtype and gradients in their inputs' dtypes. GQA / MQA: a group's query heads are stacked into one matmul
 against their shared key/value head, so k and v are never repeated. Decoding with a KV cache (Tq < Tk, queries
@@ -55,6 +61,7 @@ NEG_INF = float("-inf")
 # e^−64 ≈ 1.6e-28 of the row max are dropped, far below float32 rounding of a row sum ≥ 1.
 EXP_FLOOR = -64.0
 EXP_ZERO = 1.5 * math.exp(EXP_FLOOR)
+L2_EPS = 1e-12  # F.normalize's default: x̂ = x / max(‖x‖₂, L2_EPS)
 
 
 def _power(x: Tensor, p: float) -> Tensor:
@@ -70,6 +77,24 @@ def _softmax(a: Tensor) -> Tensor:
 def _exp_(x: Tensor) -> Tensor:
     """exp(x) in place for x ≤ 0 (shifted logits), with exp(x < −64) = 0 exactly; −inf (hidden keys) gives 0."""
     return F.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
+
+
+def _l2_denominator(x: Tensor) -> Tensor:
+    """max(‖x‖₂, ε) over the last axis, keepdim: F.normalize's divisor (computed the same way)."""
+    return x.norm(2, -1, keepdim=True).clamp_min_(L2_EPS)
+
+
+def _l2_normalize_backward_(x: Tensor, g: Tensor) -> Tensor:
+    """∂L/∂x from g = ∂L/∂x̂ for x̂ = F.normalize(x, dim=-1), written into g.
+
+    (g − x̂ (x̂·g)) / max(‖x‖, ε), without the projection where ‖x‖ < ε (there x̂ = x / ε is linear in x), as
+    PyTorch's autograd of F.normalize gives.
+    """
+    norm = x.norm(2, -1, keepdim=True)
+    den = norm.clamp_min(L2_EPS)
+    x_hat = x / den
+    dot = (x_hat * g).sum(-1, keepdim=True).mul_(norm >= L2_EPS)
+    return g.sub_(x_hat.mul_(dot)).div_(den)
 
 
 def score_mod_parameters(score_mod: ScoreMod | None) -> list[Tensor]:
@@ -115,13 +140,14 @@ class Options:
     key_block: int
     whole_rows: int = DEFAULT_WHOLE_ROWS
     need_lse: bool = False  # return the rows' logsumexp (softmax); rows that fit one tile compute it only then
+    qk_norm: bool = False  # l2-normalise q and k inside the kernel (cosine scores: LSSA)
 
 
 class QueryBlock(NamedTuple):
     start: int  # query rows [start, stop)
     stop: int
     positions: Tensor  # absolute positions of the rows, [c] (queries are the last Tq of Tk positions)
-    q: Tensor  # the rows' queries times the scale, grouped: [B, G, rep·c, D]
+    q: Tensor  # the rows' queries (l2-normalised with qk_norm) times the scale, grouped: [B, G, rep·c, D]
     lo: int  # keys [lo, hi) are visible to at least one row
     hi: int
 
@@ -180,6 +206,13 @@ class Problem:
         self.h_idx = torch.arange(self.h, device=dev).view(1, self.h, 1, 1)
         self.dq = self.dk = self.dv = None
         self.dparams: list[Tensor | None] = [None] * len(params)
+        # qk_norm: the queries' and keys' divisors max(‖x‖, ε), O(T); the normalised keys all at once only when
+        # each block is one tile (short sequences: every block would otherwise normalise nearly all keys again)
+        self.q_den = self.k_den = self.k_hat = None
+        if opts.qk_norm:
+            self.q_den, self.k_den = _l2_denominator(self.q), _l2_denominator(self.k)
+            if self.t_k <= opts.whole_rows:
+                self.k_hat = self.k / self.k_den
 
     # --- tiling -----------------------------------------------------------------------------------
 
@@ -197,7 +230,10 @@ class Problem:
         for a in range(0, self.t_q, c):
             stop = min(a + c, self.t_q)
             positions = torch.arange(self.offset + a, self.offset + stop, device=self.q.device)
-            q = self.q[:, :, a:stop] * self.opts.scale  # [B, H, c, D]
+            q = self.q[:, :, a:stop]
+            if self.q_den is not None:
+                q = q / self.q_den[:, :, a:stop]
+            q = q * self.opts.scale  # [B, H, c, D]
             q = q.reshape(self.b, self.g, self.rep * (stop - a), self.d)  # group rows: [B, G, rep·c, D]
             lo, hi = self.key_range(self.offset + a, self.offset + stop - 1)
             yield QueryBlock(a, stop, positions, q, lo, hi)
@@ -227,9 +263,16 @@ class Problem:
 
     # --- tile algebra -----------------------------------------------------------------------------
 
+    def keys(self, tile: KeyTile) -> Tensor:
+        """The tile's keys, l2-normalised with qk_norm: [B, G, w, D]."""
+        if self.k_hat is not None:
+            return self.k_hat[:, :, tile.start : tile.stop]
+        k = self.k[:, :, tile.start : tile.stop]
+        return k if self.k_den is None else k / self.k_den[:, :, tile.start : tile.stop]
+
     def raw_scores(self, blk: QueryBlock, tile: KeyTile) -> Tensor:
         """(q·scale) kᵀ of one tile, [B, H, c, w]."""
-        s = blk.q @ self.k[:, :, tile.start : tile.stop].transpose(-1, -2)  # [B, G, rep·c, w]
+        s = blk.q @ self.keys(tile).transpose(-1, -2)  # [B, G, rep·c, w]
         return s.view(self.b, self.h, blk.stop - blk.start, tile.stop - tile.start)
 
     def grids(self, blk: QueryBlock, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -285,12 +328,23 @@ class Problem:
                 if g is not None:
                     self.dparams[i] = g if self.dparams[i] is None else self.dparams[i] + g
         ds_g = self.grouped(ds.contiguous())
-        dq_g += ds_g @ self.k[:, :, tile.start : tile.stop]
+        dq_g += ds_g @ self.keys(tile)
         self.dk[:, :, tile.start : tile.stop] += ds_g.transpose(-1, -2) @ blk.q
 
     def finish_dq(self, blk: QueryBlock, dq_g: Tensor) -> None:
         c = blk.stop - blk.start
-        self.dq[:, :, blk.start : blk.stop] = dq_g.view(self.b, self.h, c, self.d) * self.opts.scale
+        dq = dq_g.view(self.b, self.h, c, self.d) * self.opts.scale
+        if self.q_den is not None:  # ∂L/∂q̂ → ∂L/∂q
+            dq = _l2_normalize_backward_(self.rows(self.q, blk), dq)
+        self.dq[:, :, blk.start : blk.stop] = dq
+
+    def finish_backward(self) -> None:
+        """After the rule's backward: with qk_norm, dk holds ∂L/∂k̂; map it to ∂L/∂k in place, tile by tile."""
+        if self.k_den is None:
+            return
+        step = max(self.opts.key_block, 1)
+        for a in range(0, self.t_k, step):  # no [B, G, Tk, D] temporary
+            _l2_normalize_backward_(self.k[:, :, a : a + step], self.dk[:, :, a : a + step])
 
     def rows(self, x: Tensor, blk: QueryBlock) -> Tensor:
         return x[:, :, blk.start : blk.stop]
@@ -531,15 +585,14 @@ def _length_scale(pb: Problem, blk: QueryBlock, d_head: int, on: bool) -> tuple[
     return (math.log(d_head) * n.log() if on else torch.ones_like(n)), n
 
 
-def _softplus_and_slope(s: Tensor, c: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor]:
-    """u = softplus(c·s) and du/ds = σ(c·s)·c, both 0 where hidden.
+def _softplus_and_sigmoid(s: Tensor, c: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor]:
+    """u = softplus(c·s) and σ(c·s) (du/ds = σ(c·s)·c), both 0 where hidden; overwrites s.
 
     PyTorch's softplus is the identity above 20 (slope 1); σ(x > 20) differs from 1 by < 2.1e-9.
     """
     x = s.mul_(c)
     u = tile.fill_(F.softplus(x), 0.0)
-    slope = tile.fill_(x.sigmoid_().mul_(c), 0.0)
-    return u, slope
+    return u, tile.fill_(x.sigmoid_(), 0.0)
 
 
 class SoftplusRule(Rule):
@@ -574,13 +627,14 @@ class SoftplusRule(Rule):
             d_o = pb.rows(d_out, blk)
             dd = (d_o * pb.rows(out, blk)).sum(-1)[..., None]
             inv = 1.0 / pb.rows(den, blk)[..., None]
+            c_inv = c * inv  # ds = σ(c·s) · (dw − D) · c / (Σu + ε): the row factors in one multiply
             d_o_g = pb.grouped(d_o.contiguous())
             dq_g = torch.zeros_like(blk.q)
             for tile in pb.tiles(blk):
                 s, handle = pb.scores_for_backward(blk, tile)
-                u, slope = _softplus_and_slope(s, c, tile)
+                u, sig = _softplus_and_sigmoid(s, c, tile)
                 pb.add_dv(u.mul_(inv), d_o_g, tile)
-                ds = pb.d_weights(d_o_g, tile, n_rows).sub_(dd).mul_(inv).mul_(slope)
+                ds = pb.d_weights(d_o_g, tile, n_rows).sub_(dd).mul_(sig).mul_(c_inv)
                 pb.add_grads(blk, tile, ds, handle, dq_g)
             pb.finish_dq(blk, dq_g)
 
@@ -595,7 +649,13 @@ class _Rows(NamedTuple):
 
 
 class ReweightedSoftplusRule(Rule):
-    """LSSAR: A from LSSA, r = ReLU(N_i·A − O_i)^p with O_i = [N_i > free_rows], w = r / (Σ_j r + ε)."""
+    """LSSAR: A from LSSA, r = ReLU(N_i·A − O_i)^p with O_i = [N_i > free_rows], w = r / (Σ_j r + ε).
+
+    Backward, per row (U = Σ_j u + ε, R = Σ_j r + ε, x = N·A − O, P = ReLU(x)^(p−1), zero where x ≤ 0):
+    ∂L/∂r = (dw − D) / R, ∂L/∂x = p·P·(dw − D) / R, ∂L/∂A = N·∂L/∂x, and through A = u / U, u = softplus(c·s):
+    ds = σ(c·s)·c/U·(∂L/∂A − E) with E = Σ_j A ∂L/∂A. With y = P·(dw − D) and S = Σ_j N·A·y (N·A = x + O
+    where y ≠ 0): E = p·S / R and ds = σ(c·s) · (y − S / N) · p·c·N / (R·U), so each tile needs one row factor.
+    """
 
     needs_counts = True
 
@@ -610,20 +670,15 @@ class ReweightedSoftplusRule(Rule):
             total += tile.fill_(F.softplus(pb.scores(blk, tile).mul_(c)), 0.0).sum(-1)
         return (total + self.eps)[..., None]
 
-    def _reweight(
-        self, u: Tensor, u_den: Tensor, n: Tensor, offset: Tensor, tile: KeyTile, with_slope: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
-        """(r, r′) with A = u / u_den, x = N·A − O, r = ReLU(x)^p and r′ = dr/dx = p·ReLU(x)^(p−1) (hidden: 0)."""
-        pos = u.div(u_den).mul_(n).sub_(offset).relu_()
-        if not with_slope:
-            return tile.fill_(_power(pos, self.power), 0.0), None
-        if self.power >= 1:  # one power for both: x^p = x^(p−1)·x
-            slope = _power(pos, self.power - 1)
-            r = slope * pos
-            slope.mul_(self.power)
-        else:
-            r, slope = _power(pos, self.power), _power(pos, self.power - 1).mul_(self.power)
-        return tile.fill_(r, 0.0), tile.fill_(slope, 0.0)
+    @staticmethod
+    def _excess_(u: Tensor, n_over_u_den: Tensor, offset: Tensor) -> Tensor:
+        """ReLU(N·A − O) = ReLU(u·N/U − O), in place in u (hidden keys, u = 0, give 0 as O ≥ 0)."""
+        return u.mul_(n_over_u_den).sub_(offset).relu_()
+
+    def _slope(self, pos: Tensor) -> Tensor:
+        """P = ReLU(x)^(p−1), 0 where x ≤ 0 (ReLU's zero derivative: pos^(p−1) would be 1 or inf there for p ≤ 1)."""
+        slope = _power(pos, self.power - 1)
+        return slope.masked_fill_(pos == 0, 0.0) if self.power <= 1 else slope
 
     def forward(self, pb: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
         out = pb.new(pb.b, pb.h, pb.t_q, pb.e)
@@ -638,10 +693,11 @@ class ReweightedSoftplusRule(Rule):
                 u_den = single.sum(-1, keepdim=True).add_(self.eps)
             else:
                 u_den = self._row_sums(pb, blk, c)
+            f = n / u_den  # N·A = u·f
             acc, r_sum = pb.rows(out, blk), pb.rows(r_dens, blk)
             for tile in tiles:
                 u = single if single is not None else tile.fill_(F.softplus(pb.scores(blk, tile).mul_(c)), 0.0)
-                r, _ = self._reweight(u, u_den, n, offset, tile, with_slope=False)
+                r = _power(self._excess_(u, f, offset), self.power)
                 r_sum += r.sum(-1)
                 acc += pb.times_v(r, tile)
             r_sum += self.eps
@@ -649,18 +705,16 @@ class ReweightedSoftplusRule(Rule):
             pb.rows(u_dens, blk).copy_(u_den[..., 0])
         return out, (u_dens, r_dens)
 
-    def _d_attention(
-        self, pb: Problem, s: Tensor, tile: KeyTile, rows: _Rows, first: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(A, dA, du/ds) on one tile: LSSA's weights, ∂L/∂A through the re-weighting, the softplus slope."""
-        c, n, offset, u_den, r_den = rows.stats
-        u, slope = _softplus_and_slope(s, c, tile)
-        r, r_slope = self._reweight(u, u_den, n, offset, tile)
+    def _tile(self, pb: Problem, s: Tensor, tile: KeyTile, rows: _Rows, first: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(ReLU(x), y = P·(dw − D), σ(c·s)) on one tile; ``first``: also adds the tile's dv."""
+        c, offset, f, r_den = rows.stats
+        u, sig = _softplus_and_sigmoid(s, c, tile)
+        pos = self._excess_(u, f, offset)
+        slope = self._slope(pos)
         if first:
-            pb.add_dv(r / r_den, rows.d_out, tile)
-        dr = pb.d_weights(rows.d_out, tile, rows.n_rows).sub_(rows.dd).div_(r_den)  # ∂L/∂r
-        dx = r_slope.mul_(dr)  # ∂L/∂x = r′ · ∂L/∂r (0 where x ≤ 0 or hidden)
-        return u.div_(u_den), dx.mul_(n), slope
+            pb.add_dv(slope.mul(pos).div_(r_den), rows.d_out, tile)  # r / R
+        y = pb.d_weights(rows.d_out, tile, rows.n_rows).sub_(rows.dd).mul_(slope)
+        return pos, y, sig
 
     def backward(
         self, pb: Problem, d_out: Tensor, out: Tensor, saved: tuple[Tensor, ...], d_lse: Tensor | None
@@ -669,32 +723,33 @@ class ReweightedSoftplusRule(Rule):
         for blk in pb.blocks():
             c, n = _length_scale(pb, blk, self.d_head, self.length_scale)
             offset = (n > self.free_rows).to(pb.dtype)
+            u_den, r_den = pb.rows(u_dens, blk)[..., None], pb.rows(r_dens, blk)[..., None]
             d_o = pb.rows(d_out, blk)
             rows = _Rows(
                 blk.stop - blk.start,
                 pb.grouped(d_o.contiguous()),
                 (d_o * pb.rows(out, blk)).sum(-1)[..., None],
-                (c, n, offset, pb.rows(u_dens, blk)[..., None], pb.rows(r_dens, blk)[..., None]),
+                (c, offset, n / u_den, r_den),
             )
+            factor = (self.power * c) * n / (r_den * u_den)  # p·c·N / (R·U)
             dq_g = torch.zeros_like(blk.q)
             tiles = list(pb.tiles(blk))
-            if len(tiles) == 1:  # E_i from the tile itself: one pass
+            if len(tiles) == 1:  # S from the tile itself: one pass
                 s, handle = pb.scores_for_backward(blk, tiles[0])
-                a, da, slope = self._d_attention(pb, s, tiles[0], rows, first=True)
-                e_sum = (a * da).sum(-1, keepdim=True)
-                ds = da.sub_(e_sum).div_(rows.stats[3]).mul_(slope)
-                pb.add_grads(blk, tiles[0], ds, handle, dq_g)
+                pos, y, sig = self._tile(pb, s, tiles[0], rows, first=True)
+                s_n = pos.add_(offset).mul_(y).sum(-1, keepdim=True).div_(n)  # N·A = ReLU(x) + O where y ≠ 0
+                pb.add_grads(blk, tiles[0], y.sub_(s_n).mul_(sig).mul_(factor), handle, dq_g)
                 pb.finish_dq(blk, dq_g)
                 continue
-            e_sum = pb.new(pb.b, pb.h, rows.n_rows, 1)  # E_i = Σ_j A_ij dA_ij
+            s_n = pb.new(pb.b, pb.h, rows.n_rows, 1)  # S = Σ_j N·A_ij y_ij
             for tile in tiles:
-                a, da, _ = self._d_attention(pb, pb.scores(blk, tile), tile, rows, first=True)
-                e_sum += (a * da).sum(-1, keepdim=True)
+                pos, y, _ = self._tile(pb, pb.scores(blk, tile), tile, rows, first=True)
+                s_n += pos.add_(offset).mul_(y).sum(-1, keepdim=True)
+            s_n /= n
             for tile in tiles:
                 s, handle = pb.scores_for_backward(blk, tile)
-                _, da, slope = self._d_attention(pb, s, tile, rows, first=False)
-                ds = da.sub_(e_sum).div_(rows.stats[3]).mul_(slope)  # through A = u / Σu, then u = softplus(c·s)
-                pb.add_grads(blk, tile, ds, handle, dq_g)
+                _, y, sig = self._tile(pb, s, tile, rows, first=False)
+                pb.add_grads(blk, tile, y.sub_(s_n).mul_(sig).mul_(factor), handle, dq_g)
             pb.finish_dq(blk, dq_g)
 
 
@@ -812,6 +867,7 @@ class ChunkedAttention(torch.autograd.Function):
         if not ctx.has_lse:
             d_lse = None
         ctx.rule.backward(pb, d_out.to(pb.dtype), out, saved, None if d_lse is None else d_lse.to(pb.dtype))
+        pb.finish_backward()
         d_params = [None if g is None else g.to(p.dtype) for g, p in zip(pb.dparams, params, strict=True)]
         return None, None, pb.dq.to(q.dtype), pb.dk.to(k.dtype), pb.dv.to(v.dtype), *d_params
 
@@ -841,12 +897,15 @@ def chunked_attention(
     key_block: int | None = None,
     whole_rows: int | None = None,
     need_lse: bool = False,
+    qk_norm: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(out [B, H, Tq, Dv], lse [B, H, Tq] or empty) of ``rule`` over q [B, H, Tq, D], k, v [B, Hkv, Tk, ·].
 
     Same conventions as ``attend_reference`` (scale 1/√D by default, bottom-right causal alignment, sliding
     ``window``); ``documents`` [B, Tk]: integer document ids, a query sees only keys of its own document.
     ``need_lse``: also return the rows' logsumexp, differentiable (softmax rules only; else empty).
+    ``qk_norm``: scores on F.normalize(q), F.normalize(k) (times ``scale``), normalised inside the kernel so no
+    normalised copy is kept for the backward; gradients are with respect to the raw q, k.
     Tiling: blocks of ``chunk`` queries; with at most ``whole_rows`` keys each block is one tile, otherwise
     tiles of ``key_block`` keys (defaults: the module's DEFAULT_* constants).
     """
@@ -875,6 +934,7 @@ def chunked_attention(
         key_block=key_block,
         whole_rows=whole_rows,
         need_lse=need_lse,
+        qk_norm=qk_norm,
     )
     return ChunkedAttention.apply(rule, opts, q, k, v, *params)
 
@@ -889,7 +949,10 @@ def attend_chunked_rule(
     causal: bool = True,
     scale: float | None = None,
     window: int | None = None,
+    qk_norm: bool = False,
 ) -> AttnOutput:
     """``chunked_attention`` as a normaliser's ``attend_chunked``: the output only (no scores, no weights)."""
-    out, _ = chunked_attention(q, k, v, rule, score_mod=score_mod, causal=causal, scale=scale, window=window)
+    out, _ = chunked_attention(
+        q, k, v, rule, score_mod=score_mod, causal=causal, scale=scale, window=window, qk_norm=qk_norm
+    )
     return AttnOutput(out, None, None)

@@ -30,6 +30,10 @@ its shape and sink-token metrics keep their meaning); the mass on the sinks is `
 whether sinks interact as intended with normalisers that rescale keys in ``prepare`` (the sink keys are
 not passed through it). Kernel (linear) normalisers, which bring their own ``attend``, are refused at the
 first forward pass: this file needs a score matrix to extend.
+
+On backend auto / sdpa with plain softmax (no score_mod, or ALiBi) and no hook reading the weights, the layer calls
+``attend_sdpa``: the same attention through PyTorch's SDPA (``attnlab.attention.fast.sdpa_variants.sinks_sdpa``),
+which also gives ``last_sink_mass`` exactly but no scores or weights.
 """
 
 from __future__ import annotations
@@ -119,6 +123,47 @@ class SinkMultiHead(MultiHead):
         self.last_sink_mass = sink_weights.sum(-1).detach()  # [B, H, Tq]
         shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
         return AttnOutput(out.to(v.dtype), shown, weights)
+
+    def attend_sdpa(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: Normaliser,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """``attend`` through PyTorch's SDPA (``attnlab.attention.fast.sdpa_variants.sinks_sdpa``), without
+        scores or weights, for plain softmax with no score_mod or ALiBi; otherwise ``attend``."""
+        from attnlab.attention.fast.sdpa_variants import sdpa_form, sinks_sdpa
+        from attnlab.attention.normalisers.softmax import Softmax
+        from attnlab.position.alibi import AlibiForm
+
+        alibi = sdpa_form(score_mod)
+        plain = isinstance(normaliser, Softmax) and normaliser.softcap is None
+        if not plain or (score_mod is not None and not isinstance(alibi, AlibiForm)):
+            return self.attend(
+                q, k, v, normaliser=normaliser, score_mod=score_mod, causal=causal, scale=scale, window=window
+            )
+        if self.kind == "logit":
+            sinks = dict(sink_logits=self.sink_logit)
+        else:
+            sinks = dict(sink_keys=self.sink_k, sink_values=self.sink_v)
+        out, mass = sinks_sdpa(
+            q,
+            k,
+            v,
+            **sinks,
+            alibi=alibi,
+            causal=causal,
+            scale=scale,
+            window=window,  # type: ignore[arg-type]
+        )
+        self.last_sink_mass = mass.detach()
+        return AttnOutput(out, None, None)
 
 
 @HEADS.register(

@@ -7,7 +7,9 @@ arXiv:2408.00118, c = 50 in attention), which keeps logits in (−c, c).
 
 Backends, none of which returns weights:
 - ``sdpa``: PyTorch's fused kernel (not with ``softcap``, which it cannot apply; ``auto`` then uses the
-  reference);
+  reference). With a position score_mod that has an exact SDPA form (ALiBi, T5 bias: ``attend_sdpa``, see
+  ``attnlab.attention.fast.sdpa_variants``) the layer runs that on ``sdpa`` and ``auto``; other score_mods
+  use the reference;
 - ``chunked``: tiles of scores with an online normaliser and a recomputing backward (O(T·chunk) memory);
   honours a position's score_mod (ALiBi, T5 bias) and differentiates its learnable tensors;
 - ``flex``: compiled FlexAttention (``attnlab.attention.fast.flex``) with the score_mod, soft-capping and a
@@ -20,7 +22,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
+from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, compute_dtype
 from attnlab.attention.fast.chunked import SoftmaxRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
 
@@ -67,6 +69,29 @@ class Softmax(NormaliserBase):
         """Softmax in tiles with an online normaliser (FlashAttention's algorithm in PyTorch ops), exact."""
         rule = SoftmaxRule(softcap=self.softcap)
         return attend_chunked_rule(rule, q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+
+    def attend_sdpa(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        normaliser: object = None,
+        score_mod: ScoreMod | None = None,
+        causal: bool = True,
+        scale: float | None = None,
+        window: int | None = None,
+    ) -> AttnOutput:
+        """PyTorch's SDPA with the score_mod's exact reformulation (ALiBi, T5 bias); the reference (with
+        weights) when there is none or with soft-capping."""
+        from attnlab.attention.fast.sdpa_variants import has_sdpa_form, softmax_sdpa
+
+        if self.softcap is None and has_sdpa_form(score_mod, q):
+            out = softmax_sdpa(q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+            return AttnOutput(out, None, None)
+        return attend_reference(
+            q, k, v, normaliser=self, score_mod=score_mod, causal=causal, scale=scale, window=window
+        )
 
     def attend_flex(
         self,

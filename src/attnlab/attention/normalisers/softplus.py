@@ -38,6 +38,30 @@ from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype, visible_
 from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftplusRule, attend_chunked_rule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 
+# With qk_norm the chunked backend normalises q and k itself (``chunked_attention(qk_norm=True)``), tile by tile,
+# so no normalised [B, H, T, D] copy is kept for the backward pass. ``prepare`` cannot know which backend follows
+# it (the layer falls back to the reference when a hook wants the pattern), so it returns F.normalize(q),
+# F.normalize(k) as before, each remembering the raw tensor it came from; ``attend_chunked``, given such a pair
+# (neither changed in place since), runs the kernel on the raw q, k instead, and the normalised copies are dropped
+# with the caller's locals. Any other pair (rotated, sliced, concatenated) is attended as given.
+_SOURCE = "_attnlab_l2_source"  # attribute of a tensor LSSA's prepare normalised: (raw, its version, own version)
+
+
+def _normalized(x: Tensor) -> Tensor:
+    """F.normalize(x, dim=-1), remembering x (for the chunked backend, which normalises in its kernel)."""
+    y = F.normalize(x, dim=-1)
+    setattr(y, _SOURCE, (x, x._version, y._version))
+    return y
+
+
+def _source(y: Tensor) -> Tensor | None:
+    """The raw tensor ``y`` was normalised from by ``_normalized``, if neither has changed in place since."""
+    found = getattr(y, _SOURCE, None)
+    if found is None:
+        return None
+    x, x_version, y_version = found
+    return x if (x._version == x_version and y._version == y_version) else None
+
 
 class SoftplusParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,7 +104,7 @@ class LSSA(NormaliserBase):
     def prepare(self, q: Tensor, k: Tensor, scale: float | None) -> tuple[Tensor, Tensor, float | None]:
         if not self.params.qk_norm:
             return q, k, scale
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
+        return _normalized(q), _normalized(k), 1.0
 
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         return lssa_weights(scores, mask, self.d_head, self.params.length_scale, self.params.eps)
@@ -101,8 +125,17 @@ class LSSA(NormaliserBase):
         scale: float | None = None,
         window: int | None = None,
     ) -> AttnOutput:
-        """The normaliser in tiles of scores on prepared q, k (O(T·chunk) memory), exact."""
-        return attend_chunked_rule(self.rule(), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
+        """The normaliser in tiles of scores on prepared q, k (O(T·chunk) memory), exact.
+
+        q, k straight from ``prepare`` with ``qk_norm``: the kernel normalises their raw sources itself.
+        """
+        raw_q, raw_k = _source(q), _source(k)
+        qk_norm = raw_q is not None and raw_k is not None
+        if qk_norm:
+            q, k = raw_q, raw_k
+        return attend_chunked_rule(
+            self.rule(), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window, qk_norm=qk_norm
+        )
 
 
 @NORMALISERS.register(

@@ -1,0 +1,326 @@
+"""Softmax variants through PyTorch's SDPA by exact reformulation (``attnlab.attention.fast.sdpa_variants``)
+equal attnlab's reference: outputs and every gradient (q, k, v, sink logits / vectors, the T5 table)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.attention import HEADS, NORMALISERS, AttentionSite, attend_reference
+from attnlab.attention.core import causal_mask
+from attnlab.attention.fast import sdpa_variants as sv
+from attnlab.model.hooks import capture
+from attnlab.position.alibi import ALiBi
+from attnlab.position.t5 import T5RelativeBias
+
+N_HEADS = 4
+
+
+def softmax(softcap: float | None = None) -> torch.nn.Module:
+    entry = NORMALISERS.entry("softmax")
+    return entry.factory(entry.params(softcap=softcap), None)
+
+
+def position(kind: str, causal: bool, n_heads: int = N_HEADS) -> torch.nn.Module:
+    site = AttentionSite(d_model=16 * n_heads, n_heads=n_heads, causal=causal)
+    torch.manual_seed(3)
+    module = ALiBi(None, site) if kind == "alibi" else T5RelativeBias(None, site)
+    if kind == "t5":  # a lively table: large enough that a wrong bucket shows
+        module.bias.data.normal_(0, 1.0)
+    return module
+
+
+def inputs(b: int, h: int, h_kv: int, t_q: int, t_k: int, d: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, t_q, d, generator=g, dtype=dtype).requires_grad_()
+    k = torch.randn(b, h_kv, t_k, d, generator=g, dtype=dtype).requires_grad_()
+    v = torch.randn(b, h_kv, t_k, d, generator=g, dtype=dtype).requires_grad_()
+    d_out = torch.randn(b, h, t_q, d, generator=g, dtype=dtype)
+    return q, k, v, d_out
+
+
+def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """max |Δ| ≤ tol · max |expected| (absolute tol where the expected tensor is all zeros)."""
+    err = (actual.double() - expected.double()).abs().max().item()
+    size = expected.double().abs().max().item()
+    assert err <= tol * max(size, 1.0 if size == 0 else size), f"{what}: max |Δ| {err:.3g} vs max |ref| {size:.3g}"
+
+
+def compare(fast, slow, tensors, d_out, tol: float) -> None:
+    """fast() and slow() give the same output and the same gradients of every tensor in ``tensors``."""
+    out, ref = fast(), slow()
+    assert out.shape == ref.shape
+    assert_relative(out, ref, tol, "output")
+    grads = torch.autograd.grad(out, tensors, d_out.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, tensors, d_out.to(ref.dtype))
+    for n, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_relative(g, r, tol, f"gradient {n}")
+
+
+SHAPES = [  # (Tq, Tk, H_kv)
+    (1, 1, N_HEADS),
+    (7, 7, N_HEADS),
+    (33, 33, 2),
+    (130, 130, 1),
+    (5, 33, 2),  # KV-cache decoding: the queries are the last 5 positions
+]
+
+
+@pytest.mark.parametrize("kind", ["alibi", "t5"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize(("t_q", "t_k", "h_kv"), SHAPES)
+def test_position_biases_through_sdpa_equal_the_reference(kind, causal, window, t_q, t_k, h_kv) -> None:
+    if not causal and t_q != t_k:
+        pytest.skip("non-causal attention has no KV cache")
+    pos = position(kind, causal)
+    mod = pos.score_mod()
+    assert sv.has_sdpa_form(mod, torch.zeros(1))
+    q, k, v, d_out = inputs(2, N_HEADS, h_kv, t_q, t_k, 16, torch.float32)
+    params = [q, k, v, *([pos.bias] if kind == "t5" else [])]
+    kwargs = dict(score_mod=mod, causal=causal, window=window)
+    compare(
+        lambda: sv.softmax_sdpa(q, k, v, **kwargs),
+        lambda: attend_reference(q, k, v, normaliser=softmax(), **kwargs).out,
+        params,
+        d_out,
+        1e-4,
+    )
+
+
+@pytest.mark.parametrize("n_heads", [8, 12])  # power-of-two slopes (2 bias columns) and not (hi / lo: 4)
+def test_causal_alibi_stays_exact_at_long_lengths(n_heads: int) -> None:
+    """m·j reaches m·T; the leading bias columns cancel m·j − m·i exactly, so the last rows are as accurate
+    as the dense reference's (checked on the last 64 rows at T = 4096 against float64)."""
+    t = 4096
+    q, k, v, _ = inputs(1, n_heads, n_heads, t, t, 16, torch.float32)
+    mod = position("alibi", True, n_heads).score_mod()
+    with torch.no_grad():
+        out = sv.softmax_sdpa(q, k, v, score_mod=mod)[:, :, -64:]
+        q64, k64, v64 = q[:, :, -64:].double(), k.double(), v.double()
+        ref = attend_reference(q64, k64, v64, normaliser=softmax(), score_mod=mod).out
+    assert_relative(out, ref, 1e-5, "output")
+
+
+@pytest.mark.parametrize("kind", ["logit", "kv"])
+@pytest.mark.parametrize("n_sinks", [1, 3])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("alibi", [False, True])
+@pytest.mark.parametrize(("t_q", "t_k", "h_kv"), SHAPES)
+def test_sinks_through_sdpa_equal_the_sinks_head(kind, n_sinks, window, alibi, t_q, t_k, h_kv) -> None:
+    site = AttentionSite(d_model=16 * N_HEADS, n_heads=N_HEADS)
+    entry = HEADS.entry("sinks")
+    torch.manual_seed(1)
+    heads = entry.factory(entry.params(n_sinks=n_sinks, kind=kind, n_kv_heads=h_kv), site)
+    if kind == "logit":
+        heads.sink_logit.data.normal_(0, 2.0)
+        sinks = dict(sink_logits=heads.sink_logit)
+        params = [heads.sink_logit]
+    else:
+        heads.sink_v.data.normal_()
+        sinks = dict(sink_keys=heads.sink_k, sink_values=heads.sink_v)
+        params = [heads.sink_k, heads.sink_v]
+    mod = position("alibi", True).score_mod() if alibi else None
+    q, k, v, d_out = inputs(2, N_HEADS, h_kv, t_q, t_k, 16, torch.float32)
+    kwargs = dict(causal=True, window=window)
+    ref_mass: list[torch.Tensor] = []
+
+    def reference() -> torch.Tensor:
+        res = heads.attend(q, k, v, normaliser=softmax(), score_mod=mod, **kwargs)
+        ref_mass.append(heads.last_sink_mass)
+        return res.out
+
+    fast_mass: list[torch.Tensor] = []
+
+    def fast() -> torch.Tensor:
+        out, mass = sv.sinks_sdpa(q, k, v, **sinks, alibi=mod.sdpa_form if mod else None, **kwargs)
+        fast_mass.append(mass)
+        return out
+
+    compare(fast, reference, [q, k, v, *params], d_out, 1e-4)
+    assert_relative(fast_mass[0], ref_mass[0], 1e-4, "sink mass")
+    # the head's own fused path (what the layer calls on backend auto / sdpa) is the same computation
+    res = heads.attend_sdpa(q, k, v, normaliser=softmax(), score_mod=mod, **kwargs)
+    assert res.weights is None
+    assert_relative(res.out, fast(), 1e-6, "attend_sdpa")
+
+
+def test_non_causal_sinks_and_bf16() -> None:
+    logits = torch.randn(N_HEADS, 2, requires_grad=True)
+    q, k, v, d_out = inputs(2, N_HEADS, N_HEADS, 9, 9, 16, torch.float32)
+    site = AttentionSite(d_model=16 * N_HEADS, n_heads=N_HEADS)
+    entry = HEADS.entry("sinks")
+    heads = entry.factory(entry.params(n_sinks=2, kind="logit"), site)
+    heads.sink_logit = torch.nn.Parameter(logits.detach().clone())
+    compare(
+        lambda: sv.sinks_sdpa(q, k, v, sink_logits=heads.sink_logit, causal=False)[0],
+        lambda: heads.attend(q, k, v, normaliser=softmax(), causal=False).out,
+        [q, k, v, heads.sink_logit],
+        d_out,
+        1e-4,
+    )
+    qb, kb, vb = (t.detach().bfloat16() for t in (q, k, v))
+    out = sv.sinks_sdpa(qb, kb, vb, sink_logits=heads.sink_logit.bfloat16())[0]
+    ref = heads.attend(qb, kb, vb, normaliser=softmax()).out
+    assert out.dtype == torch.bfloat16
+    assert_relative(out, ref, 3e-2, "bf16 output")
+
+
+@pytest.mark.parametrize("kind", ["alibi", "t5"])
+def test_position_biases_in_bf16(kind: str) -> None:
+    pos = position(kind, True)
+    q, k, v, d_out = inputs(1, N_HEADS, N_HEADS, 40, 40, 16, torch.bfloat16)
+    params = [q, k, v, *([pos.bias] if kind == "t5" else [])]
+    mod = pos.score_mod()
+    compare(
+        lambda: sv.softmax_sdpa(q, k, v, score_mod=mod),
+        lambda: attend_reference(q, k, v, normaliser=softmax(), score_mod=mod).out,
+        params,
+        d_out,
+        3e-2,
+    )
+
+
+@pytest.mark.parametrize("kind", ["alibi", "t5", "sinks-logit", "sinks-kv"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gradcheck_in_float64(kind: str, causal: bool) -> None:
+    q, k, v, _ = inputs(1, 2, 1, 6, 6, 4, torch.float64)
+    if kind in ("alibi", "t5"):
+        pos = position(kind, causal, n_heads=2).double()
+        mod = pos.score_mod()
+        extra = [pos.bias] if kind == "t5" else []
+
+        def fn(*ts):
+            return sv.softmax_sdpa(ts[0], ts[1], ts[2], score_mod=mod, causal=causal, window=4)
+
+    else:
+        extra = (
+            [torch.randn(2, 2, dtype=torch.float64, requires_grad=True)]
+            if kind == "sinks-logit"
+            else [torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        )
+
+        def fn(*ts):
+            sinks = dict(sink_logits=ts[3]) if kind == "sinks-logit" else dict(sink_keys=ts[3], sink_values=ts[4])
+            return sv.sinks_sdpa(ts[0], ts[1], ts[2], **sinks, causal=causal)[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, *extra))
+
+
+def documents_reference(q, k, v, documents, causal: bool, window: int | None) -> torch.Tensor:
+    t = q.shape[2]
+    same = documents[:, None, :, None] == documents[:, None, None, :]  # [B, 1, T, T]
+    mask = same
+    if causal or window is not None:
+        i, j = torch.arange(t)[:, None], torch.arange(t)[None]
+        visible = causal_mask(t, t, window=window) if causal else (i - j).abs() < window
+        mask = same & visible
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 3])
+def test_document_masks_through_sdpa_equal_a_dense_mask(causal: bool, window: int | None) -> None:
+    documents = torch.tensor([[0] * 5 + [1] * 7 + [2] * 1 + [3] * 7, [5] * 7 + [6] * 13])  # runs of equal length
+    q, k, v, d_out = inputs(2, N_HEADS, 2, 20, 20, 16, torch.float32)
+    compare(
+        lambda: sv.document_sdpa(q, k, v, documents, causal=causal, window=window),
+        lambda: documents_reference(q, k, v, documents, causal, window),
+        [q, k, v],
+        d_out,
+        1e-4,
+    )
+
+
+def test_document_ids_must_be_contiguous_runs_and_shapes_checked() -> None:
+    q, k, v, _ = inputs(1, 2, 2, 4, 4, 8, torch.float32)
+    with pytest.raises(ValueError, match="contiguous runs"):
+        sv.document_sdpa(q, k, v, torch.tensor([[0, 1, 0, 1]]))
+    with pytest.raises(ValueError, match="documents"):
+        sv.document_sdpa(q, k, v, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="sink_logits"):
+        sv.sinks_sdpa(q, k, v)
+    with pytest.raises(ValueError, match="Tq <= Tk"):
+        sv.alibi_sdpa(q, k[:, :, :2], v[:, :, :2], torch.ones(2))
+    with pytest.raises(ValueError, match="slopes"):
+        sv.alibi_sdpa(q, k, v, torch.ones(3))
+    with pytest.raises(ValueError, match="no exact SDPA form"):
+        sv.softmax_sdpa(q, k, v, score_mod=lambda s, b, h, i, j: s * 2)
+
+
+@pytest.mark.parametrize("kind", ["alibi", "t5"])
+def test_value_head_dim_may_differ_from_the_key_head_dim(kind: str) -> None:
+    """MLA / CLLA heads: q, k [.., 16], v [.., 8]; the flash kernel needs one head dim (zero padding)."""
+    pos = position(kind, True)
+    q, k, _, _ = inputs(1, N_HEADS, N_HEADS, 9, 9, 16, torch.float32)
+    v = torch.randn(1, N_HEADS, 9, 8, requires_grad=True)
+    d_out = torch.randn(1, N_HEADS, 9, 8)
+    mod = pos.score_mod()
+    compare(
+        lambda: sv.softmax_sdpa(q, k, v, score_mod=mod),
+        lambda: attend_reference(q, k, v, normaliser=softmax(), score_mod=mod).out,
+        [q, k, v, *([pos.bias] if kind == "t5" else [])],
+        d_out,
+        1e-4,
+    )
+
+
+def test_softcap_and_other_score_mods_fall_back_to_the_reference() -> None:
+    q, k, v, _ = inputs(1, 2, 2, 5, 5, 8, torch.float32)
+    capped = softmax(softcap=5.0).attend_sdpa(q, k, v, score_mod=None)
+    assert capped.weights is not None  # the reference ran
+    odd = softmax().attend_sdpa(q, k, v, score_mod=lambda s, b, h, i, j: s * 2)
+    assert odd.weights is not None
+    plain = softmax().attend_sdpa(q, k, v, score_mod=position("alibi", True, 2).score_mod())
+    assert plain.weights is None
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [
+        dict(position="alibi"),
+        dict(position="t5"),
+        dict(heads="sinks", heads_args={"n_sinks": 2, "kind": "logit"}),
+        dict(heads="sinks", heads_args={"n_sinks": 1, "kind": "kv"}, position="alibi"),
+        dict(heads="sinks", heads_args={"n_sinks": 1, "kind": "logit"}, position="alibi", window=3),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_a_model_on_auto_or_sdpa_matches_the_reference_backend(make_lm, attention, backend) -> None:
+    fast = make_lm(backend=backend, **attention)
+    slow = make_lm(backend="reference", **attention)
+    slow.load_state_dict(fast.state_dict())
+    for p in fast.parameters():  # lively sinks / biases
+        if p.dim() <= 2 and p.shape[0] <= 32:
+            torch.nn.init.normal_(p, 0, 0.5)
+    slow.load_state_dict(fast.state_dict())
+    tokens = torch.randint(0, 31, (2, 11))
+    fast_out, slow_out = fast(tokens), slow(tokens)
+    assert_relative(fast_out, slow_out, 1e-4, "logits")
+    # the fused path ran: no weights were produced (a pattern hook would force the reference)
+    with capture(fast, ["blocks.0.attn.hook_pattern"]) as cache:
+        hooked = fast(tokens)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (2, 4, 11, 11)
+    assert_relative(hooked, slow_out, 1e-4, "logits with a pattern hook")
+
+
+def test_the_fused_layer_path_gives_no_pattern_but_the_sink_mass(make_lm) -> None:
+    model = make_lm(backend="auto", heads="sinks", heads_args={"n_sinks": 2})
+    attn = model.blocks[0].attn
+    calls: list[int] = []
+    real = attn.heads.attend
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    attn.heads.attend = counted
+    model(torch.randint(0, 31, (2, 8)))
+    assert not calls  # attend_sdpa, not the reference attend
+    assert attn.heads.last_sink_mass.shape == (2, 4, 8)
+    with capture(model, ["blocks.0.attn.hook_pattern"]):
+        model(torch.randint(0, 31, (2, 8)))
+    assert calls  # weights wanted: the reference
