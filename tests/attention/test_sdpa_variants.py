@@ -324,3 +324,29 @@ def test_the_fused_layer_path_gives_no_pattern_but_the_sink_mass(make_lm) -> Non
     with capture(model, ["blocks.0.attn.hook_pattern"]):
         model(torch.randint(0, 31, (2, 8)))
     assert calls  # weights wanted: the reference
+
+
+def test_a_t5_bias_too_large_to_materialise_goes_to_the_chunked_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above RELATIVE_BIAS_MAX_ELEMENTS the [H, Tq, Tk] bias is not built: the O(T)-memory chunked path runs."""
+    pos = position("t5", causal=True)
+    norm = softmax()
+    q, k, v, d_out = inputs(1, N_HEADS, N_HEADS, 24, 24, 16, torch.float32)
+    assert sv.has_sdpa_form(pos.score_mod(), q, 24)
+    monkeypatch.setattr(sv, "RELATIVE_BIAS_MAX_ELEMENTS", N_HEADS * 24 * 24 - 1)
+    assert not sv.has_sdpa_form(pos.score_mod(), q, 24)
+    calls: list[int] = []
+    original = type(norm).attend_chunked
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(norm), "attend_chunked", spy)
+    got = norm.attend_sdpa(q, k, v, score_mod=pos.score_mod(), causal=True).out
+    want = attend_reference(q, k, v, normaliser=norm, score_mod=pos.score_mod(), causal=True).out
+    assert calls == [1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    g_got = torch.autograd.grad(got, [q, pos.bias], d_out)
+    g_want = torch.autograd.grad(want, [q, pos.bias], d_out)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

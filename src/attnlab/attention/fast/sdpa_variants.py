@@ -55,6 +55,7 @@ from attnlab.position.t5 import RelativeBiasForm
 
 NEG_INF = float("-inf")
 BAND_BLOCK = 256  # query rows per block of the T5 table-gradient pass
+RELATIVE_BIAS_MAX_ELEMENTS = 2**26  # the T5 form's [H, Tq, Tk] bias up to 256 MiB (float32): H = 8 up to T ≈ 2900
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
@@ -578,13 +579,17 @@ def sdpa_form(score_mod: ScoreMod | None) -> AlibiForm | RelativeBiasForm | None
     return form if isinstance(form, AlibiForm | RelativeBiasForm) else None
 
 
-def has_sdpa_form(score_mod: ScoreMod | None, like: Tensor) -> bool:
-    """Whether ``softmax_sdpa`` runs this score_mod (None: plain SDPA) for tensors like ``like``."""
+def has_sdpa_form(score_mod: ScoreMod | None, like: Tensor, t_k: int | None = None) -> bool:
+    """Whether ``softmax_sdpa`` runs this score_mod (None: plain SDPA) for queries like ``like`` and ``t_k`` keys
+    (default: as many as queries). The T5 form materialises an [H, Tq, Tk] bias: only up to
+    ``RELATIVE_BIAS_MAX_ELEMENTS`` (beyond, the chunked path's O(T) memory is the better choice)."""
     if score_mod is None:
         return True
     form = sdpa_form(score_mod)
     if isinstance(form, RelativeBiasForm):
-        return like.device.type == "cpu"
+        h, t_q = (like.shape[1], like.shape[2]) if like.dim() == 4 else (1, 1)
+        small = h * t_q * (t_q if t_k is None else t_k) <= RELATIVE_BIAS_MAX_ELEMENTS
+        return like.device.type == "cpu" and small
     return form is not None
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
-from attnlab.attention.fast.chunked import ClippedSoftmaxRule, attend_chunked_rule
+from attnlab.attention.core import compute_dtype
+from attnlab.attention.fast.chunked import ClippedSoftmaxRule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
 
 
@@ -57,6 +57,10 @@ class ClippedSoftmax(NormaliserBase):
             self.gamma = params.gamma
         self.zeta = params.zeta
 
+    def chunked_rule(self) -> ClippedSoftmaxRule:
+        """Clipped softmax in tiles, two passes."""
+        return ClippedSoftmaxRule(self.gamma, self.zeta)
+
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         s = scores.to(compute_dtype(scores))
         if mask is not None:
@@ -68,27 +72,3 @@ class ClippedSoftmax(NormaliserBase):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:.4f}, zeta={self.zeta}"
-
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """Clipped softmax in tiles, two passes (O(T·chunk) memory), exact."""
-        return attend_chunked_rule(
-            ClippedSoftmaxRule(self.gamma, self.zeta),
-            q,
-            k,
-            v,
-            score_mod=score_mod,
-            causal=causal,
-            scale=scale,
-            window=window,
-        )

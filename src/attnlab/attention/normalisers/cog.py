@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
-from attnlab.attention.fast.chunked import SoftmaxRule, attend_chunked_rule
+from attnlab.attention.core import compute_dtype
+from attnlab.attention.fast.chunked import SoftmaxRule
 from attnlab.attention.normalisers.base import NORMALISERS, NoParams, NormaliserBase
 
 
@@ -35,26 +35,13 @@ class Cog(NormaliserBase):
     def __init__(self, params: NoParams | None = None, site: object | None = None):
         super().__init__()
 
+    def chunked_rule(self) -> SoftmaxRule:
+        """Signed softmax in tiles with an online row normaliser."""
+        return SoftmaxRule(signed=True)
+
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         s = scores.to(compute_dtype(scores))
         magnitude = s.abs()
         if mask is not None:
             magnitude = magnitude.masked_fill(~mask, float("-inf"))
         return s.sign() * magnitude.softmax(dim=-1)
-
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """Signed softmax in tiles with an online row normaliser (O(T·chunk) memory), exact."""
-        return attend_chunked_rule(
-            SoftmaxRule(signed=True), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window
-        )

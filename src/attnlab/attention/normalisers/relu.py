@@ -45,8 +45,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype, visible_counts
-from attnlab.attention.fast.chunked import PointwiseRule, attend_chunked_rule
+from attnlab.attention.core import compute_dtype, visible_counts
+from attnlab.attention.fast.chunked import PointwiseRule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 from attnlab.errors import ConfigError
 
@@ -83,6 +83,10 @@ class ReLUAttention(NormaliserBase):
             return visible_counts(mask, s.shape[-1], s)
         return s.new_full((1, 1), float(self.seq_len or 1))
 
+    def chunked_rule(self) -> PointwiseRule:
+        """ReLU(s)^p / L_i^α in tiles of scores."""
+        return PointwiseRule("relu", power=self.power, row_scale=self.row_scale if self.params.alpha else None)
+
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         s = scores.to(compute_dtype(scores))
         w = s.relu().pow(self.power) / self.lengths(s, mask).pow(self.params.alpha)
@@ -92,22 +96,6 @@ class ReLUAttention(NormaliserBase):
         """1 / L_i^α for the chunked rule, from the visible counts N_i [c, 1] of a block's rows."""
         length = counts if self.params.length == "visible" else counts.new_full((1, 1), float(self.seq_len or 1))
         return length.pow(-self.params.alpha)
-
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """ReLU(s)^p / L_i^α attention in tiles of scores (O(T·chunk) memory), exact."""
-        rule = PointwiseRule("relu", power=self.power, row_scale=self.row_scale if self.params.alpha else None)
-        return attend_chunked_rule(rule, q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
 
     def extra_repr(self) -> str:
         return f"power={self.power}, length={self.params.length}, alpha={self.params.alpha}"

@@ -19,8 +19,8 @@ import math
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype
-from attnlab.attention.fast.chunked import PointwiseRule, attend_chunked_rule
+from attnlab.attention.core import compute_dtype
+from attnlab.attention.fast.chunked import PointwiseRule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 
 
@@ -48,33 +48,13 @@ class Sigmoid(NormaliserBase):
         else:
             raise ValueError("sigmoid attention needs normaliser_args.bias or a site with seq_len")
 
+    def chunked_rule(self) -> PointwiseRule:
+        """σ(s + b) in tiles of scores."""
+        return PointwiseRule("sigmoid", bias=self.bias)
+
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         w = (scores.to(compute_dtype(scores)) + self.bias).sigmoid()
         return masked_fill_zero(w, mask)
 
     def extra_repr(self) -> str:
         return f"bias={self.bias:.4f}"
-
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """σ(s + b) attention in tiles of scores (O(T·chunk) memory), exact."""
-        return attend_chunked_rule(
-            PointwiseRule("sigmoid", bias=self.bias),
-            q,
-            k,
-            v,
-            score_mod=score_mod,
-            causal=causal,
-            scale=scale,
-            window=window,
-        )

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, compute_dtype
-from attnlab.attention.fast.chunked import SoftmaxRule, attend_chunked_rule
+from attnlab.attention.fast.chunked import SoftmaxRule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
 
 
@@ -46,6 +46,10 @@ class Softmax(NormaliserBase):
         self.softcap = (params or SoftmaxParams()).softcap
         self.sdpa_ok = self.softcap is None  # SDPA cannot soft-cap: the layer falls back to the reference
 
+    def chunked_rule(self) -> SoftmaxRule:
+        """Softmax in tiles with an online normaliser (FlashAttention's algorithm in PyTorch ops)."""
+        return SoftmaxRule(softcap=self.softcap)
+
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         s = scores.to(compute_dtype(scores))
         if self.softcap is not None:
@@ -53,22 +57,6 @@ class Softmax(NormaliserBase):
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf"))
         return s.softmax(dim=-1)
-
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """Softmax in tiles with an online normaliser (FlashAttention's algorithm in PyTorch ops), exact."""
-        rule = SoftmaxRule(softcap=self.softcap)
-        return attend_chunked_rule(rule, q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
 
     def attend_sdpa(
         self,
@@ -82,16 +70,17 @@ class Softmax(NormaliserBase):
         scale: float | None = None,
         window: int | None = None,
     ) -> AttnOutput:
-        """PyTorch's SDPA with the score_mod's exact reformulation (ALiBi, T5 bias); the reference (with
-        weights) when there is none or with soft-capping."""
-        from attnlab.attention.fast.sdpa_variants import has_sdpa_form, softmax_sdpa
+        """PyTorch's SDPA with the score_mod's exact reformulation (ALiBi, T5 bias). A T5 bias too long to
+        materialise goes to the chunked path (O(T) memory); without a form, or with soft-capping, the reference."""
+        from attnlab.attention.fast.sdpa_variants import has_sdpa_form, sdpa_form, softmax_sdpa
 
-        if self.softcap is None and has_sdpa_form(score_mod, q):
+        if self.softcap is None and has_sdpa_form(score_mod, q, k.shape[2]):
             out = softmax_sdpa(q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
             return AttnOutput(out, None, None)
-        return attend_reference(
-            q, k, v, normaliser=self, score_mod=score_mod, causal=causal, scale=scale, window=window
-        )
+        kwargs = dict(score_mod=score_mod, causal=causal, scale=scale, window=window)
+        if self.softcap is None and sdpa_form(score_mod) is not None:
+            return self.attend_chunked(q, k, v, **kwargs)
+        return attend_reference(q, k, v, normaliser=self, **kwargs)
 
     def attend_flex(
         self,

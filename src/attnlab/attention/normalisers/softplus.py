@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput, ScoreMod, compute_dtype, visible_counts
-from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftplusRule, attend_chunked_rule
+from attnlab.attention.core import compute_dtype, visible_counts
+from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftplusRule
 from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
 
 # With qk_norm the chunked backend normalises q and k itself (``chunked_attention(qk_norm=True)``), tile by tile,
@@ -109,33 +109,16 @@ class LSSA(NormaliserBase):
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         return lssa_weights(scores, mask, self.d_head, self.params.length_scale, self.params.eps)
 
-    def rule(self) -> SoftplusRule | ReweightedSoftplusRule:
+    def chunked_rule(self) -> SoftplusRule | ReweightedSoftplusRule:
         """This normaliser's tile algebra for the chunked backend."""
         return SoftplusRule(self.d_head, self.params.length_scale, self.params.eps)
 
-    def attend_chunked(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        normaliser: object = None,
-        score_mod: ScoreMod | None = None,
-        causal: bool = True,
-        scale: float | None = None,
-        window: int | None = None,
-    ) -> AttnOutput:
-        """The normaliser in tiles of scores on prepared q, k (O(T·chunk) memory), exact.
-
-        q, k straight from ``prepare`` with ``qk_norm``: the kernel normalises their raw sources itself.
-        """
+    def chunked_inputs(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """q, k straight from ``prepare`` with ``qk_norm``: the kernel normalises their raw sources itself."""
         raw_q, raw_k = _source(q), _source(k)
-        qk_norm = raw_q is not None and raw_k is not None
-        if qk_norm:
-            q, k = raw_q, raw_k
-        return attend_chunked_rule(
-            self.rule(), q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window, qk_norm=qk_norm
-        )
+        if raw_q is not None and raw_k is not None:
+            return raw_q, raw_k, True
+        return q, k, False
 
 
 @NORMALISERS.register(
@@ -159,6 +142,6 @@ class LSSAR(LSSA):
         r = masked_fill_zero((n * a - offset).relu().pow(p.power), mask)
         return r / (r.sum(-1, keepdim=True) + p.eps)
 
-    def rule(self) -> ReweightedSoftplusRule:
+    def chunked_rule(self) -> ReweightedSoftplusRule:
         p = self.params
         return ReweightedSoftplusRule(self.d_head, p.length_scale, p.eps, p.power, p.offset_free_rows)
