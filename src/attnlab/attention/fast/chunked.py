@@ -882,6 +882,54 @@ def check_shapes(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
         raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
 
 
+def make_options(
+    rule: Rule,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    score_mod: ScoreMod | None,
+    causal: bool,
+    scale: float | None,
+    window: int | None,
+    documents: Tensor | None,
+    chunk: int | None = None,
+    key_block: int | None = None,
+    whole_rows: int | None = None,
+    need_lse: bool = False,
+    qk_norm: bool = False,
+) -> tuple[Options, list[Tensor]]:
+    """Check one call and build its ``Options`` and the score_mod's learnable tensors (chunked and flex paths)."""
+    check_shapes(q, k, v, causal)
+    if window is not None and window <= 0:
+        raise ValueError(f"window={window} must be a positive number of keys")
+    chunk, key_block = chunk or DEFAULT_CHUNK, key_block or DEFAULT_KEY_BLOCK
+    whole_rows = DEFAULT_WHOLE_ROWS if whole_rows is None else whole_rows
+    if chunk <= 0 or key_block <= 0 or whole_rows < 0:
+        raise ValueError(f"chunk={chunk} and key_block={key_block} must be positive, whole_rows={whole_rows} >= 0")
+    if documents is not None:
+        if rule.needs_counts:
+            raise ValueError(f"{type(rule).__name__} needs visible-key counts, which document masks do not give")
+        if documents.shape != (q.shape[0], k.shape[2]):
+            raise ValueError(f"documents must be [B, Tk] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
+    params = score_mod_parameters(score_mod)
+    if score_mod is not None:
+        check_score_mod(score_mod, params, q)
+    opts = Options(
+        causal=causal,
+        window=window,
+        scale=q.shape[-1] ** -0.5 if scale is None else scale,
+        score_mod=score_mod,
+        documents=documents,
+        chunk=chunk,
+        key_block=key_block,
+        whole_rows=whole_rows,
+        need_lse=need_lse,
+        qk_norm=qk_norm,
+    )
+    return opts, params
+
+
 def chunked_attention(
     q: Tensor,
     k: Tensor,
@@ -909,26 +957,15 @@ def chunked_attention(
     Tiling: blocks of ``chunk`` queries; with at most ``whole_rows`` keys each block is one tile, otherwise
     tiles of ``key_block`` keys (defaults: the module's DEFAULT_* constants).
     """
-    check_shapes(q, k, v, causal)
-    if window is not None and window <= 0:
-        raise ValueError(f"window={window} must be a positive number of keys")
-    chunk, key_block = chunk or DEFAULT_CHUNK, key_block or DEFAULT_KEY_BLOCK
-    whole_rows = DEFAULT_WHOLE_ROWS if whole_rows is None else whole_rows
-    if chunk <= 0 or key_block <= 0 or whole_rows < 0:
-        raise ValueError(f"chunk={chunk} and key_block={key_block} must be positive, whole_rows={whole_rows} >= 0")
-    if documents is not None:
-        if rule.needs_counts:
-            raise ValueError(f"{type(rule).__name__} needs visible-key counts, which document masks do not give")
-        if documents.shape != (q.shape[0], k.shape[2]):
-            raise ValueError(f"documents must be [B, Tk] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
-    params = score_mod_parameters(score_mod)
-    if score_mod is not None:
-        check_score_mod(score_mod, params, q)
-    opts = Options(
-        causal=causal,
-        window=window,
-        scale=q.shape[-1] ** -0.5 if scale is None else scale,
+    opts, params = make_options(
+        rule,
+        q,
+        k,
+        v,
         score_mod=score_mod,
+        causal=causal,
+        scale=scale,
+        window=window,
         documents=documents,
         chunk=chunk,
         key_block=key_block,

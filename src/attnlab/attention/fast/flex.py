@@ -41,15 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.attention.fast import chunked
 from attnlab.attention.fast.chunked import (
     Options,
     Problem,
     SoftmaxRule,
-    check_score_mod,
     check_shapes,
     chunked_attention,
-    score_mod_parameters,
+    make_options,
 )
 from attnlab.common import ScoreMod
 
@@ -211,20 +209,16 @@ def flex_softmax(
             documents=documents,
             need_lse=need_lse,
         )
-    if documents is not None and documents.shape != (q.shape[0], k.shape[2]):
-        raise ValueError(f"documents must be [B, T] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
-    params = score_mod_parameters(score_mod)
-    if score_mod is not None:
-        check_score_mod(score_mod, params, q)
-    opts = Options(
-        causal=causal,
-        window=window,
-        scale=q.shape[-1] ** -0.5 if scale is None else scale,
+    opts, params = make_options(
+        SoftmaxRule(softcap=softcap),
+        q,
+        k,
+        v,
         score_mod=score_mod,
+        causal=causal,
+        scale=scale,
+        window=window,
         documents=documents,
-        chunk=chunked.DEFAULT_CHUNK,  # the tiling of the chunked backward
-        key_block=chunked.DEFAULT_KEY_BLOCK,
-        whole_rows=chunked.DEFAULT_WHOLE_ROWS,
     )
     return FlexSoftmax.apply(opts, softcap, need_lse, q, k, v, *params)
 
