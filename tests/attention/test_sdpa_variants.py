@@ -350,3 +350,17 @@ def test_a_t5_bias_too_large_to_materialise_goes_to_the_chunked_path(monkeypatch
     g_want = torch.autograd.grad(want, [q, pos.bias], d_out)
     for a, b in zip(g_got, g_want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flushing", [False, True])
+def test_the_denormal_setting_of_the_caller_is_restored(flushing: bool) -> None:
+    if not torch.set_flush_denormal(flushing):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        assert sv.flushing_denormals() is flushing
+        pos = position("alibi", causal=True)
+        q, k, v, _ = inputs(1, N_HEADS, N_HEADS, 9, 9, 16, torch.float32)
+        sv.softmax_sdpa(q, k, v, score_mod=pos.score_mod(), causal=True).sum().backward()
+        assert sv.flushing_denormals() is flushing
+    finally:
+        torch.set_flush_denormal(False)

@@ -100,14 +100,23 @@ def _visibility(t_q: int, t_k: int, n_sinks: int, causal: bool, window: int | No
     return torch.cat([mask.new_ones(t_q, n_sinks), mask], dim=-1)
 
 
+_DENORMAL = 1e-40  # a float32 denormal: it survives a multiplication unless denormals are flushed
+
+
+def flushing_denormals() -> bool:
+    """Whether the calling thread flushes denormals to zero (PyTorch has a setter but no getter)."""
+    return (torch.tensor(_DENORMAL, dtype=torch.float32) * 1.0).item() == 0.0
+
+
 @contextlib.contextmanager
 def _no_denormals() -> Iterator[None]:
-    """Flush denormals to zero in the calling thread (PyTorch's default, False, is restored afterwards)."""
+    """Flush denormals to zero in the calling thread; the thread's previous setting is restored afterwards."""
+    before = flushing_denormals()
     torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
 
 
 class _FlashNoDenormals(torch.autograd.Function):
