@@ -66,11 +66,19 @@ SHAPES = [  # (Tq, Tk, H_kv)
 ]
 
 
+@pytest.fixture(params=[True, False], ids=["cpu-flash", "sdpa-form"])
+def cpu_flash(request, monkeypatch) -> bool:
+    """Both constructions: on CPU the flash op pair (sinks merged by log-sum-exp), and the one SDPA call on
+    augmented inputs (sinks as prepended keys) that other devices use, run here on CPU."""
+    monkeypatch.setattr(sv, "CPU_FLASH", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["alibi", "t5"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window", [None, 4])
 @pytest.mark.parametrize(("t_q", "t_k", "h_kv"), SHAPES)
-def test_position_biases_through_sdpa_equal_the_reference(kind, causal, window, t_q, t_k, h_kv) -> None:
+def test_position_biases_through_sdpa_equal_the_reference(kind, causal, window, t_q, t_k, h_kv, cpu_flash) -> None:
     if not causal and t_q != t_k:
         pytest.skip("non-causal attention has no KV cache")
     pos = position(kind, causal)
@@ -107,7 +115,7 @@ def test_causal_alibi_stays_exact_at_long_lengths(n_heads: int) -> None:
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("alibi", [False, True])
 @pytest.mark.parametrize(("t_q", "t_k", "h_kv"), SHAPES)
-def test_sinks_through_sdpa_equal_the_sinks_head(kind, n_sinks, window, alibi, t_q, t_k, h_kv) -> None:
+def test_sinks_through_sdpa_equal_the_sinks_head(kind, n_sinks, window, alibi, t_q, t_k, h_kv, cpu_flash) -> None:
     site = AttentionSite(d_model=16 * N_HEADS, n_heads=N_HEADS)
     entry = HEADS.entry("sinks")
     torch.manual_seed(1)
@@ -183,7 +191,7 @@ def test_position_biases_in_bf16(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["alibi", "t5", "sinks-logit", "sinks-kv"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gradcheck_in_float64(kind: str, causal: bool) -> None:
+def test_gradcheck_in_float64(kind: str, causal: bool, cpu_flash: bool) -> None:
     q, k, v, _ = inputs(1, 2, 1, 6, 6, 4, torch.float64)
     if kind in ("alibi", "t5"):
         pos = position(kind, causal, n_heads=2).double()
@@ -327,12 +335,17 @@ def test_the_fused_layer_path_gives_no_pattern_but_the_sink_mass(make_lm) -> Non
 
 
 def test_a_t5_bias_too_large_to_materialise_goes_to_the_chunked_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above RELATIVE_BIAS_MAX_ELEMENTS the [H, Tq, Tk] bias is not built: the O(T)-memory chunked path runs."""
+    """Above RELATIVE_BIAS_MAX_ELEMENTS the [H, Tq, Tk] bias of a windowed or KV-cache call is not built: the
+    O(T)-memory chunked path runs. Tq = Tk without a window is banded (O(T) memory) at any length."""
     pos = position("t5", causal=True)
     norm = softmax()
     q, k, v, d_out = inputs(1, N_HEADS, N_HEADS, 24, 24, 16, torch.float32)
-    assert sv.has_sdpa_form(pos.score_mod(), q, 24)
-    monkeypatch.setattr(sv, "RELATIVE_BIAS_MAX_ELEMENTS", N_HEADS * 24 * 24 - 1)
+    assert sv.has_sdpa_form(pos.score_mod(), q, 24, window=5)
+    monkeypatch.setattr(sv, "RELATIVE_BIAS_MAX_ELEMENTS", N_HEADS * 20 * 24 - 1)
+    assert not sv.has_sdpa_form(pos.score_mod(), q, 24, window=5)
+    assert not sv.has_sdpa_form(pos.score_mod(), q[:, :, :20], 24)  # KV cache
+    assert sv.has_sdpa_form(pos.score_mod(), q, 24)  # banded
+    monkeypatch.setattr(sv, "BANDED", False)
     assert not sv.has_sdpa_form(pos.score_mod(), q, 24)
     calls: list[int] = []
     original = type(norm).attend_chunked
@@ -364,3 +377,60 @@ def test_the_denormal_setting_of_the_caller_is_restored(flushing: bool) -> None:
         assert sv.flushing_denormals() is flushing
     finally:
         torch.set_flush_denormal(False)
+
+
+def small_buckets(bidirectional: bool):
+    """T5 buckets with max_distance 6: far keys (one shared bucket per side) from |r| = 6 on (W = 6)."""
+    from attnlab.position.t5 import relative_position_bucket
+
+    return lambda r: relative_position_bucket(r, bidirectional, num_buckets=8, max_distance=6)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("t", [1, 5, 6, 7, 31, 33, 70])  # around W and the block size; several blocks
+@pytest.mark.parametrize("h_kv", [N_HEADS, 2])
+def test_banded_relative_bias_equals_the_dense_bias(causal: bool, t: int, h_kv: int, monkeypatch) -> None:
+    """The banded T5 path (far keys through a shifted causal flash call, the band through the flash op on
+    overlapping key windows, table gradient from the band's dS and the far sides' mass) equals the dense bias:
+    outputs and the gradients of q, k, v and the table, with far keys on one or both sides."""
+    monkeypatch.setattr(sv, "BAND_QUERIES", 4)  # many blocks and edge blocks at small T
+    bucket = small_buckets(not causal)
+    table = torch.randn(8, N_HEADS, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    table.requires_grad_()
+    q, k, v, d_out = inputs(2, N_HEADS, h_kv, t, t, 8, torch.float64)
+    plan = sv._BandPlan(bucket, t, causal, 0.3, q.device)
+    if t > 6:
+        assert plan.bucket_left is not None and (causal or plan.bucket_right is not None)
+
+    def dense() -> torch.Tensor:
+        r = torch.arange(t)[None, :] - torch.arange(t)[:, None]
+        bias = table[bucket(r)].permute(2, 0, 1)  # [H, T, T]
+        kk, vv = (sv.repeat_kv(x, N_HEADS // h_kv) for x in (k, v))
+        s = (q @ kk.transpose(-1, -2)) * 0.3 + bias
+        if causal:
+            s = s.masked_fill(r > 0, float("-inf"))
+        return s.softmax(-1) @ vv
+
+    compare(
+        lambda: sv.relative_bias_sdpa(q, k, v, table, bucket, causal=causal, scale=0.3),
+        dense,
+        [q, k, v, table],
+        d_out,
+        1e-10,
+    )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_banded_relative_bias_gradcheck_and_bf16(causal: bool, monkeypatch) -> None:
+    monkeypatch.setattr(sv, "BAND_QUERIES", 4)
+    bucket = small_buckets(not causal)
+    table = torch.randn(8, 2, dtype=torch.float64, requires_grad=True)
+    q, k, v, _ = inputs(1, 2, 1, 15, 15, 4, torch.float64)
+    fn = lambda q, k, v, table: sv.relative_bias_sdpa(q, k, v, table, bucket, causal=causal)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v, table))
+    qb, kb, vb = (x.detach().bfloat16() for x in (q, k, v))
+    out = sv.relative_bias_sdpa(qb, kb, vb, table.detach().bfloat16(), bucket, causal=causal)
+    monkeypatch.setattr(sv, "BANDED", False)
+    ref = sv.relative_bias_sdpa(q, k, v, table, bucket, causal=causal)
+    assert out.dtype == torch.bfloat16
+    assert_relative(out, ref, 3e-2, "bf16 output")

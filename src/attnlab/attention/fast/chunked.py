@@ -57,7 +57,7 @@ DEFAULT_KEY_BLOCK = 512  # longer sequences: key columns per tile, a tile being 
 NEG_INF = float("-inf")
 # PyTorch's vectorised exp takes a slow path below −87.3 (where float32 underflows; ~80× slower per element, ~12×
 # for −inf), and tiny weights make denormal products in the next matmul (another ~100×: ALiBi scores are far below
-# their row max). ``_exp_`` clamps exponents at EXP_FLOOR and sends what was clamped to an exact 0: weights below
+# their row max). ``exp_shifted_`` clamps exponents at EXP_FLOOR and sends what was clamped to an exact 0: weights below
 # e^−64 ≈ 1.6e-28 of the row max are dropped, far below float32 rounding of a row sum ≥ 1.
 EXP_FLOOR = -64.0
 EXP_ZERO = 1.5 * math.exp(EXP_FLOOR)
@@ -74,7 +74,7 @@ def _softmax(a: Tensor) -> Tensor:
     return F.threshold_(torch.softmax(a, -1), EXP_ZERO, 0.0)
 
 
-def _exp_(x: Tensor) -> Tensor:
+def exp_shifted_(x: Tensor) -> Tensor:
     """exp(x) in place for x ≤ 0 (shifted logits), with exp(x < −64) = 0 exactly; −inf (hidden keys) gives 0."""
     return F.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
 
@@ -411,7 +411,7 @@ class SoftmaxRule(Rule):
             a, _, _ = self._logits(pb.scores(blk, tile), tile)
             m_new = torch.maximum(m, a.amax(-1))
             m_safe = _safe_max(m_new)
-            l_sum.mul_((m - m_safe).exp_()).add_(_exp_(a.sub_(m_safe[..., None])).sum(-1))
+            l_sum.mul_((m - m_safe).exp_()).add_(exp_shifted_(a.sub_(m_safe[..., None])).sum(-1))
             m = m_new
         return m + l_sum.log()
 
@@ -441,7 +441,7 @@ class SoftmaxRule(Rule):
                 a, sign, _ = self._logits(pb.scores(blk, tile), tile)
                 m_new = torch.maximum(m, a.amax(-1))
                 m_safe = _safe_max(m_new)
-                p = _exp_(a.sub_(m_safe[..., None]))  # [B, H, c, w]
+                p = exp_shifted_(a.sub_(m_safe[..., None]))  # [B, H, c, w]
                 alpha = (m - m_safe).exp_()  # rescales what was summed under the old max
                 l_sum.mul_(alpha).add_(p.sum(-1))
                 if sign is not None:
@@ -489,7 +489,7 @@ class SoftmaxRule(Rule):
             for tile in tiles:
                 s, handle = pb.scores_for_backward(blk, tile)
                 a, sign, t = self._logits(s, tile)
-                w = _exp_(a.sub_(row_lse))  # p_ij
+                w = exp_shifted_(a.sub_(row_lse))  # p_ij
                 if sign is not None:
                     w.mul_(sign)  # w = sign · p
                 pb.add_dv(w, d_o_g, tile)
@@ -767,13 +767,13 @@ class ClippedSoftmaxRule(Rule):
             s = tile.fill_(pb.scores(blk, tile), NEG_INF)
             m_new = torch.maximum(m, s.amax(-1))
             m_safe = _safe_max(m_new)
-            l_sum.mul_((m - m_safe).exp_()).add_(_exp_(s.sub_(m_safe[..., None])).sum(-1))
+            l_sum.mul_((m - m_safe).exp_()).add_(exp_shifted_(s.sub_(m_safe[..., None])).sum(-1))
             m = m_new
         return (m + l_sum.log())[..., None]
 
     def _weights(self, s: Tensor, lse: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor]:
         """(p, y, w): softmax from the row logsumexp, the stretched (ζ−γ)p + γ and the clipped weights."""
-        return self._clip(_exp_(tile.fill_(s, NEG_INF).sub_(lse)), tile)
+        return self._clip(exp_shifted_(tile.fill_(s, NEG_INF).sub_(lse)), tile)
 
     def _clip(self, p: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor]:
         """(p, y, w) from softmax p: y = (ζ−γ)p + γ, w = clip(y, 0, 1) with hidden keys 0."""

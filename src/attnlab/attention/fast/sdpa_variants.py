@@ -1,9 +1,10 @@
 """Softmax-family variants through PyTorch's own fused SDPA kernel, by exact reformulation.
 
 On CPU, torch's ``scaled_dot_product_attention`` has a fused flash kernel with its own backward; FlexAttention
-has none there. Each variant below is rewritten as a plain SDPA call (or the flash op pair) on augmented
-inputs, so that forward and backward run in the fused kernel and autograd routes every gradient (q, k, v,
-sink logits / vectors, the T5 table) through it. With ŝ the scale, extra columns are written ``[a | b]``:
+has none there. Each variant below is rewritten as SDPA calls (on CPU the flash op pair
+``_scaled_dot_product_flash_attention_for_cpu`` and its backward, which also return and take the rows'
+log-sum-exp) on augmented inputs, so that forward and backward run in the fused kernel, and every gradient
+(q, k, v, sink logits / vectors, the T5 table) is exact. With ŝ the scale, extra columns are written ``[a | b]``:
 
 - **ALiBi** (``alibi_sdpa``): the bias m_h·(j − i) is rank two, m_h·j·1 + 1·(−m_h·i), so
   q'_i = [m_h, −m_h·i | ŝ·q_i], k'_j = [j, 1 | k_j] and SDPA with ``scale=1`` gives q'·k' = ŝ q·k + m_h (j − i).
@@ -13,21 +14,32 @@ sink logits / vectors, the T5 table) through it. With ŝ the scale, extra column
   short enough that m_hi·j is exact; power-of-two slopes — H a power of two — have m_lo = 0 and need two
   columns). Any visibility (causal, window, KV cache, non-causal) is the usual SDPA mask. The symmetric
   non-causal bias −m_h·|i − j| is not low rank: it is passed as a float [H, Tq, Tk] ``attn_mask`` (no grad).
-- **Sinks** (``sinks_sdpa``): n sink keys are prepended to the keys. gpt-oss logits ℓ_{h,s}: q'_i gets ℓ_h in n
-  indicator columns, sink key s is the indicator e_s (zero elsewhere) and real keys are zero there, so the
-  sink score is exactly ℓ_{h,s} and dℓ arrives through SDPA's dq; values of logit sinks are 0. kv sinks: the
-  sink keys are σ_k and the values σ_v. One more value column (1 on sinks, 0 on real keys) returns the sink
-  mass Σ_s w_is exactly. Causal with Tq = Tk uses SDPA's ``is_causal`` (top-left aligned) with n zero dummy
-  queries prepended, so real query i (row n + i) sees every sink and keys ≤ i; the dummy rows are dropped.
-  Windows and KV caches use a boolean mask with the sink columns visible. Sinks combine with ALiBi (the
-  sinks carry no position: their bias columns are zero).
-- **T5 / learned relative bias** (``relative_bias_sdpa``): the bias b_h(j − i) is a Toeplitz matrix built
-  from a per-offset vector with ``unfold`` (−inf where a key is hidden, so it is also the mask) and passed to
-  the flash op with ``is_causal`` (which skips hidden tiles). dq, dk, dv come from the flash backward op. The
-  table gradient is Σ over each bucket's diagonals of dS = P ⊙ (dP − rowsum(dO ⊙ O)), computed in query
-  blocks over a band only: every row of dS sums to zero, and all offsets beyond the band share one bucket
-  (T5's last, r ≤ −max_distance), so that bucket's gradient is minus the band's sum. Non-causal attention
-  has two far buckets; there the pass covers every offset above the lower far bucket (O(T²/2) extra work).
+- **Sinks** (``sinks_sdpa``). On CPU (``_FlashWithSinks``): the flash op runs over the real keys only and
+  returns its log-sum-exp ℓ_i; the n sink scores z_is (gpt-oss logits ℓ_{h,s}, or ŝ q·σ_k) are merged in:
+  L_i = log(e^ℓ_i + Σ_s e^z_is), out = e^{ℓ−L}·o + Σ_s e^{z−L} σ_v. The flash *backward* op recomputes
+  P = exp(s − lse) and dS = P ⊙ (dO·v − rowsum(dO ⊙ out)): handed the total L and the merged out, it returns the
+  exact dq, dk, dv of attention over [sinks ⧺ keys]; the sinks' own gradients are n columns. Cost: one SDPA
+  call plus O(T·n). Other devices: the n sinks are prepended keys of one SDPA call. gpt-oss logits enter
+  through indicator columns (q'_i gets ℓ_h in n columns, sink key s is e_s, real keys are zero there), so dℓ
+  arrives through SDPA's dq; kv sinks are the keys σ_k with values σ_v; one more value column (1 on sinks)
+  returns the sink mass. Causal with Tq = Tk uses ``is_causal`` (top-left aligned) with n zero dummy queries
+  prepended, so real query i (row n + i) sees every sink and keys ≤ i. Windows and KV caches use a boolean
+  mask with the sink columns visible. Sinks combine with ALiBi (the sinks carry no position). The sink mass
+  is returned without a gradient.
+- **T5 / learned relative bias** (``relative_bias_sdpa``), CPU. With Tq = Tk and no window it is *banded*
+  (``_BandPlan``): T5 gives every offset r = j − i ≤ −W (W = 113 for 32 buckets, max_distance 128) one bucket,
+  so those far keys carry one constant c_h per head and are a plain causal flash call on shifted sequences
+  (queries W…T against keys 0…T − W; non-causal attention adds the mirror image on reversed sequences), its
+  log-sum-exp raised by c_h. The band −W < r < W goes through the same op with the query blocks folded into its
+  batch: each block of c queries against the c + W − 1 keys before it (overlapping strided views of the
+  padded keys, no copies), the band's bias a shared [H, c, K] mask. Parts merge through their log-sum-exps and
+  the flash backward op, given the merged out and the total log-sum-exp, gives each part's dq, dk, dv. The
+  table gradient: the band's dS = P ⊙ (dP − rowsum(dO ⊙ O)) summed per offset in one pass over the band, and
+  a far side's Σ dS = Σ_i w_i (dO_i·o_i − D_i) from its output and mass share w_i. Memory O(T·(c + W)).
+  Windows and KV caches use the bias as a Toeplitz [H, Tq, Tk] float mask (``unfold`` of the per-offset
+  vector, −inf where hidden) with ``is_causal`` when Tq = Tk; the table gradient is Σ over each bucket's
+  diagonals of dS over a band of offsets (rows of dS sum to zero, so the far bucket holds minus the band's
+  sum; non-causal attention has two far buckets and the pass covers every offset above the lower one).
 - **Document masks** (``document_sdpa``): attention never crosses a document, so each contiguous run of one
   document id is its own SDPA call (runs of equal length, from every batch row, in one batched call): the
   total work is at most that of one causal SDPA call.
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.attention.core import build_mask, repeat_kv
+from attnlab.attention.fast.chunked import exp_shifted_
 from attnlab.common import ScoreMod, compute_dtype
 from attnlab.position.alibi import AlibiForm
 from attnlab.position.t5 import RelativeBiasForm
@@ -109,8 +123,16 @@ def flushing_denormals() -> bool:
 
 
 @contextlib.contextmanager
-def _no_denormals() -> Iterator[None]:
-    """Flush denormals to zero in the calling thread; the thread's previous setting is restored afterwards."""
+def _no_denormals(flush: bool = True) -> Iterator[None]:
+    """Flush denormals to zero in the calling thread (if ``flush``); the previous setting is restored after.
+
+    ALiBi puts most scores far below their row's maximum (m_h·(i − j) up to m_h·T); their exponentials
+    underflow into denormals, which make the kernel's exp and matrix products several times slower (measured
+    2.9× SDPA at T = 2048 instead of ~1.2×). Flushed, those weights (< 1e-38 of the row maximum) are exactly 0.
+    """
+    if not flush:
+        yield
+        return
     before = flushing_denormals()
     torch.set_flush_denormal(True)
     try:
@@ -119,48 +141,159 @@ def _no_denormals() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
-class _FlashNoDenormals(torch.autograd.Function):
-    """The CPU flash op pair (scale 1) with denormals flushed to zero in forward and backward.
+HEAD_ALIGN = 8
 
-    ALiBi puts most scores far below their row's maximum (m_h·(i − j) up to m_h·T); their exponentials
-    underflow into denormals, which make the kernel's exp and matrix products several times slower (measured
-    2.9× SDPA at T = 2048 instead of ~1.2×). Flushed, those weights (< 1e-38 of the row maximum) are exactly 0.
-    """
+
+def _head_width(d_qk: int, d_v: int) -> int:
+    """The one head dim the CPU flash kernel needs for q, k and v (it refuses unequal ones): the larger of the
+    two, rounded up to a multiple of ``HEAD_ALIGN`` (zero columns change no score and no output)."""
+    width = max(d_qk, d_v)
+    return width if width % HEAD_ALIGN == 0 else width + HEAD_ALIGN - width % HEAD_ALIGN
+
+
+class _Augment(torch.autograd.Function):
+    """[cols | scale·x | 0] in one allocation of ``width`` columns (``cols`` constant, broadcast to x's rows);
+    the backward is one strided multiply: dx = scale·d[..., E : E + D]."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, is_causal: bool, mask: Tensor | None) -> Tensor:
-        with _no_denormals():
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, is_causal, attn_mask=mask, scale=1.0
-            )
-        ctx.is_causal, ctx.mask = is_causal, mask
-        ctx.save_for_backward(q, k, v, out, lse)
+    def forward(ctx: Any, x: Tensor, cols: Tensor | None, scale: float, width: int, dtype: torch.dtype) -> Tensor:
+        e = 0 if cols is None else cols.shape[-1]
+        d = x.shape[-1]
+        out = x.new_empty(*x.shape[:-1], width, dtype=dtype)
+        if cols is not None:
+            out[..., :e].copy_(cols)
+        torch.mul(x, scale, out=out[..., e : e + d])
+        out[..., e + d :].zero_()
+        ctx.e, ctx.d, ctx.scale, ctx.dtype = e, d, scale, x.dtype
         return out
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        with _no_denormals():
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                d_out.contiguous(), q, k, v, out, lse, 0.0, ctx.is_causal, attn_mask=ctx.mask, scale=1.0
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return (grad[..., ctx.e : ctx.e + ctx.d] * ctx.scale).to(ctx.dtype), None, None, None, None
+
+
+class _FlashWithSinks(torch.autograd.Function):
+    """The CPU flash op pair over the real keys, with n extra keys (the sinks) merged through the log-sum-exp.
+
+    Forward: (o, ℓ) = flash(q, k, v) and the sink scores z [B, H, Tq, n]; L = log(e^ℓ + Σ_s e^{z_s}),
+    p_s = e^{z_s − L}, out = e^{ℓ − L}·o + Σ_s p_s σ_v,s and the sink mass Σ_s p_s (not differentiable).
+    Backward: the flash backward op recomputes P = exp(s − lse) and dS = P ⊙ (dO·v − rowsum(dO ⊙ out)); given
+    the total L and the merged out it yields the exact dq, dk, dv of the attention over [sinks ⧺ keys]. The
+    sinks' own terms are n columns: dz_s = p_s (dO·σ_v,s − rowsum(dO ⊙ out)), dσ_v,s = Σ_i p_is dO_i.
+    Without sinks (``z`` None) it is the plain op pair (out = o, mass None). ``flush``: denormals flushed.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        z: Tensor | None,
+        sink_v: Tensor | None,
+        is_causal: bool,
+        mask: Tensor | None,
+        flush: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        with _no_denormals(flush):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, is_causal, attn_mask=mask, scale=1.0
             )
-        return dq, dk, dv, None, None
+        ctx.is_causal, ctx.mask, ctx.flush = is_causal, mask, flush
+        ctx.sink_v_batch = None if sink_v is None else sink_v.shape[0]
+        if z is None:
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out, None
+        wide = compute_dtype(z)
+        zf = z.to(wide)
+        total = torch.logaddexp(lse.to(wide), torch.logsumexp(zf, -1))  # [B, H, Tq]
+        p_sink = torch.exp(zf - total[..., None])  # [B, H, Tq, n]
+        merged = out.to(wide) * torch.exp(lse.to(wide) - total)[..., None]
+        if sink_v is not None:
+            merged = merged + p_sink @ sink_v.to(wide)
+        out = merged.to(q.dtype)
+        mass = p_sink.sum(-1)
+        ctx.mark_non_differentiable(mass)
+        ctx.save_for_backward(q, k, v, out, total.to(lse.dtype), p_sink, sink_v)
+        return out, mass
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor, _d_mass: Tensor | None) -> tuple[Tensor | None, ...]:
+        q, k, v, out, lse, *sinks = ctx.saved_tensors
+        d_out = d_out.to(q.dtype).contiguous()
+        with _no_denormals(ctx.flush):
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                d_out, q, k, v, out, lse, 0.0, ctx.is_causal, attn_mask=ctx.mask, scale=1.0
+            )
+        if not sinks:
+            return dq, dk, dv, None, None, None, None, None
+        p_sink, sink_v = sinks
+        g = d_out.to(p_sink.dtype)
+        row_dot = (g * out.to(p_sink.dtype)).sum(-1, keepdim=True)  # rowsum(dO ⊙ out)
+        d_sink_v = None
+        if sink_v is not None:
+            d_z = p_sink * (g @ sink_v.to(p_sink.dtype).transpose(-1, -2) - row_dot)
+            d_sink_v = p_sink.transpose(-1, -2) @ g  # [B, H, n, E]
+            if ctx.sink_v_batch == 1:
+                d_sink_v = d_sink_v.sum(0, keepdim=True)
+            d_sink_v = d_sink_v.to(sink_v.dtype)
+        else:
+            d_z = -p_sink * row_dot
+        return dq, dk, dv, d_z, d_sink_v, None, None, None
 
 
-def _sdpa(qa: Tensor, ka: Tensor, va: Tensor, is_causal: bool, mask: Tensor | None, flush: bool) -> Tensor:
-    """SDPA with scale 1 (GQA allowed); ``flush``: on CPU through ``_FlashNoDenormals``."""
-    if not (flush and qa.device.type == "cpu"):
-        gqa = qa.shape[1] != ka.shape[1]
-        return F.scaled_dot_product_attention(
-            qa, ka, va, attn_mask=mask, is_causal=is_causal, scale=1.0, enable_gqa=gqa
-        )
+def _float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean visibility mask as the additive float mask the flash op takes (−inf where hidden)."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, NEG_INF)
+
+
+CPU_FLASH = True  # on CPU, the flash op pair (sinks merged by log-sum-exp); False: the SDPA form of other devices
+
+
+def _flash_cpu(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    q_cols: Tensor | None,
+    k_cols: Tensor | None,
+    scale: float,
+    dtype: torch.dtype,
+    z: Tensor | None,
+    sink_v: Tensor | None,
+    causal: bool,
+    window: int | None,
+    attn_mask: Tensor | None,
+    flush: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention with s = [q_cols | ŝq]·[k_cols | k] over [sinks ⧺ keys] on CPU, the sinks given by their
+    scores z [B, H, Tq, n] and values ``sink_v`` [1, H, n, Dv] (None: zero; z None: no sinks), through
+    ``_FlashWithSinks``. Returns (out [B, H, Tq, Dv] in ``dtype``, sink mass [B, H, Tq] or None)."""
+    t_q, t_k, dv = q.shape[2], k.shape[2], v.shape[-1]
+    e = 0 if q_cols is None else q_cols.shape[-1]
+    width = _head_width(e + q.shape[-1], dv)
+    qa = _Augment.apply(q, q_cols, scale, width, dtype)
+    ka = _Augment.apply(k, k_cols, 1.0, width, dtype)
+    va = v.to(dtype) if width == dv else _Augment.apply(v, None, 1.0, width, dtype)
     rep = qa.shape[1] // ka.shape[1]
     ka, va = repeat_kv(ka, rep), repeat_kv(va, rep)
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=qa.dtype, device=qa.device).masked_fill_(~mask, NEG_INF)
-    if mask is not None:
-        mask = mask.to(qa.dtype).expand(1, qa.shape[1], *mask.shape[-2:]) if mask.dim() == 2 else mask.to(qa.dtype)
-    return _FlashNoDenormals.apply(qa, ka, va, is_causal, mask)
+    if sink_v is not None and width != dv:
+        sink_v = F.pad(sink_v, (0, width - dv))
+    is_causal = attn_mask is None and causal and window is None and t_q == t_k
+    mask = None
+    if not is_causal:
+        mask = attn_mask if attn_mask is not None else build_mask(t_q, t_k, qa.device, causal, window)
+        mask = None if mask is None else _float_mask(mask, dtype)
+    out, mass = _FlashWithSinks.apply(qa, ka, va, z, sink_v, is_causal, mask, flush)
+    return (out if width == dv else out[..., :dv]), mass
+
+
+def _sdpa(qa: Tensor, ka: Tensor, va: Tensor, is_causal: bool, mask: Tensor | None) -> Tensor:
+    """SDPA with scale 1 (GQA allowed)."""
+    gqa = qa.shape[1] != ka.shape[1]
+    return F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, is_causal=is_causal, scale=1.0, enable_gqa=gqa)
 
 
 def _fused(
@@ -172,21 +305,20 @@ def _fused(
     causal: bool,
     window: int | None,
     attn_mask: Tensor | None,
-    flush: bool = False,
 ) -> Tensor:
     """SDPA (scale 1) on augmented inputs, keys = [n sinks ⧺ Tk real]; pads to one head dim (the CPU flash
     kernel needs q, k and v of equal head dims: zero columns change no score) and returns [B, H, Tq, Dv']."""
     t_q, t_k, dv = qa.shape[2], ka.shape[2] - n_sinks, va.shape[-1]
-    width = max(qa.shape[-1], dv)
+    width = _head_width(qa.shape[-1], dv)
     qa, ka = (F.pad(t, (0, width - t.shape[-1])) for t in (qa, ka))
     va = F.pad(va, (0, width - dv))
     if attn_mask is None and causal and window is None and t_q == t_k:
         if n_sinks:  # n dummy queries: SDPA's top-left causal mask then shows every sink to every real query
             qa = torch.cat([qa.new_zeros(*qa.shape[:2], n_sinks, width), qa], dim=2)
-        return _sdpa(qa, ka, va, True, None, flush)[:, :, n_sinks:, :dv]
+        return _sdpa(qa, ka, va, True, None)[:, :, n_sinks:, :dv]
     if attn_mask is None:
         attn_mask = _visibility(t_q, t_k, n_sinks, causal, window, qa.device)
-    return _sdpa(qa, ka, va, False, attn_mask, flush)[..., :dv]
+    return _sdpa(qa, ka, va, False, attn_mask)[..., :dv]
 
 
 def _symmetric_alibi_mask(
@@ -222,35 +354,60 @@ def _softmax_sdpa(
     # ALiBi's large bias columns need float32 (bf16 cannot hold m·j exactly); sinks alone keep q's dtype
     dtype = compute_dtype(q) if alibi is not None else q.dtype
     n_sinks = _count_sinks(sink_logits, sink_keys, sink_values)
-    # the columns of q', of the real keys and of the sink keys, block by block in the same order
+    if sink_logits is not None and sink_logits.shape != (h, n_sinks):
+        raise ValueError(f"sink_logits must be [H, n] = [{h}, n]; got {tuple(sink_logits.shape)}")
+    if sink_keys is not None and sink_values is not None:
+        _check_sink_vectors(sink_keys, sink_values, h_kv, n_sinks, d, dv)
+    mask: Tensor | None = None
+    qc: Tensor | None = None
+    kc: Tensor | None = None
+    if alibi is not None and alibi.symmetric and not causal:  # −m·|i − j|: not low rank, a float mask
+        mask = _symmetric_alibi_mask(alibi.slopes.to(q.device), t_q, t_k, causal, window, dtype)[None]
+    elif alibi is not None:  # −m·|i − j| = m·(j − i) on every key a causal query sees: two (four) columns
+        qc, kc = _alibi_columns(alibi.slopes.to(q.device), h, t_q, t_k, dtype)
+    if CPU_FLASH and q.device.type == "cpu":
+        z: Tensor | None = None
+        sink_v: Tensor | None = None
+        if sink_logits is not None:
+            z = sink_logits.to(dtype)[None, :, None, :].expand(b, h, t_q, n_sinks)
+        elif sink_keys is not None and sink_values is not None:
+            rep = h // h_kv
+            z = (q.to(dtype) * scale) @ repeat_kv(sink_keys.to(dtype)[None], rep).transpose(-1, -2)
+            sink_v = repeat_kv(sink_values.to(dtype)[None], rep)
+        out, mass = _flash_cpu(
+            q,
+            k,
+            v,
+            q_cols=qc,
+            k_cols=kc,
+            scale=scale,
+            dtype=dtype,
+            z=z,
+            sink_v=sink_v,
+            causal=causal,
+            window=window,
+            attn_mask=mask,
+            flush=alibi is not None,
+        )
+        return out.to(v.dtype), (mass if want_mass else None)
+    # other devices: one SDPA call on augmented inputs, the sinks as prepended keys (see the module docstring)
     q_cols: list[Tensor] = []
     k_cols: list[Tensor] = []
     s_cols: list[Tensor] = []
-    mask: Tensor | None = None
-    if alibi is not None and alibi.symmetric and not causal:  # −m·|i − j|: not low rank, a float mask
-        mask = _symmetric_alibi_mask(alibi.slopes.to(q.device), t_q, t_k, causal, window, dtype)[None]
-        if n_sinks:
-            mask = torch.cat([mask.new_zeros(1, h, t_q, n_sinks), mask], dim=-1)
-    elif alibi is not None:  # −m·|i − j| = m·(j − i) on every key a causal query sees: two (four) columns
-        qc, kc = _alibi_columns(alibi.slopes.to(q.device), h, t_q, t_k, dtype)
+    if qc is not None and kc is not None:
         q_cols.append(qc[None].expand(b, h, t_q, -1))
         k_cols.append(kc[None, None].expand(b, h_kv, t_k, -1))
         s_cols.append(kc.new_zeros(b, h_kv, n_sinks, kc.shape[-1]))  # sinks carry no position
+    if mask is not None and n_sinks:  # the symmetric ALiBi mask, with the sinks visible
+        mask = torch.cat([mask.new_zeros(1, h, t_q, n_sinks), mask], dim=-1)
     v_sink: Tensor | None = None
     if sink_logits is not None:  # indicator columns: q carries ℓ_{h,s}, sink s is e_s, real keys are 0
-        if sink_logits.shape != (h, n_sinks):
-            raise ValueError(f"sink_logits must be [H, n] = [{h}, n]; got {tuple(sink_logits.shape)}")
         q_cols.append(sink_logits.to(dtype)[None, :, None, :].expand(b, h, t_q, n_sinks))
         k_cols.append(q.new_zeros(b, h_kv, t_k, n_sinks, dtype=dtype))
         s_cols.append(torch.eye(n_sinks, device=q.device, dtype=dtype).expand(b, h_kv, n_sinks, n_sinks))
         s_cols.append(q.new_zeros(b, h_kv, n_sinks, d, dtype=dtype))
         v_sink = q.new_zeros(b, h_kv, n_sinks, dv, dtype=dtype)
     elif sink_keys is not None and sink_values is not None:
-        if sink_keys.shape != (h_kv, n_sinks, d) or sink_values.shape != (h_kv, n_sinks, dv):
-            raise ValueError(
-                f"sink_keys must be [Hkv, n, D] = [{h_kv}, n, {d}] and sink_values [Hkv, n, Dv]; got "
-                f"{tuple(sink_keys.shape)}, {tuple(sink_values.shape)}"
-            )
         s_cols.append(sink_keys.to(dtype)[None].expand(b, h_kv, n_sinks, d))
         v_sink = sink_values.to(dtype)[None].expand(b, h_kv, n_sinks, dv)
     qa = torch.cat([*q_cols, q.to(dtype) * scale], dim=-1)
@@ -262,10 +419,17 @@ def _softmax_sdpa(
         if want_mass:  # one value column: 1 on the sinks, 0 on the real keys → Σ_s w_is
             flag = torch.cat([va.new_ones(b, h_kv, n_sinks, 1), va.new_zeros(b, h_kv, t_k, 1)], dim=2)
             va = torch.cat([va, flag], dim=-1)
-    flush = alibi is not None  # far-below-max scores: denormal weights (see _FlashNoDenormals)
-    out = _fused(qa, ka, va, n_sinks=n_sinks, causal=causal, window=window, attn_mask=mask, flush=flush)
+    out = _fused(qa, ka, va, n_sinks=n_sinks, causal=causal, window=window, attn_mask=mask)
     mass = out[..., dv] if (v_sink is not None and want_mass) else None
     return out[..., :dv].to(v.dtype), mass
+
+
+def _check_sink_vectors(sink_keys: Tensor, sink_values: Tensor, h_kv: int, n: int, d: int, dv: int) -> None:
+    if sink_keys.shape != (h_kv, n, d) or sink_values.shape != (h_kv, n, dv):
+        raise ValueError(
+            f"sink_keys must be [Hkv, n, D] = [{h_kv}, n, {d}] and sink_values [Hkv, n, Dv]; got "
+            f"{tuple(sink_keys.shape)}, {tuple(sink_values.shape)}"
+        )
 
 
 def _count_sinks(sink_logits: Tensor | None, sink_keys: Tensor | None, sink_values: Tensor | None) -> int:
@@ -484,6 +648,263 @@ class _BiasPlan:
         return self
 
 
+BANDED = True  # Tq = Tk without a window: far keys + dense band (False: the Toeplitz mask, as for KV caches)
+BAND_QUERIES = 64  # query rows per block of the banded T5 path
+BAND_GROUP_ELEMENTS = 2**18  # score elements (B·H·rows·keys) per group of blocks: stays in cache
+
+
+class _BandPlan:
+    """The banded decomposition of a learned relative bias over Tq = Tk = T (no window, no KV cache).
+
+    Offsets r = j − i at or below −W_l all share one bucket (T5: r ≤ −113 for 32 buckets and max_distance 128),
+    and so do offsets at or above W_r (non-causal only). Those *far* keys carry a constant bias c_h per head:
+    their attention is a plain causal flash call on shifted sequences (left: queries W_l…T, keys 0…T − W_l;
+    right: the same on reversed sequences) whose log-sum-exp is raised by c_h. The *band* −W_l < r < W_r runs
+    through the same flash op with the blocks folded into its batch: block n holds c = ``BAND_QUERIES`` queries
+    and the K = M·c keys from W_l − 1 before its first query (overlapping strided views of the zero-padded
+    sequence, no copies), with the band's bias as a shared [H, c, K] mask. The parts are merged through their
+    log-sum-exps, and the flash backward op, given the merged output and the total log-sum-exp, gives each
+    part's exact share of dq, dk, dv.
+    """
+
+    def __init__(self, bucket: Callable[[Tensor], Tensor], t: int, causal: bool, scale: float, device: torch.device):
+        r = torch.arange(1 - t, t)
+        buckets = bucket(r).long()
+        self.t, self.causal, self.scale = t, causal, scale
+        self.w_left, self.bucket_left = self._far(buckets[: t - 1].flip(0), t)
+        self.w_right, self.bucket_right = (1, None) if causal else self._far(buckets[t:], t)
+        c = self.c = BAND_QUERIES
+        self.pad_left = self.w_left - 1
+        self.windows = -(-(c + self.pad_left + self.w_right - 1) // c)  # M
+        self.keys = self.windows * c  # K
+        self.blocks = -(-t // c)
+        self.key_span = (self.blocks - 1) * c + self.keys  # padded key positions −(W_l − 1) …
+        a = torch.arange(c)[:, None]
+        x = torch.arange(self.keys)[None, :]
+        offset = x - self.pad_left - a  # [c, K]: r of key x for query a of any block
+        visible = (offset > -self.w_left) & (offset < (1 if causal else self.w_right))
+        self.band_offsets = torch.arange(1 - self.w_left, 1 if causal else self.w_right)
+        self.band_buckets = buckets[self.band_offsets + t - 1].to(device)
+        self.offset_index = (offset.clamp(1 - self.w_left, int(self.band_offsets[-1])) + self.w_left - 1).to(device)
+        self.visible = visible.to(device)
+        n = torch.arange(self.blocks)[:, None, None]
+        position = n * c - self.pad_left + x[None]  # [nb, 1, K] key positions
+        query = n * c + a[None]  # [nb, c, 1]
+        # keys outside the sequence are hidden, except a padded query's own (zero) key: its row stays finite
+        in_range = (position >= 0) & ((position < t) | (position == query))  # [nb, c, K]
+        # blocks where a real query could see a key outside the sequence through the band need their own mask
+        # (a causal band never reaches past a real query: only the first blocks do)
+        exposed = (~in_range & visible[None] & (query < t)).flatten(1).any(1)
+        self.hidden = {int(n): (~in_range[n]).to(device) for n in exposed.nonzero().flatten()}
+
+    @staticmethod
+    def _far(buckets_outward: Tensor, t: int) -> tuple[int, int | None]:
+        """(W, bucket) for offsets ordered outwards (|r| = 1, 2, …, T − 1): every |r| ≥ W has the outermost
+        offset's bucket; (T, None) when no offset is that far."""
+        if len(buckets_outward) == 0:
+            return t, None
+        outer = buckets_outward[-1]
+        differ = (buckets_outward != outer).nonzero()
+        w = int(differ[-1]) + 2 if len(differ) else 1
+        return (w, int(outer)) if w < t else (t, None)
+
+    def band_bias(self, table: Tensor, dtype: torch.dtype) -> Tensor:
+        """[H, c, K]: the band's bias per (query, key) of a block, −inf off the band."""
+        per_offset = table.detach().t()[:, self.band_buckets].to(dtype)  # [H, n_band]
+        return per_offset[:, self.offset_index].masked_fill(~self.visible, NEG_INF)
+
+    # --- block layouts: strided views, blocks first, B·H as the flash op's heads ---
+
+    def pad_queries(self, x: Tensor) -> Tensor:
+        """[B, H, T, ·] → [B, H, nb·c, ·] contiguous (zero rows past T)."""
+        return F.pad(x, (0, 0, 0, self.blocks * self.c - self.t)).contiguous()
+
+    def pad_keys(self, x: Tensor) -> Tensor:
+        """[B, H, T, ·] → [B, H, key_span, ·] contiguous: W_l − 1 zero rows before, zeros after."""
+        return F.pad(x, (0, 0, self.pad_left, self.key_span - self.pad_left - self.t)).contiguous()
+
+    def blocks_of(self, padded: Tensor, rows: int, n0: int = 0, n1: int | None = None) -> Tensor:
+        """[n1 − n0, B·H, rows, ·] view of a padded [B, H, L, ·] tensor: block n starts at row n·c (``rows``: c
+        for queries, K for the overlapping key windows). Works for [B, H, L] (no last dim) too."""
+        n1 = self.blocks if n1 is None else n1
+        b, h, length = padded.shape[:3]
+        tail = padded.shape[3:]
+        inner = math.prod(tail)
+        return padded.as_strided(
+            (n1 - n0, b * h, rows, *tail),
+            (self.c * inner, length * inner, inner, *([1] if tail else [])),
+            padded.storage_offset() + n0 * self.c * inner,
+        )
+
+    def ranges(self, bias: Tensor, b: int) -> list[tuple[int, int, Tensor]]:
+        """(n0, n1, mask) per flash call of the band: runs of blocks sharing the [1, B·H, c, K] mask, and each
+        block with hidden keys alone with its own."""
+        h = bias.shape[0]
+        shared = bias[None].expand(b, h, *bias.shape[1:]).reshape(1, b * h, *bias.shape[1:])
+        out: list[tuple[int, int, Tensor]] = []
+        start = 0
+        for n in [*sorted(self.hidden), self.blocks]:
+            if start < n:
+                out.append((start, n, shared))
+            if n < self.blocks:
+                own = bias.masked_fill(self.hidden[n], NEG_INF)
+                out.append((n, n + 1, own[None].expand(b, h, *bias.shape[1:]).reshape(1, b * h, *bias.shape[1:])))
+            start = n + 1
+        return out
+
+    def scores(self, qg: Tensor, kg: Tensor, bias: Tensor, n0: int, h: int) -> Tensor:
+        """ŝ q·k + bias of blocks n0 … n0 + n, [n, B·H, c, K], −inf off the band and outside the sequence."""
+        s = torch.matmul(qg, kg.transpose(-1, -2)).mul_(self.scale)
+        n, bh = s.shape[:2]
+        s.view(n, bh // h, h, self.c, self.keys).add_(bias)
+        for block, hidden in self.hidden.items():
+            if n0 <= block < n0 + n:
+                s[block - n0].masked_fill_(hidden, NEG_INF)
+        return s
+
+    def groups(self, rows: int) -> Iterator[tuple[int, int]]:
+        """Consecutive blocks whose scores hold at most ``BAND_GROUP_ELEMENTS`` elements."""
+        size = max(1, BAND_GROUP_ELEMENTS // max(1, rows * self.c * self.keys))
+        for n0 in range(0, self.blocks, size):
+            yield n0, min(self.blocks, n0 + size)
+
+    def far_slices(self, side: str) -> tuple[slice, slice, bool]:
+        """(query rows, key rows, reversed) of the far keys on one side."""
+        if side == "left":
+            return slice(self.w_left, self.t), slice(0, self.t - self.w_left), False
+        return slice(0, self.t - self.w_right), slice(self.w_right, self.t), True
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the flash op's log-sum-exp for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _RelativeBiasBand(torch.autograd.Function):
+    """Learned relative bias as far keys (flash op, constant bias) plus a band (flash op, the bias as a mask);
+    see ``_BandPlan``. The table's gradient: per band offset Σ dS from one dense pass over the band; per far
+    side Σ dS = Σ_i w_i (dO_i·o_i − Δ_i) from that side's output and weight."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, table: Tensor, plan: _BandPlan) -> Tensor:
+        b, h, t, _ = q.shape
+        wide, c, nb = compute_dtype(q), plan.c, plan.blocks
+        bias = plan.band_bias(table, q.dtype)  # [H, c, K]
+        qp, kp, vp = plan.pad_queries(q), plan.pad_keys(k), plan.pad_keys(v)
+        band_out = q.new_empty(b, h, nb * c, v.shape[-1])
+        band_lse = q.new_empty(b, h, nb * c, dtype=_lse_dtype(q.dtype))
+        for n0, n1, mask in plan.ranges(bias, b):
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                plan.blocks_of(qp, c, n0, n1),
+                plan.blocks_of(kp, plan.keys, n0, n1),
+                plan.blocks_of(vp, plan.keys, n0, n1),
+                0.0,
+                False,
+                attn_mask=mask,
+                scale=plan.scale,
+            )
+            plan.blocks_of(band_out, c, n0, n1).copy_(o)
+            plan.blocks_of(band_lse, c, n0, n1).copy_(lse)
+        parts = [(band_out[:, :, :t], band_lse[:, :, :t].to(wide), slice(0, t))]
+        far: list[tuple[str, Tensor, Tensor]] = []
+        for side, bucket in (("left", plan.bucket_left), ("right", plan.bucket_right)):
+            if bucket is None:
+                continue
+            rows, keys, flip = plan.far_slices(side)
+            qs, ks, vs = (x.flip(2) if flip else x for x in (q[:, :, rows], k[:, :, keys], v[:, :, keys]))
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, ks, vs, 0.0, True, scale=plan.scale)
+            if flip:
+                o, lse = o.flip(2), lse.flip(2)
+            lse = lse.to(wide) + table.detach()[bucket].to(wide)[None, :, None]  # the far keys' constant bias
+            parts.append((o, lse, rows))
+            far.append((side, o, lse))
+        total = parts[0][1].clone()
+        for _, lse, rows in parts[1:]:
+            total[:, :, rows] = torch.logaddexp(total[:, :, rows], lse)
+        out = parts[0][0].to(wide) * torch.exp(parts[0][1] - total)[..., None]
+        for o, lse, rows in parts[1:]:
+            out[:, :, rows] += o.to(wide) * torch.exp(lse - total[:, :, rows])[..., None]
+        out = out.to(q.dtype)
+        ctx.plan, ctx.sides = plan, [side for side, _, _ in far]
+        ctx.save_for_backward(qp, kp, vp, table, out, total, *[x for _, o, lse in far for x in (o, lse)])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        plan: _BandPlan = ctx.plan
+        qp, kp, vp, table, out, total, *far = ctx.saved_tensors
+        t = plan.t
+        q, k, v = qp[:, :, :t], kp[:, :, plan.pad_left : plan.pad_left + t], vp[:, :, plan.pad_left : plan.pad_left + t]
+        b, h = q.shape[:2]
+        wide, c, nb = total.dtype, plan.c, plan.blocks
+        d_out = d_out.to(q.dtype)
+        g = d_out.to(wide)
+        row_dot = (g * out.to(wide)).sum(-1)  # Δ_i = rowsum(dO ⊙ O), [B, H, T]
+        d_table = torch.zeros(table.shape[1], table.shape[0], dtype=wide, device=q.device)  # [H, buckets]
+        # the band: the flash backward op per range of blocks; dk, dv overlap-added from the key windows
+        bias = plan.band_bias(table, q.dtype)
+        gp, op_ = plan.pad_queries(d_out), plan.pad_queries(out)
+        lse_p = F.pad(total.to(_lse_dtype(q.dtype)), (0, nb * c - t)).contiguous()
+        dq = torch.empty(b, h, nb * c, q.shape[-1], dtype=q.dtype, device=q.device)
+        dk = torch.zeros(b, h, plan.key_span, k.shape[-1], dtype=wide, device=q.device)
+        dv = torch.zeros(b, h, plan.key_span, v.shape[-1], dtype=wide, device=q.device)
+        for n0, n1, mask in plan.ranges(bias, b):
+            gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                plan.blocks_of(gp, c, n0, n1),
+                plan.blocks_of(qp, c, n0, n1),
+                plan.blocks_of(kp, plan.keys, n0, n1),
+                plan.blocks_of(vp, plan.keys, n0, n1),
+                plan.blocks_of(op_, c, n0, n1),
+                plan.blocks_of(lse_p, c, n0, n1),
+                0.0,
+                False,
+                attn_mask=mask,
+                scale=plan.scale,
+            )
+            plan.blocks_of(dq, c, n0, n1).copy_(gq)
+            for m in range(plan.windows):  # key rows m·c … m·c + c of block n's window are key block n + m
+                plan.blocks_of(dk, c, n0 + m, n1 + m).add_(gk[:, :, m * c : (m + 1) * c])
+                plan.blocks_of(dv, c, n0 + m, n1 + m).add_(gv[:, :, m * c : (m + 1) * c])
+        dq = dq[:, :, :t].to(wide)
+        dk = dk[:, :, plan.pad_left : plan.pad_left + t]
+        dv = dv[:, :, plan.pad_left : plan.pad_left + t]
+        if ctx.needs_input_grad[3]:  # Σ dS per band offset, in one dense pass over the band
+            bias_w = bias.to(wide)
+            dot_p = F.pad(row_dot, (0, nb * c - t)).contiguous()
+            ds_sum = torch.zeros(h, c, plan.keys, dtype=wide, device=q.device)
+            for n0, n1 in plan.groups(b * h):
+                qg, gg = plan.blocks_of(qp, c, n0, n1).to(wide), plan.blocks_of(gp, c, n0, n1).to(wide)
+                kg, vg = plan.blocks_of(kp, plan.keys, n0, n1).to(wide), plan.blocks_of(vp, plan.keys, n0, n1).to(wide)
+                s = plan.scores(qg, kg, bias_w, n0, h).sub_(plan.blocks_of(lse_p, c, n0, n1)[..., None])
+                p = exp_shifted_(s)  # P
+                ds = torch.matmul(gg, vg.transpose(-1, -2)).sub_(plan.blocks_of(dot_p, c, n0, n1)[..., None]).mul_(p)
+                ds_sum += ds.view(n1 - n0, b, h, c, plan.keys).sum((0, 1))
+            sums = _diagonal_sums(ds_sum)  # column x ↔ offset x − (c − 1) − (W_l − 1)
+            first = int(plan.band_offsets[0]) + (c - 1) + plan.pad_left
+            d_table.index_add_(1, plan.band_buckets, sums[:, first : first + len(plan.band_offsets)])
+        # far keys: the flash backward op with the total log-sum-exp (less the constant bias) and the merged out
+        for side, o, lse in zip(ctx.sides, far[0::2], far[1::2], strict=True):
+            rows, keys, flip = plan.far_slices(side)
+            bucket = plan.bucket_left if side == "left" else plan.bucket_right
+            const = table.detach()[bucket].to(wide)[None, :, None]
+            lse_rows = (total[:, :, rows] - const).to(_lse_dtype(q.dtype))
+            pieces = (d_out[:, :, rows], q[:, :, rows], k[:, :, keys], v[:, :, keys], out[:, :, rows], lse_rows)
+            gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                *(x.flip(2) if flip else x for x in pieces), 0.0, True, scale=plan.scale
+            )
+            if flip:
+                gq, gk, gv = gq.flip(2), gk.flip(2), gv.flip(2)
+            dq[:, :, rows] += gq
+            dk[:, :, keys] += gk
+            dv[:, :, keys] += gv
+            if ctx.needs_input_grad[3]:  # Σ dS over these keys = Σ_i w_i (dO_i·o_i − Δ_i), w_i their mass share
+                w = torch.exp(lse - total[:, :, rows])
+                share = w * ((g[:, :, rows] * o.to(wide)).sum(-1) - row_dot[:, :, rows])
+                d_table[:, bucket] += share.sum((0, 2))
+        d_grad = d_table.t().to(table.dtype) if ctx.needs_input_grad[3] else None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_grad, None
+
+
 def relative_bias_sdpa(
     q: Tensor,
     k: Tensor,
@@ -514,9 +935,12 @@ def relative_bias_sdpa(
     rep = h // k.shape[1]
     k, v = repeat_kv(k, rep), repeat_kv(v, rep)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    plan = _BiasPlan(bucket, q.shape[2], k.shape[2], causal, window, scale).to(q.device)
     dv, width = v.shape[-1], max(q.shape[-1], v.shape[-1])  # the flash op needs one head dim: pad with zeros
     q, k, v = (F.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+    if BANDED and q.shape[2] == k.shape[2] and window is None:
+        band_plan = _BandPlan(bucket, q.shape[2], causal, scale, q.device)
+        return _RelativeBiasBand.apply(q, k, v, table, band_plan)[..., :dv]
+    plan = _BiasPlan(bucket, q.shape[2], k.shape[2], causal, window, scale).to(q.device)
     return _RelativeBiasSDPA.apply(q, k, v, table, plan)[..., :dv]
 
 
@@ -588,17 +1012,19 @@ def sdpa_form(score_mod: ScoreMod | None) -> AlibiForm | RelativeBiasForm | None
     return form if isinstance(form, AlibiForm | RelativeBiasForm) else None
 
 
-def has_sdpa_form(score_mod: ScoreMod | None, like: Tensor, t_k: int | None = None) -> bool:
-    """Whether ``softmax_sdpa`` runs this score_mod (None: plain SDPA) for queries like ``like`` and ``t_k`` keys
-    (default: as many as queries). The T5 form materialises an [H, Tq, Tk] bias: only up to
-    ``RELATIVE_BIAS_MAX_ELEMENTS`` (beyond, the chunked path's O(T) memory is the better choice)."""
+def has_sdpa_form(score_mod: ScoreMod | None, like: Tensor, t_k: int | None = None, window: int | None = None) -> bool:
+    """Whether ``softmax_sdpa`` runs this score_mod (None: plain SDPA) for queries like ``like``, ``t_k`` keys
+    (default: as many as queries) and ``window``. A T5 bias runs on CPU: banded (O(T) memory) when Tq = Tk without
+    a window, else as an [H, Tq, Tk] mask, only up to ``RELATIVE_BIAS_MAX_ELEMENTS`` (beyond, the chunked path's
+    O(T) memory is the better choice)."""
     if score_mod is None:
         return True
     form = sdpa_form(score_mod)
     if isinstance(form, RelativeBiasForm):
         h, t_q = (like.shape[1], like.shape[2]) if like.dim() == 4 else (1, 1)
-        small = h * t_q * (t_q if t_k is None else t_k) <= RELATIVE_BIAS_MAX_ELEMENTS
-        return like.device.type == "cpu" and small
+        t_k = t_q if t_k is None else t_k
+        banded = BANDED and t_q == t_k and window is None
+        return like.device.type == "cpu" and (banded or h * t_q * t_k <= RELATIVE_BIAS_MAX_ELEMENTS)
     return form is not None
 
 

@@ -74,7 +74,7 @@ class Softmax(NormaliserBase):
         materialise goes to the chunked path (O(T) memory); without a form, or with soft-capping, the reference."""
         from attnlab.attention.fast.sdpa_variants import has_sdpa_form, sdpa_form, softmax_sdpa
 
-        if self.softcap is None and has_sdpa_form(score_mod, q, k.shape[2]):
+        if self.softcap is None and has_sdpa_form(score_mod, q, k.shape[2], window):
             out = softmax_sdpa(q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window)
             return AttnOutput(out, None, None)
         kwargs = dict(score_mod=score_mod, causal=causal, scale=scale, window=window)
