@@ -64,6 +64,21 @@ EXP_ZERO = 1.5 * math.exp(EXP_FLOOR)
 L2_EPS = 1e-12  # F.normalize's default: x̂ = x / max(‖x‖₂, L2_EPS)
 
 
+def _accumulate_(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out += a @ b for [B, G, m, k] @ [B, G, k, n] into a [B, G, m, n] view, without a temporary: one
+    ``baddbmm_`` when out's batch dims merge into one (a slice along m of a contiguous tensor does), else ``+=``."""
+    batch = out.shape[0] * out.shape[1]
+    if out.stride(0) == out.shape[1] * out.stride(1) and out.stride(-1) == 1:
+        flat = (
+            out.view(batch, *out.shape[2:])
+            if out.is_contiguous()
+            else out.as_strided((batch, *out.shape[2:]), (out.stride(1), out.stride(2), 1), out.storage_offset())
+        )
+        flat.baddbmm_(a.reshape(batch, *a.shape[2:]), b.reshape(batch, *b.shape[2:]))
+        return
+    out += a @ b
+
+
 def _power(x: Tensor, p: float) -> Tensor:
     """x^p as a new tensor; an integral p uses PyTorch's faster integer power."""
     return x.pow(int(p)) if float(p).is_integer() else x.pow(p)
@@ -316,7 +331,7 @@ class Problem:
         self.dv = torch.zeros_like(self.v)
 
     def add_dv(self, w: Tensor, d_out_g: Tensor, tile: KeyTile) -> None:
-        self.dv[:, :, tile.start : tile.stop] += self.grouped(w).transpose(-1, -2) @ d_out_g
+        _accumulate_(self.dv[:, :, tile.start : tile.stop], self.grouped(w).transpose(-1, -2), d_out_g)
 
     def add_grads(self, blk: QueryBlock, tile: KeyTile, ds: Tensor, handle: Any, dq_g: Tensor) -> None:
         """Given ds = ∂L/∂(modified score) of a tile: through the score_mod, then into dq, dk (and its params)."""
@@ -328,8 +343,8 @@ class Problem:
                 if g is not None:
                     self.dparams[i] = g if self.dparams[i] is None else self.dparams[i] + g
         ds_g = self.grouped(ds.contiguous())
-        dq_g += ds_g @ self.keys(tile)
-        self.dk[:, :, tile.start : tile.stop] += ds_g.transpose(-1, -2) @ blk.q
+        _accumulate_(dq_g, ds_g, self.keys(tile))
+        _accumulate_(self.dk[:, :, tile.start : tile.stop], ds_g.transpose(-1, -2), blk.q)
 
     def finish_dq(self, blk: QueryBlock, dq_g: Tensor) -> None:
         c = blk.stop - blk.start
@@ -627,14 +642,16 @@ class SoftplusRule(Rule):
             d_o = pb.rows(d_out, blk)
             dd = (d_o * pb.rows(out, blk)).sum(-1)[..., None]
             inv = 1.0 / pb.rows(den, blk)[..., None]
-            c_inv = c * inv  # ds = σ(c·s) · (dw − D) · c / (Σu + ε): the row factors in one multiply
-            d_o_g = pb.grouped(d_o.contiguous())
+            c_inv = c * inv  # ds = σ(c·s) · (dw − D) · c / (Σu + ε): the row factors go on dO's rows
+            d_o_inv = pb.grouped(d_o * inv)  # dv += (u / U)ᵀ dO = uᵀ (dO / U)
+            d_o_c = pb.grouped(d_o * c_inv)  # dw · c / U from one matmul
+            dd_c = dd * c_inv
             dq_g = torch.zeros_like(blk.q)
             for tile in pb.tiles(blk):
                 s, handle = pb.scores_for_backward(blk, tile)
                 u, sig = _softplus_and_sigmoid(s, c, tile)
-                pb.add_dv(u.mul_(inv), d_o_g, tile)
-                ds = pb.d_weights(d_o_g, tile, n_rows).sub_(dd).mul_(sig).mul_(c_inv)
+                pb.add_dv(u, d_o_inv, tile)
+                ds = pb.d_weights(d_o_c, tile, n_rows).sub_(dd_c).mul_(sig)
                 pb.add_grads(blk, tile, ds, handle, dq_g)
             pb.finish_dq(blk, dq_g)
 
@@ -776,9 +793,16 @@ class ClippedSoftmaxRule(Rule):
         return self._clip(exp_shifted_(tile.fill_(s, NEG_INF).sub_(lse)), tile)
 
     def _clip(self, p: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor]:
-        """(p, y, w) from softmax p: y = (ζ−γ)p + γ, w = clip(y, 0, 1) with hidden keys 0."""
-        y = p * (self.zeta - self.gamma) + self.gamma
-        return p, y, tile.fill_(y.clamp(0.0, 1.0), 0.0)
+        """(p, y, w) from softmax p: y = (ζ−γ)p + γ, w = clip(y, 0, 1). Hidden keys have p = 0, so y = γ ≤ 0 and
+        w = 0 without a mask (γ > 0 would give them weight: then they are masked)."""
+        y = torch.mul(p, self.zeta - self.gamma).add_(self.gamma)
+        w = y.clamp(0.0, 1.0)
+        return p, y, (w if self.gamma <= 0 else tile.fill_(w, 0.0))
+
+    def _forward_weights(self, p: Tensor, tile: KeyTile) -> Tensor:
+        """w = clip((ζ−γ)p + γ, 0, 1) in one new tensor (the forward needs no y)."""
+        w = torch.mul(p, self.zeta - self.gamma).add_(self.gamma).clamp_(0.0, 1.0)
+        return w if self.gamma <= 0 else tile.fill_(w, 0.0)
 
     def forward(self, pb: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
         out = pb.new(pb.b, pb.h, pb.t_q, pb.e)
@@ -786,7 +810,7 @@ class ClippedSoftmaxRule(Rule):
         for blk in pb.blocks():
             tiles = list(pb.tiles(blk))
             if len(tiles) == 1:  # the whole row at once: PyTorch's fused softmax, no logsumexp pass
-                _, _, w = self._clip(_softmax(tiles[0].fill_(pb.scores(blk, tiles[0]), NEG_INF)), tiles[0])
+                w = self._forward_weights(_softmax(tiles[0].fill_(pb.scores(blk, tiles[0]), NEG_INF)), tiles[0])
                 pb.rows(out, blk).copy_(pb.times_v(w, tiles[0]))
                 continue
             lse = self._row_lse(pb, blk)
@@ -808,9 +832,9 @@ class ClippedSoftmaxRule(Rule):
             p, y, w = self._clip(_softmax(tile.fill_(s, NEG_INF)), tile)
         if first:
             pb.add_dv(w, rows.d_out, tile)
-        passes = (y >= 0) & (y <= 1)
-        dp = pb.d_weights(rows.d_out, tile, rows.n_rows).mul_(passes).mul_(self.zeta - self.gamma)
-        return p, tile.fill_(dp, 0.0)
+        passes = w == y  # 0 ≤ y ≤ 1 in one comparison (hidden keys: y = γ, passing only if γ = 0: masked below)
+        dp = pb.d_weights(rows.d_out * (self.zeta - self.gamma), tile, rows.n_rows).mul_(passes)  # (ζ−γ) on dO
+        return p, (dp if self.gamma < 0 else tile.fill_(dp, 0.0))
 
     def backward(
         self, pb: Problem, d_out: Tensor, out: Tensor, saved: tuple[Tensor, ...], d_lse: Tensor | None
