@@ -103,3 +103,32 @@ def test_capturing_the_pattern_switches_the_layer_to_the_reference(make_lm) -> N
         captured = model(tokens)
     assert cache["blocks.0.attn.hook_pattern"].shape == (2, 4, 9, 9)
     torch.testing.assert_close(captured, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("t", "chunked"), [(24, True), (16, True), (15, False), (8, False)])
+def test_auto_runs_a_short_window_on_the_chunked_path(t: int, chunked: bool, monkeypatch) -> None:
+    """Backend auto on CPU: a window of w keys over at least 4·w keys goes to the chunked path (no [T, T] mask),
+    shorter sequences to SDPA; both equal the reference, outputs and gradients."""
+    from attnlab.attention.normalisers.base import NormaliserBase
+
+    site = AttentionSite(d_model=16, n_heads=4, causal=True)
+    auto = build_attention(AttentionConfig(backend="auto", window=4), site)
+    reference = build_attention(AttentionConfig(backend="reference", window=4), site)
+    reference.load_state_dict(auto.state_dict())
+    calls: list[int] = []
+    original = NormaliserBase.attend_chunked
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NormaliserBase, "attend_chunked", spy)
+    x = torch.randn(2, t, 16, requires_grad=True)
+    out = auto(x)
+    assert bool(calls) is chunked
+    ref = reference(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    (g_auto,) = torch.autograd.grad(out, x, grad)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(g_auto, g_ref, atol=1e-5, rtol=1e-5)

@@ -4,6 +4,8 @@ The module composes the four axes: heads project q, k, v; the position encoding 
 modifies scores; the normaliser turns scores into weights; the backend computes it. Fused backends
 never return weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the layer
 falls back to the reference (as transformers falls back to eager attention for ``output_attentions``).
+On backend auto, a sliding window much shorter than the keys runs on the normaliser's chunked path on CPU
+(``window_goes_chunked``): SDPA would materialise the [Tq, Tk] mask and compute every tile.
 
 Extension points, each optional, found by duck typing so the module never names a mechanism:
 
@@ -143,6 +145,21 @@ class Attention(nn.Module):
             return False
         return self.position.score_mod() is None and not hasattr(self.heads, "attend")
 
+    def window_goes_chunked(self, k: Tensor) -> bool:
+        """Backend auto, fused softmax, a sliding window and a CPU tensor with at least ``WINDOW_CHUNKED_KEYS``
+        windows of keys: the chunked path (it skips the tiles outside the window: O(T·window) time and memory)
+        instead of SDPA with a materialised [Tq, Tk] mask (measured at T = 2048, window 256: 0.9× plain causal
+        SDPA's time instead of 2.1×, and at T = 8192 0.9× its memory instead of 4.2×)."""
+        window = self.cfg.window
+        return (
+            self.cfg.backend == "auto"
+            and window is not None
+            and k.device.type == "cpu"
+            and k.shape[2] >= WINDOW_CHUNKED_KEYS * window
+            and hasattr(self.normaliser, "attend_chunked")
+            and self.use_fused()
+        )
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> AttnOutput:
         """Dispatch to the computation this layer's entries declare (see the module docstring)."""
         kwargs = dict(
@@ -223,7 +240,11 @@ class Attention(nn.Module):
             if res.weights is not None:
                 self.hook_pattern(res.weights)
             return self.heads.combine(self.hook_z(res.out), x)
-        if self.use_fused():
+        if self.window_goes_chunked(k):
+            z = self.normaliser.attend_chunked(
+                q, k, v, normaliser=self.normaliser, causal=causal, scale=scale, window=self.cfg.window
+            ).out
+        elif self.use_fused():
             z = sdpa(q, k, v, causal=causal, scale=scale, window=self.cfg.window)
         else:
             res = self.attend(q, k, v, causal, scale)
@@ -236,6 +257,11 @@ class Attention(nn.Module):
                     z = self.output_from_pattern(weights, v)
         z = self.hook_z(z)  # [B, H, T, d]
         return self.heads.combine(z, x)
+
+
+WINDOW_CHUNKED_KEYS = (
+    4  # backend auto on CPU: a window of w keys runs chunked from 4·w keys on (see window_goes_chunked)
+)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None, window: int | None = None) -> Tensor:
