@@ -650,6 +650,7 @@ class _BiasPlan:
 
 BANDED = True  # Tq = Tk without a window: far keys + dense band (False: the Toeplitz mask, as for KV caches)
 BAND_QUERIES = 64  # query rows per block of the banded T5 path
+BAND_CALL_BLOCKS = 32  # blocks per flash call of the band (its dk, dv come as [blocks, B·H, K, D])
 BAND_GROUP_ELEMENTS = 2**18  # score elements (B·H·rows·keys) per group of blocks: stays in cache
 
 
@@ -744,8 +745,8 @@ class _BandPlan:
         out: list[tuple[int, int, Tensor]] = []
         start = 0
         for n in [*sorted(self.hidden), self.blocks]:
-            if start < n:
-                out.append((start, n, shared))
+            for n0 in range(start, n, BAND_CALL_BLOCKS):  # bounded: the backward's key-window grads are K/c × k
+                out.append((n0, min(n, n0 + BAND_CALL_BLOCKS), shared))
             if n < self.blocks:
                 own = bias.masked_fill(self.hidden[n], NEG_INF)
                 out.append((n, n + 1, own[None].expand(b, h, *bias.shape[1:]).reshape(1, b * h, *bias.shape[1:])))
