@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
 from attnlab.tasks import IGNORE
@@ -62,3 +63,22 @@ def test_sixty_steps_on_mqar_lower_the_evaluation_loss() -> None:
     before = evaluate(TransformerLM(MODEL), TASK.build(seed=0).eval_batch(256), cfg)["loss"]
     after = train(MODEL, TASK, cfg, seed=0).final["loss"]
     assert after < before - 0.4
+
+
+def test_compiled_training_matches_eager_and_keeps_old_run_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` trains the same model through torch.compile (same parameters, same losses to float
+    tolerance); off, the field is not in the canonical JSON, so run ids from before it existed still match."""
+    from attnlab.attention.fast import flex
+
+    assert "compile" not in TrainConfig().canonical_json()
+    assert '"compile":true' in TrainConfig(compile=True).canonical_json()
+    cfg = TrainConfig(steps=4, batch_size=8, lr=3e-3, eval_every=2, eval_examples=32)
+    if flex.compiler_available():
+        eager = train(MODEL, TASK, cfg, seed=3)
+        fast = train(MODEL, TASK, cfg.model_copy(update={"compile": True}), seed=3)
+        for (s1, n1, v1), (s2, n2, v2) in zip(eager.curves, fast.curves, strict=True):
+            assert (s1, n1) == (s2, n2)
+            assert v2 == pytest.approx(v1, rel=1e-4, abs=1e-5)
+    monkeypatch.setattr(flex, "compiler_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"train\.compile"):
+        train(MODEL, TASK, cfg.model_copy(update={"compile": True}), seed=3)

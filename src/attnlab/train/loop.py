@@ -138,6 +138,20 @@ def autocast(cfg: TrainConfig) -> torch.autocast:
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
+def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile(model)`` when ``cfg.compile`` (it shares the parameters), else the model itself. On CPU
+    the compiled code is C++: without a compiler this is a ``ConfigError``, not an error deep in inductor."""
+    if not cfg.compile:
+        return model
+    from attnlab.attention.fast.flex import compiler_available
+
+    if torch.device(cfg.device).type == "cpu" and not compiler_available():
+        raise ConfigError(
+            "train.compile", True, "torch.compile on CPU needs a C++ compiler and none is on PATH", [False]
+        )
+    return torch.compile(model)  # type: ignore[return-value]
+
+
 def train(
     model_cfg: ModelConfig,
     task_cfg: TaskConfig,
@@ -154,6 +168,7 @@ def train(
     extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(cfg.device)
+    stepper = compiled(model, cfg)  # the training steps' forward (evaluation runs the eager model)
     task: Task = task_cfg.build(seed)
     eval_set = task.eval_batch(cfg.eval_examples)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=False)
@@ -166,7 +181,7 @@ def train(
             group["lr"] = lr_at(step - 1, cfg)
         batch = task.train_batch(step, cfg.batch_size)
         with autocast(cfg):
-            logits = run_model(model, batch, cfg.device)
+            logits = run_model(stepper, batch, cfg.device)
         loss, _ = loss_and_accuracy(logits, batch.targets.to(cfg.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
