@@ -324,3 +324,12 @@ def test_lssar_gradients_with_a_power_at_most_one(power: float, whole_rows: int)
         results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
     for label, got, want in zip(["out", "q", "k", "v"], results[1], results[0], strict=True):
         assert relative_error(got, want) <= 1e-4, f"{label}: {relative_error(got, want):.2e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_clipped_softmax_without_a_lower_clip_masks_hidden_keys(shape: str, whole_rows: int, monkeypatch) -> None:
+    """γ = 0: hidden keys have y = γ = 0, inside the clip's pass-through range; their gradient must still vanish
+    (it does through p = 0: the chunked kernel applies no mask to the clipped weights)."""
+    monkeypatch.setitem(ARGS, "clipped_softmax", {"gamma": 0.0, "zeta": 1.1})
+    t_q, t_k, causal, window, kv_heads = SHAPES[shape]
+    compare("clipped_softmax", *inputs(t_q, t_k, kv_heads, scale=1.5), causal=causal, window=window)

@@ -790,19 +790,17 @@ class ClippedSoftmaxRule(Rule):
 
     def _weights(self, s: Tensor, lse: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor]:
         """(p, y, w): softmax from the row logsumexp, the stretched (ζ−γ)p + γ and the clipped weights."""
-        return self._clip(exp_shifted_(tile.fill_(s, NEG_INF).sub_(lse)), tile)
+        return self._clip(exp_shifted_(tile.fill_(s, NEG_INF).sub_(lse)))
 
-    def _clip(self, p: Tensor, tile: KeyTile) -> tuple[Tensor, Tensor, Tensor]:
+    def _clip(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(p, y, w) from softmax p: y = (ζ−γ)p + γ, w = clip(y, 0, 1). Hidden keys have p = 0, so y = γ ≤ 0 and
-        w = 0 without a mask (γ > 0 would give them weight: then they are masked)."""
+        w = 0 without a mask."""
         y = torch.mul(p, self.zeta - self.gamma).add_(self.gamma)
-        w = y.clamp(0.0, 1.0)
-        return p, y, (w if self.gamma <= 0 else tile.fill_(w, 0.0))
+        return p, y, y.clamp(0.0, 1.0)
 
-    def _forward_weights(self, p: Tensor, tile: KeyTile) -> Tensor:
+    def _forward_weights(self, p: Tensor) -> Tensor:
         """w = clip((ζ−γ)p + γ, 0, 1) in one new tensor (the forward needs no y)."""
-        w = torch.mul(p, self.zeta - self.gamma).add_(self.gamma).clamp_(0.0, 1.0)
-        return w if self.gamma <= 0 else tile.fill_(w, 0.0)
+        return torch.mul(p, self.zeta - self.gamma).add_(self.gamma).clamp_(0.0, 1.0)
 
     def forward(self, pb: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
         out = pb.new(pb.b, pb.h, pb.t_q, pb.e)
@@ -810,7 +808,7 @@ class ClippedSoftmaxRule(Rule):
         for blk in pb.blocks():
             tiles = list(pb.tiles(blk))
             if len(tiles) == 1:  # the whole row at once: PyTorch's fused softmax, no logsumexp pass
-                w = self._forward_weights(_softmax(tiles[0].fill_(pb.scores(blk, tiles[0]), NEG_INF)), tiles[0])
+                w = self._forward_weights(_softmax(tiles[0].fill_(pb.scores(blk, tiles[0]), NEG_INF)))
                 pb.rows(out, blk).copy_(pb.times_v(w, tiles[0]))
                 continue
             lse = self._row_lse(pb, blk)
@@ -829,12 +827,12 @@ class ClippedSoftmaxRule(Rule):
         if rows.stats:
             p, y, w = self._weights(s, rows.stats[0], tile)
         else:
-            p, y, w = self._clip(_softmax(tile.fill_(s, NEG_INF)), tile)
+            p, y, w = self._clip(_softmax(tile.fill_(s, NEG_INF)))
         if first:
             pb.add_dv(w, rows.d_out, tile)
-        passes = w == y  # 0 ≤ y ≤ 1 in one comparison (hidden keys: y = γ, passing only if γ = 0: masked below)
-        dp = pb.d_weights(rows.d_out * (self.zeta - self.gamma), tile, rows.n_rows).mul_(passes)  # (ζ−γ) on dO
-        return p, (dp if self.gamma < 0 else tile.fill_(dp, 0.0))
+        passes = w == y  # 0 ≤ y ≤ 1 in one comparison
+        # (ζ−γ) on dO's rows; no mask: a hidden key's dp only ever meets its p = 0 (in ds = p (dp − Σ p dp))
+        return p, pb.d_weights(rows.d_out * (self.zeta - self.gamma), tile, rows.n_rows).mul_(passes)
 
     def backward(
         self, pb: Problem, d_out: Tensor, out: Tensor, saved: tuple[Tensor, ...], d_lse: Tensor | None
