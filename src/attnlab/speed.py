@@ -623,7 +623,7 @@ def train_throughput(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]
         tokens = torch.randint(0, cfg.vocab_size, (batch, t + 1), generator=torch.Generator().manual_seed(0))
 
         start = time.perf_counter()
-        for _ in range(2):  # warm-up (and compilation)
+        for _ in range(2):  # warm-up (and compilation: from inductor's on-disk cache when it holds this graph)
             train_step(step_model, opt, tokens, precision == "bf16")
         warmup = time.perf_counter() - start
         times = []
@@ -991,7 +991,7 @@ def render(data: dict[str, Any]) -> str:
             share = 100 * st["fraction_of_matmul_peak"]
             parts.append(
                 f"  {st['precision']:4s} {how}  {st['tokens_per_s']:10,.0f} tokens/s  {st['gflops']:7.1f} GFLOP/s  "
-                f"({share:.0f}% of {st['precision']} matmul peak)"
+                f"({share:.0f}% of {st['precision']} matmul peak); first 2 steps {st['warmup_s']:.1f} s"
             )
         fastest = tr["fastest"]
         parts.append(f"  fastest: {fastest['precision']} {'compiled' if fastest['compiled'] else 'eager'}")

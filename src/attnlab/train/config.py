@@ -23,8 +23,8 @@ class TrainConfig(StrictModel):
     eval_examples: int = Field(512, gt=0)
     target_accuracy: float | None = Field(None, gt=0, le=1)  # early stop once reached at an evaluation
     bf16: bool = False  # bf16 autocast (CPU or CUDA)
-    # torch.compile the model for the training steps (evaluation runs eager). `attnlab speed` measures it: on the
-    # 2-core CPU the bench model's steady-state fp32 throughput +18 %, after a one-off compile (see the README).
+    # torch.compile the model for the training steps (evaluation runs eager). `attnlab speed` measures it on the
+    # bench model; on the 2-core CPU its gain did not hold up across runs and a cold compile took ~40 s (README).
     compile: bool = False
     device: str = "cpu"
     # Length extrapolation: after training, evaluate the task at round(f · T) for each factor f (the task needs

@@ -570,7 +570,7 @@ def _bias_gradient(
             continue
         qb = q[:, :, a0:a1].to(dtype)
         s = torch.matmul(qb, k[:, :, j0:j1].to(dtype).transpose(-1, -2)).mul_(scale)
-        s.add_(bias[:, a0:a1, j0:j1].to(dtype)).sub_(lse[:, :, a0:a1, None].to(dtype)).exp_()  # P
+        exp_shifted_(s.add_(bias[:, a0:a1, j0:j1].to(dtype)).sub_(lse[:, :, a0:a1, None].to(dtype)))  # P
         dp = torch.matmul(d_out[:, :, a0:a1].to(dtype), v[:, :, j0:j1].to(dtype).transpose(-1, -2))
         ds = s.mul_(dp.sub_(row_dot[:, :, a0:a1, None])).sum(0)  # [H, c, W]
         sums = _diagonal_sums(ds)  # column x ↔ offset r = x − (c − 1) + j0 − off − a0
