@@ -96,3 +96,22 @@ def make_supported_lm(make_lm: Callable[..., TransformerLM]) -> Callable[..., Tr
         return make_lm(n_layers=n_layers, mode=mode, **attention)
 
     return make
+
+
+@pytest.fixture
+def native_kernels() -> Any:
+    """The compiled CPU kernels (``attnlab.attention.fast.native``), enabled. Where a C++ compiler exists (CI, this
+    project's machines) they must build: a build failure fails the test instead of hiding behind a skip."""
+    import shutil
+
+    from attnlab.attention.fast import native
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the native kernels cannot be built here")
+    enabled = native.ENABLED
+    native.ENABLED = True
+    try:
+        assert native.available(), f"native kernels unavailable: {native.unavailable_reason()}"
+        yield native
+    finally:
+        native.ENABLED = enabled

@@ -825,7 +825,16 @@ def machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "native_kernels": _native_status(),
     }
+
+
+def _native_status() -> str:
+    """Whether the chunked backend ran on the compiled CPU kernels (``attnlab.attention.fast.native``)."""
+    from attnlab.attention.fast import native
+
+    reason = native.unavailable_reason()
+    return "available" if reason is None else f"not used: {reason}"
 
 
 # --- the entry point -----------------------------------------------------------------------------------
@@ -960,7 +969,8 @@ def render(data: dict[str, Any]) -> str:
     """The printed report: time tables, memory tables, training throughput and the targets."""
     parts = [
         f"machine: {data['machine']['cpu']}, {data['machine']['threads']} threads, torch {data['machine']['torch']}, "
-        f"load average {data['machine']['load_average']} → {data['machine'].get('load_average_end')}"
+        f"load average {data['machine']['load_average']} → {data['machine'].get('load_average_end')}",
+        f"native CPU kernels (chunked backend): {data['machine'].get('native_kernels', 'not recorded')}",
     ]
     for mode in MODES:
         parts += [

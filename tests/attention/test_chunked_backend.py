@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, attend_reference, build_attention
-from attnlab.attention.fast import chunked
+from attnlab.attention.fast import chunked, native
 from attnlab.attention.fast.chunked import PointwiseRule, chunked_attention
 from attnlab.errors import ConfigError
 from attnlab.model.hooks import capture
@@ -91,16 +91,24 @@ def compare(
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of 4 queries and tiles of 3 keys: several partly masked tiles per call."""
+    """Blocks of 4 queries and tiles of 3 keys: several partly masked tiles per call (the PyTorch form: the
+    native kernels are off unless ``whole_rows`` asks for them)."""
     monkeypatch.setattr(chunked, "DEFAULT_CHUNK", 4)
     monkeypatch.setattr(chunked, "DEFAULT_KEY_BLOCK", 3)
     monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", 0)
+    monkeypatch.setattr(native, "ENABLED", False)
 
 
-@pytest.fixture(params=[0, 64], ids=["tiles", "rows"])
-def whole_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Tiles of 3 keys (the online, multi-pass path), or every row in one tile (the fused one-pass path)."""
-    monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", request.param)
+@pytest.fixture(params=[0, 64, "native"], ids=["tiles", "rows", "native"])
+def whole_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int | str:
+    """The chunked backend's three implementations: tiles of 3 keys (the online, multi-pass path), every row in one
+    tile (the fused one-pass path), and the compiled CPU kernels (softmax, LSSA, LSSAR; the others keep the
+    PyTorch form there)."""
+    if request.param == "native":
+        request.getfixturevalue("native_kernels")
+        monkeypatch.setattr(native, "ENABLED", True)
+    else:
+        monkeypatch.setattr(chunked, "DEFAULT_WHOLE_ROWS", request.param)
     return request.param
 
 

@@ -5,7 +5,8 @@ modifies scores; the normaliser turns scores into weights; the backend computes 
 never return weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the layer
 falls back to the reference (as transformers falls back to eager attention for ``output_attentions``).
 On backend auto, a sliding window much shorter than the keys runs on the normaliser's chunked path on CPU
-(``window_goes_chunked``): SDPA would materialise the [Tq, Tk] mask and compute every tile.
+(``window_goes_chunked``): SDPA would materialise the [Tq, Tk] mask and compute every tile. Softmax with
+soft-capping, ALiBi or T5 runs on the compiled CPU kernels on backend auto (``native_auto``), when they build.
 
 Extension points, each optional, found by duck typing so the module never names a mechanism:
 
@@ -22,6 +23,8 @@ Extension points, each optional, found by duck typing so the module never names 
 - ``normaliser.attend_<backend>(...)``: a fast path declared in the normaliser's capability ``backends``
   (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None;
   ``attend_sdpa`` is called on backend auto / sdpa when there is a score_mod (softmax: ALiBi, T5 via SDPA);
+- ``normaliser.native_auto(score_mod) -> bool``: backend auto on CPU calls ``attend_chunked`` instead (softmax's
+  soft-capping, ALiBi and T5 on the compiled kernels of ``attnlab.attention.fast.native``);
 - ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position encoding that owns
   the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal orders); q, k
   arrive unrotated and ``start`` is the absolute position of the first query.
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention.config import AttentionConfig, AttentionSite
-from attnlab.attention.core import AttnOutput, attend_reference, build_mask, repeat_kv
+from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, build_mask, repeat_kv
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.model.hooks import HookPoint
@@ -160,6 +163,17 @@ class Attention(nn.Module):
             and self.use_fused()
         )
 
+    def native_auto(self, q: Tensor, score_mod: ScoreMod | None) -> bool:
+        """Backend auto on CPU, no hook reading the weights, and a normaliser whose variant the compiled kernels
+        run faster than its SDPA form or reference (softmax with soft-capping, ALiBi or T5: ``native_auto``)."""
+        return (
+            self.cfg.backend == "auto"
+            and q.device.type == "cpu"
+            and not self.wants_weights()
+            and hasattr(self.normaliser, "native_auto")
+            and self.normaliser.native_auto(score_mod)
+        )
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> AttnOutput:
         """Dispatch to the computation this layer's entries declare (see the module docstring)."""
         kwargs = dict(
@@ -174,6 +188,8 @@ class Attention(nn.Module):
             if fused and hasattr(self.heads, "attend_sdpa"):  # e.g. sinks as SDPA over [sinks ⧺ keys]
                 return self.heads.attend_sdpa(q, k, v, **kwargs)
             return self.heads.attend(q, k, v, **kwargs)
+        if self.native_auto(q, kwargs["score_mod"]):  # soft-capping, ALiBi, T5 on CPU: the compiled kernels
+            return self.normaliser.attend_chunked(q, k, v, **kwargs)
         if fused and kwargs["score_mod"] is not None and hasattr(self.normaliser, "attend_sdpa"):
             return self.normaliser.attend_sdpa(q, k, v, **kwargs)  # exact SDPA forms of ALiBi / T5
         backend = self.cfg.backend

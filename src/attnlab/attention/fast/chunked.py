@@ -1,5 +1,9 @@
 """Chunked online attention for score normalisers: exact, never a T×T tensor, forward or backward.
 
+On CPU, a call with the default tiling of softmax (with soft-capping, ALiBi or a T5 bias), LSSA or LSSAR runs
+the same algorithms compiled (``attnlab.attention.fast.native``); everything below is the PyTorch form, used for
+the other normalisers, devices and explicit tile sizes, and when the kernels are off or cannot be built.
+
 Queries are cut into blocks of ``chunk`` rows. Up to ``whole_rows`` keys (2048) a block's visible keys are one
 tile, and each rule runs in one pass with PyTorch's fused softmax / softmax-backward kernels where it has a
 softmax; longer sequences cut the keys into tiles of ``key_block`` columns and run the online (flash) form, so
@@ -995,6 +999,12 @@ def chunked_attention(
         need_lse=need_lse,
         qk_norm=qk_norm,
     )
+    if chunk is None and key_block is None and whole_rows is None:  # explicit tiles: the PyTorch form, as asked
+        from attnlab.attention.fast import native
+
+        out = native.attend(rule, opts, q, k, v)
+        if out is not None:
+            return out, out.new_zeros(0)
     return ChunkedAttention.apply(rule, opts, q, k, v, *params)
 
 

@@ -6,12 +6,15 @@ Row-stochastic. ``softcap`` c: logit soft-capping s ← c·tanh(s / c) before th
 arXiv:2408.00118, c = 50 in attention), which keeps logits in (−c, c).
 
 Backends, none of which returns weights:
-- ``sdpa``: PyTorch's fused kernel (not with ``softcap``, which it cannot apply; ``auto`` then uses the
-  reference). With a position score_mod that has an exact SDPA form (ALiBi, T5 bias: ``attend_sdpa``, see
-  ``attnlab.attention.fast.sdpa_variants``) the layer runs that on ``sdpa`` and ``auto``; other score_mods
-  use the reference;
+- ``sdpa``: PyTorch's fused kernel (not with ``softcap``, which it cannot apply). With a position score_mod
+  that has an exact SDPA form (ALiBi, T5 bias: ``attend_sdpa``, see ``attnlab.attention.fast.sdpa_variants``)
+  the layer runs that on ``sdpa``; other score_mods use the reference;
+- ``auto``: plain softmax is SDPA; on CPU, soft-capping, ALiBi and T5 run on ``chunked``'s compiled kernels
+  (``native_auto``: faster than the SDPA forms), elsewhere or without the kernels as on ``sdpa`` (soft-capping:
+  the reference);
 - ``chunked``: tiles of scores with an online normaliser and a recomputing backward (O(T·chunk) memory);
-  honours a position's score_mod (ALiBi, T5 bias) and differentiates its learnable tensors;
+  honours a position's score_mod (ALiBi, T5 bias) and differentiates its learnable tensors. On CPU it runs the
+  compiled kernels (``attnlab.attention.fast.native``) for soft-capping and ALiBi / T5 biases;
 - ``flex``: compiled FlexAttention (``attnlab.attention.fast.flex``) with the score_mod, soft-capping and a
   block mask for causal / sliding-window attention. On CPU, torch 2.13's flex has no backward and no
   logsumexp, so gradients come from the chunked backward; KV-cache decoding and float64 use ``chunked``.
@@ -81,6 +84,19 @@ class Softmax(NormaliserBase):
         if self.softcap is None and sdpa_form(score_mod) is not None:
             return self.attend_chunked(q, k, v, **kwargs)
         return attend_reference(q, k, v, normaliser=self, **kwargs)
+
+    def native_auto(self, score_mod: ScoreMod | None) -> bool:
+        """Whether backend auto runs this softmax on the compiled CPU kernels (``attnlab.attention.fast.native``):
+        with soft-capping (else the reference: SDPA cannot cap) or an ALiBi / T5 bias (faster than their SDPA
+        forms: the README's speed table), when the kernels are available."""
+        from attnlab.attention.fast import native
+        from attnlab.attention.fast.sdpa_variants import sdpa_form
+
+        if score_mod is not None and sdpa_form(score_mod) is None:
+            return False
+        if self.softcap is None and score_mod is None:
+            return False  # plain softmax: SDPA itself
+        return native.available()
 
     def attend_flex(
         self,

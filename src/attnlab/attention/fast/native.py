@@ -1,0 +1,281 @@
+"""Compiled CPU kernels of the chunked backend: the same tiled, recomputing algorithms in one C++ loop nest.
+
+The chunked backend's PyTorch form (``attnlab.attention.fast.chunked``) launches a dozen tensor operations per
+tile, each a pass over memory; on CPU that costs more than the tile's matrix products. ``native.cpp`` runs each
+query block as matrix products on tiles (BLAS ``?gemm_``, the library PyTorch links) with the pointwise work
+fused in between, in vectorised loops: the structure of FlashAttention (Dao et al. 2022, arXiv:2205.14135).
+It is built on first use with ``torch.utils.cpp_extension`` (about 40 s, cached under
+``~/.cache/torch_extensions``; needs a C++ compiler and ninja) for the machine it runs on.
+
+Two kernels, each the specification's formulas (the normaliser's reference implementation) on tiles:
+
+- **softmax** with optional soft-capping s ← c·tanh(s/c) (Gemma 2) and a relative-position bias given as one
+  vector per head over the offsets r = j − i (ALiBi: −m_h·|r| or m_h·r; T5: table[bucket(r), h]). Forward:
+  online max and sum over key tiles; backward per tile: P = exp(s − lse), dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)),
+  times 1 − tanh² under a cap; the bias vector's gradient is dS summed along each diagonal, which autograd carries
+  to the T5 table through the gather.
+- **softplus** (LSSA, and LSSAR's re-weighting) with q, k l2-normalised inside the kernel: a query block holds
+  its visible row of scores (O(block · T) memory per thread), so LSSAR's two row statistics (Σu, then Σr) and
+  its backward's row sum need no recomputed products. Backward as in ``ReweightedSoftplusRule``.
+
+Float32 runs in float32 (bf16 / fp16 inputs are computed in float32, as the PyTorch form does), float64 in
+float64 (for gradcheck). Every other case (documents, sinks' lse, other score_mods or normalisers, non-CPU
+tensors, explicit tile sizes) stays on the PyTorch form. ``ATTNLAB_NATIVE=0`` (or ``ENABLED = False``) turns the
+kernels off; when the build fails, ``unavailable_reason()`` says why and the PyTorch form is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import shutil
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.common import compute_dtype
+
+SOURCE = Path(__file__).with_name("native.cpp")
+ENABLED = os.environ.get("ATTNLAB_NATIVE", "1") != "0"
+# tiles: softmax forward / backward (query rows, key columns); softplus query rows (a whole visible row of keys)
+SOFTMAX_BLOCKS = (64, 512)
+SOFTPLUS_ROWS = 32
+
+_lock = threading.Lock()
+_module: Any = None
+_error: str | None = None
+
+
+def _cflags() -> list[str]:
+    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags += ["-march=native", "-mprefer-vector-width=512"]  # 512-bit vectors where the CPU has them
+    return flags
+
+
+def _cpu_signature() -> str:
+    """What -march=native compiles for: the CPU's model and flags (a cached build is never run on another CPU)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _build_name() -> str:
+    digest = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(_cflags()).encode(),
+        _cpu_signature().encode(),
+        torch.__version__.encode(),
+    ):
+        digest.update(part)
+    return f"attnlab_native_{digest.hexdigest()[:12]}"
+
+
+def _ensure_ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja`` from PATH; the ninja wheel puts it in the venv's bin, which is
+    not on PATH when the venv's python runs without being activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # the PyPI wheel: its BIN_DIR holds the executable
+    except ImportError:
+        return
+    os.environ["PATH"] = str(ninja.BIN_DIR) + os.pathsep + os.environ.get("PATH", "")
+
+
+def _built(name: str) -> bool:
+    """Whether torch's extension cache already holds this build (then loading takes a moment, not a minute)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
+    except Exception:  # a private helper: if it changes, only the message is affected
+        return False
+
+
+def module() -> Any | None:
+    """The compiled extension, built on the first call; None when disabled or when it cannot be built."""
+    global _module, _error
+    if not ENABLED:
+        return None
+    if _module is not None or _error is not None:
+        return _module
+    with _lock:
+        if _module is None and _error is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                _ensure_ninja_on_path()
+                name = _build_name()
+                if not _built(name):
+                    print(
+                        "attnlab: compiling the native CPU kernels (once per machine, about a minute)", file=sys.stderr
+                    )
+                ext = load(
+                    name=name,
+                    sources=[str(SOURCE)],
+                    extra_cflags=_cflags(),
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+                if not ext.blas_available():
+                    raise RuntimeError("this PyTorch build exports no sgemm_/dgemm_ (BLAS) symbols")
+                _module = ext
+            except Exception as e:  # any build failure means: use the PyTorch form
+                _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return _module
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels are not used (None: they are available)."""
+    if not ENABLED:
+        return "disabled (ATTNLAB_NATIVE=0)"
+    module()
+    return _error
+
+
+def available() -> bool:
+    return module() is not None
+
+
+# --- the autograd Functions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    scale: float
+    causal: bool
+    window: int  # 0: none
+    dtype: torch.dtype  # compute dtype
+
+
+def _inputs(call: _Call, *xs: Tensor) -> list[Tensor]:
+    return [x.detach().to(call.dtype).contiguous() for x in xs]
+
+
+class _NativeSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, call: _Call, softcap: float) -> Tensor:
+        qc, kc, vc = _inputs(call, q, k, v)
+        bc = None if bias is None else _inputs(call, bias)[0]
+        bq, bk = SOFTMAX_BLOCKS
+        out, lse = module().softmax_forward(qc, kc, vc, call.scale, call.causal, call.window, softcap, bc, bq, bk)
+        ctx.call, ctx.softcap = call, softcap
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(qc, kc, vc, out, lse, bc)
+        return out.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        qc, kc, vc, out, lse, bc = ctx.saved_tensors
+        call: _Call = ctx.call
+        bq, bk = SOFTMAX_BLOCKS
+        need_bias = bc is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, dbias = module().softmax_backward(
+            d_out.to(call.dtype).contiguous(), qc, kc, vc, out, lse, call.scale, call.causal, call.window,
+            ctx.softcap, bc, need_bias, bq, bk,
+        )  # fmt: skip
+        qt, kt, vt, bt = ctx.dtypes
+        return dq.to(qt), dk.to(kt), dv.to(vt), (dbias.to(bt) if need_bias else None), None, None
+
+
+@dataclass(frozen=True)
+class _Softplus:
+    length_scale: bool
+    log_d: float
+    eps: float
+    reweight: bool
+    power: float
+    free_rows: int
+    qk_norm: bool
+
+
+class _NativeSoftplus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, call: _Call, sp: _Softplus) -> Tensor:
+        qc, kc, vc = _inputs(call, q, k, v)
+        args = (call.scale, call.causal, call.window, sp.length_scale, sp.log_d, sp.eps, sp.reweight, sp.power)
+        out, u_den, r_den = module().softplus_forward(qc, kc, vc, *args, sp.free_rows, sp.qk_norm, SOFTPLUS_ROWS)
+        ctx.call, ctx.sp, ctx.dtypes = call, sp, (q.dtype, k.dtype, v.dtype)
+        ctx.save_for_backward(qc, kc, vc, out, u_den, r_den)
+        return out.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        qc, kc, vc, out, u_den, r_den = ctx.saved_tensors
+        call, sp = ctx.call, ctx.sp
+        args = (call.scale, call.causal, call.window, sp.length_scale, sp.log_d, sp.eps, sp.reweight, sp.power)
+        dq, dk, dv = module().softplus_backward(
+            d_out.to(call.dtype).contiguous(), qc, kc, vc, out, u_den, r_den, *args, sp.free_rows, sp.qk_norm,
+            SOFTPLUS_ROWS,
+        )  # fmt: skip
+        qt, kt, vt = ctx.dtypes
+        return dq.to(qt), dk.to(kt), dv.to(vt), None, None
+
+
+# --- dispatch from the chunked backend -----------------------------------------------------------------------
+
+
+def offset_bias(score_mod: Any, h: int, t_k: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """The per-head bias over offsets r = j − i ∈ [1 − Tk, Tk − 1] of a position score_mod that is a function of
+    the offset alone (ALiBi, T5), [H, 2·Tk − 1], computed as its score_mod computes it; None for any other."""
+    from attnlab.attention.fast.sdpa_variants import sdpa_form
+    from attnlab.position.alibi import AlibiForm
+    from attnlab.position.t5 import RelativeBiasForm
+
+    form = sdpa_form(score_mod)
+    r = torch.arange(1 - t_k, t_k, device=device)
+    if isinstance(form, AlibiForm):
+        if form.slopes.shape[0] != h:
+            return None
+        distance = r.abs() if form.symmetric else -r  # the score_mod's q_idx − kv_idx (or its absolute value)
+        return -(form.slopes.to(device=device, dtype=dtype)[:, None] * distance.to(dtype))
+    if isinstance(form, RelativeBiasForm):
+        if form.table.shape[1] != h:
+            return None
+        return form.table[form.bucket(r).long()].t().to(dtype)  # differentiable: the gather carries the grad
+    return None
+
+
+def attend(rule: Any, opts: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+    """The output of ``rule`` through a native kernel, or None when this call is not one the kernels cover."""
+    from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftmaxRule, SoftplusRule
+
+    if not ENABLED or q.device.type != "cpu" or opts.documents is not None or opts.need_lse:
+        return None
+    if not (q.is_floating_point() and k.dtype == q.dtype and v.dtype == q.dtype):
+        return None
+    is_softmax = type(rule) is SoftmaxRule and not rule.signed
+    is_softplus = type(rule) in (SoftplusRule, ReweightedSoftplusRule) and opts.score_mod is None
+    if not (is_softmax or is_softplus) or module() is None:
+        return None
+    call = _Call(float(opts.scale), bool(opts.causal), int(opts.window or 0), compute_dtype(q))
+    if is_softmax:
+        bias = None
+        if opts.score_mod is not None:
+            bias = offset_bias(opts.score_mod, q.shape[1], k.shape[2], call.dtype, q.device)
+            if bias is None:
+                return None
+        return _NativeSoftmax.apply(q, k, v, bias, call, float(rule.softcap or 0.0))
+    reweight = isinstance(rule, ReweightedSoftplusRule)
+    sp = _Softplus(
+        length_scale=bool(rule.length_scale),
+        log_d=math.log(rule.d_head),
+        eps=float(rule.eps),
+        reweight=reweight,
+        power=float(rule.power) if reweight else 1.0,
+        free_rows=int(rule.free_rows) if reweight else 0,
+        qk_norm=bool(opts.qk_norm),
+    )
+    return _NativeSoftplus.apply(q, k, v, call, sp)
