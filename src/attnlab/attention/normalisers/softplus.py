@@ -23,7 +23,8 @@ parameter so the form can be pinned once the paper is checked.
 Backends: ``chunked`` (``attnlab.attention.fast.chunked``): both are pointwise in the score once the row's N_i
 is known (it is, from the mask), and l1-normalised, so they run in tiles with O(T·chunk) memory: LSSA in one
 pass (Σ_j u_ij accumulates beside Σ_j u_ij v_j); LSSAR needs Σ_j u_ij before its re-weighting, so two passes
-forward and two backward.
+forward and two backward. On CPU both run on the compiled kernels (``attnlab.attention.fast.native``), where a
+block of queries keeps its row of scores, so each direction computes the score products once.
 """
 
 from __future__ import annotations
