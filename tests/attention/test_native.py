@@ -30,7 +30,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def norm_of(name: str, heads: int = 4, d_head: int = 16, **args):
     entry = NORMALISERS.entry(name)
-    return entry.factory(entry.params(**args), AttentionSite(d_model=heads * d_head, n_heads=heads))
+    site = AttentionSite(d_model=heads * d_head, n_heads=heads, seq_len=256)  # sigmoid's bias: −log 256
+    return entry.factory(entry.params(**args), site)
 
 
 def position_of(kind: str | None, heads: int, causal: bool):
@@ -73,6 +74,10 @@ CASES = {
     "t5-causal": ("softmax", {}, "t5", True, None, 601, 601, 4),
     "t5-bidirectional-cross": ("softmax", {}, "t5", False, None, 130, 550, 2),
     "t5-decode": ("softmax", {"softcap": 5.0}, "t5", True, None, 70, 600, 4),
+    "cog-causal-alibi": ("cog", {}, "alibi", True, None, 601, 601, 2),
+    "cog-full-window": ("cog", {}, None, False, 100, 300, 300, 4),
+    "sigmoid-causal-t5": ("sigmoid", {}, "t5", True, None, 601, 601, 4),
+    "sigmoid-decode-window": ("sigmoid", {"bias": -2.0}, None, True, 64, 50, 600, 1),
     "lssa-causal": ("lssa", {}, None, True, None, 300, 300, 2),
     "lssar-causal": ("lssar", {}, None, True, None, 300, 300, 4),
     "lssar-window-decode": ("lssar", {}, None, True, 40, 37, 200, 1),
@@ -96,7 +101,7 @@ def test_native_matches_the_reference_in_float32_on_many_tiles(case: str) -> Non
         assert rel(a, b) <= 1e-4, f"{label}: {rel(a, b):.2e}"
 
 
-@pytest.mark.parametrize("case", ["softcap-gqa", "t5-decode", "lssar-causal"])
+@pytest.mark.parametrize("case", ["softcap-gqa", "t5-decode", "cog-full-window", "sigmoid-causal-t5", "lssar-causal"])
 def test_native_in_bfloat16_is_within_rounding_of_the_float64_reference(case: str) -> None:
     name, args, pos, causal, window, t_q, t_k, kv = CASES[case]
     norm = norm_of(name, **args)
@@ -116,6 +121,8 @@ def test_native_in_bfloat16_is_within_rounding_of_the_float64_reference(case: st
     [
         ("softmax", {"softcap": 2.0}, "t5", True, None),
         ("softmax", {}, "alibi", False, 3),
+        ("cog", {}, "t5", False, None),
+        ("sigmoid", {"bias": -1.0}, "t5", True, 4),
         ("lssa", {}, None, False, None),
         ("lssar", {"power": 3.0}, None, True, None),
     ],
@@ -198,3 +205,54 @@ def test_disabled_kernels_fall_back_to_the_pytorch_form(monkeypatch: pytest.Monk
     qp, kp, scale = norm.prepare(q, k, None)
     out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
     assert "Native" not in out.grad_fn.name()
+
+
+@pytest.mark.parametrize("pos", ["alibi", "t5"])
+def test_more_queries_than_keys_with_a_bias_reads_the_right_offsets(pos: str) -> None:
+    """Non-causal cross-shaped calls (Tq > Tk): query positions run below 0, offsets up to Tq − 1."""
+    norm = norm_of("softmax")
+    position = position_of(pos, 4, causal=False)
+    q = torch.randn(2, 4, 9, 16).requires_grad_()
+    k = torch.randn(2, 4, 5, 16).requires_grad_()
+    v = torch.randn(2, 4, 5, 16).requires_grad_()
+    got, want = run_both(norm, q, k, v, causal=False, position=position)
+    for label, a, b in zip(["out", "dq", "dk", "dv", "d_table"], got, want, strict=False):
+        assert rel(a, b) <= 1e-4, f"{label}: {rel(a, b):.2e}"
+
+
+@pytest.mark.parametrize("name", ["lssa", "lssar"])
+def test_softplus_blocks_that_see_no_key_give_zero_rows(name: str) -> None:
+    """A non-causal window with far more queries than keys: whole query blocks see nothing (0 / (0 + ε) = 0, and 0
+    gradients, where the dense reference's log N = −inf gives NaN). The rows that see keys equal the reference on
+    those rows alone (queries are aligned to the last key positions, so slicing keeps their positions)."""
+    norm = norm_of(name)
+    q = torch.randn(1, 4, 80, 16).requires_grad_()
+    k = torch.randn(1, 4, 4, 16).requires_grad_()
+    v = torch.randn(1, 4, 4, 16).requires_grad_()
+    grad_out = torch.randn(1, 4, 80, 16)
+    qp, kp, scale = norm.prepare(q, k, None)
+    out = norm.attend_chunked(qp, kp, v, causal=False, window=2, scale=scale).out
+    assert "Native" in out.grad_fn.name()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
+    assert torch.equal(out[:, :, :75], torch.zeros_like(out[:, :, :75]))
+    assert torch.equal(dq[:, :, :75], torch.zeros_like(dq[:, :, :75]))
+    q_tail = q.detach()[:, :, 75:].requires_grad_()
+    qp, kp, scale = norm.prepare(q_tail, k, None)
+    ref = attend_reference(qp, kp, v, normaliser=norm, causal=False, window=2, scale=scale).out
+    r_dq, r_dk, r_dv = torch.autograd.grad(ref, (q_tail, k, v), grad_out[:, :, 75:])
+    for label, a, b in [("out", out[:, :, 75:], ref), ("dq", dq[:, :, 75:], r_dq), ("dk", dk, r_dk), ("dv", dv, r_dv)]:
+        assert rel(a, b) <= 1e-4, f"{label}: {rel(a, b):.2e}"
+
+
+def test_calls_the_kernels_do_not_cover_keep_the_pytorch_form() -> None:
+    """Softmax on normalised q, k (qk_norm) and broadcast batches are the PyTorch form's; LSSA without a length
+    scale needs no head dimension."""
+    from attnlab.attention.fast.chunked import SoftmaxRule, SoftplusRule, chunked_attention
+
+    q, k, v = (torch.randn(2, 2, 20, 8, requires_grad=True) for _ in range(3))
+    out, _ = chunked_attention(q, k, v, SoftmaxRule(), qk_norm=True)
+    assert "Native" not in out.grad_fn.name()
+    out, _ = chunked_attention(q, k[:1], v[:1], SoftmaxRule())
+    assert "Native" not in out.grad_fn.name()
+    out, _ = chunked_attention(q, k, v, SoftplusRule(d_head=0, length_scale=False, eps=1e-8), qk_norm=True)
+    assert "Native" in out.grad_fn.name()

@@ -1,8 +1,8 @@
 """Chunked online attention for score normalisers: exact, never a T×T tensor, forward or backward.
 
-On CPU, a call with the default tiling of softmax (with soft-capping, ALiBi or a T5 bias), LSSA or LSSAR runs
-the same algorithms compiled (``attnlab.attention.fast.native``); everything below is the PyTorch form, used for
-the other normalisers, devices and explicit tile sizes, and when the kernels are off or cannot be built.
+On CPU, a call with the default tiling of softmax (with soft-capping, ALiBi or a T5 bias), Cog, sigmoid, LSSA or
+LSSAR runs the same algorithms compiled (``attnlab.attention.fast.native``); everything below is the PyTorch form,
+used for the other normalisers, devices and explicit tile sizes, and when the kernels are off or cannot be built.
 
 Queries are cut into blocks of ``chunk`` rows. Up to ``whole_rows`` keys (2048) a block's visible keys are one
 tile, and each rule runs in one pass with PyTorch's fused softmax / softmax-backward kernels where it has a

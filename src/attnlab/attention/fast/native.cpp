@@ -6,9 +6,11 @@
 // query at position p when: causal: j <= p and (no window or j > p − w); non-causal: |p − j| < w with a window,
 // every key without.
 //
-// Matrix products are BLAS ?gemm_ calls on tiles (the BLAS PyTorch links: MKL on x86-64 wheels), everything
-// pointwise is plain loops the compiler vectorises (#pragma omp simd), and the work is split over (batch, head,
-// query block) in the forward pass and over (batch, key/value head) in the backward pass with at::parallel_for.
+// Matrix products are BLAS ?gemm_ calls on tiles (the BLAS PyTorch links, LP64: MKL on x86-64 wheels; it runs
+// sequentially inside the parallel region), everything pointwise is plain loops the compiler vectorises
+// (#pragma omp simd), and the work is split with at::parallel_for: the softmax forward over (batch, head, query
+// block), the softmax backward and both softplus passes over (batch, key/value head), so that each item owns the
+// rows of dk, dv it accumulates.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -64,13 +67,15 @@ void atb_add(int64_t cols, int64_t e, int64_t rows, T alpha, const T* p, int64_t
 }
 
 // --- pointwise math -------------------------------------------------------------------------------------------
-// float: polynomial exp / log that vectorise (no library calls); exp(x < −87) is exactly 0, so no denormal ever
-// reaches a matrix product. double: the C library (these paths serve float64 checks, not speed).
+// float: polynomial exp / log that vectorise (no library calls). exp(x < −64) is exactly 0: weights below e^−64 of
+// the row maximum are dropped (as the PyTorch form's EXP_FLOOR), far below float32 rounding of a row sum, and
+// neither they nor the gradients they scale come near the denormal range, which slows a matrix product ~100×.
+// double: the C library (these paths serve float64 checks, not speed).
 
 inline float bits_f(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int32_t f_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 
-constexpr float EXP_LO = -87.0f;
+constexpr float EXP_LO = -64.0f;
 
 inline float exp_f(float x) {
   const float xc = std::min(std::max(x, EXP_LO), 88.0f);
@@ -112,9 +117,18 @@ template <>
 struct Math<float> {
   static float exp(float x) { return exp_f(x); }
   static float log1p_unit(float e) { return log1p_unit_f(e); }
-  static float tanh(float x) {  // 1 − 2 / (1 + e^{2x}), |x| clamped at 9 (tanh(9) = 1 − 3e−8)
+  static float tanh(float x) {
+    // |x| < 0.25: the Taylor series to x⁹ (relative error < 2e−8); beyond: 1 − 2 / (1 + e^{2x}) (absolute error
+    // ~1e−7, relative < 1e−6), |x| clamped at 9 (tanh(9) = 1 − 3e−8)
+    const float x2 = x * x;
+    float poly = 62.0f / 2835.0f;
+    poly = poly * x2 - 17.0f / 315.0f;
+    poly = poly * x2 + 2.0f / 15.0f;
+    poly = poly * x2 - 1.0f / 3.0f;
+    poly = (poly * x2) * x + x;
     const float xc = std::min(std::max(x, -9.0f), 9.0f);
-    return 1.0f - 2.0f / (1.0f + exp_f(2.0f * xc));
+    const float far = 1.0f - 2.0f / (1.0f + exp_f(2.0f * xc));
+    return x2 < 0.0625f ? poly : far;
   }
 };
 
@@ -185,17 +199,58 @@ void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "q, k, v dtypes differ");
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "float32 or float64 only");
   TORCH_CHECK(q.size(1) % k.size(1) == 0 && k.size(1) == v.size(1), "query heads must be a multiple of kv heads");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), "q, k, v batch sizes differ");
+  TORCH_CHECK(k.size(3) == q.size(3) && v.size(2) == k.size(2), "k must match q's head dim, v k's length");
   TORCH_CHECK(blas_available(), "no BLAS sgemm_/dgemm_ symbols in this PyTorch build");
 }
 
 // ================================================================================================================
-// Softmax with a relative-position bias (a vector over offsets r = j − p, index r + Tk − 1) and soft-capping
+// Softmax, signed softmax (Cog) and sigmoid attention, with a relative-position bias (a vector over the offsets
+// r = j − p ∈ [1 − Tk, Tq − 1], index r + Tk − 1) and soft-capping, in this order on the scaled score s:
+// s ← s + bias ← c·tanh(s / c), then
+//   softmax:  w = exp(s − lse),                         ds = w (dw − D)            (D = dO·o)
+//   signed:   w = sign(s) exp(|s| − lse) (lse of |s|),  ds = w (sign(s) dw − D)
+//   sigmoid:  w = σ(s + b), no row normaliser,          ds = w (1 − w) dw
+// with dw = dO·v and, under the cap, ds ← ds (1 − tanh²).
 // ================================================================================================================
 
+enum Kind : int64_t { SOFTMAX = 0, SIGNED = 1, SIGMOID = 2 };
+
 struct SoftmaxMod {
-  double softcap;      // 0: none
-  const void* bias;    // [H, 2·Tk − 1] or null
+  double softcap;     // 0: none
+  const void* bias;   // [H, Tk + Tq − 1] or null
+  int64_t kind;       // Kind
+  double sig_bias;    // sigmoid: b
 };
+
+template <typename T>
+inline T row_absmax(const T* __restrict s, int64_t n) {
+  constexpr int L = 16;
+  T acc[L];
+  for (int l = 0; l < L; ++l) acc[l] = T(0);
+  int64_t j = 0;
+  for (; j + L <= n; j += L)
+    for (int l = 0; l < L; ++l) {
+      const T a = std::abs(s[j + l]);
+      acc[l] = acc[l] > a ? acc[l] : a;
+    }
+  T m = T(0);
+  for (; j < n; ++j) m = m > std::abs(s[j]) ? m : std::abs(s[j]);
+  for (int l = 0; l < L; ++l) m = m > acc[l] ? m : acc[l];
+  return m;
+}
+
+// σ(x) without overflow: e = exp(−|x|), σ = 1 / (1 + e) for x ≥ 0, e / (1 + e) below
+template <typename T>
+inline T sigmoid(T x) {
+  const T e = Math<T>::exp(-std::abs(x));
+  return (x >= 0 ? T(1) : e) / (T(1) + e);
+}
+
+template <typename T>
+inline T sign_of(T x) {
+  return x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
+}
 
 template <typename T>
 inline void modify_row(T* __restrict s, int64_t n, T cap, const T* __restrict bias, T* __restrict tanh_out) {
@@ -227,7 +282,7 @@ void softmax_forward_impl(const Shape& sh, const T* Q, const T* K, const T* V, T
   const int64_t nqb = (sh.Tq + bq - 1) / bq;
   const T cap = (T)mod.softcap;
   const T* bias = (const T*)mod.bias;
-  const int64_t nb = 2 * sh.Tk - 1;
+  const int64_t nb = sh.Tk + sh.Tq - 1;
   at::parallel_for(0, sh.B * sh.H * nqb, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> S(bq * bk), acc(bq * sh.Dv), m(bq), l(bq);
     for (int64_t item = begin; item < end; ++item) {
@@ -254,7 +309,16 @@ void softmax_forward_impl(const Shape& sh, const T* Q, const T* K, const T* V, T
           hi = std::clamp<int64_t>(hi - j0, lo, cols);
           if (hi > lo) {
             modify_row<T>(s + lo, hi - lo, cap, bias_h ? bias_h + (j0 + lo - p + sh.Tk - 1) : nullptr, nullptr);
-            const T mx = row_max<T>(s + lo, hi - lo);
+            if (mod.kind == SIGMOID) {
+              const T b = (T)mod.sig_bias;
+#pragma omp simd
+              for (int64_t j = lo; j < hi; ++j) s[j] = sigmoid<T>(s[j] + b);
+              fill<T>(s, 0, lo, T(0));
+              fill<T>(s, hi, cols, T(0));
+              continue;
+            }
+            const bool signed_ = mod.kind == SIGNED;
+            const T mx = signed_ ? row_absmax<T>(s + lo, hi - lo) : row_max<T>(s + lo, hi - lo);
             if (mx > m[r]) {
               const T corr = Math<T>::exp(m[r] - mx);  // 0 on the first visible tile (m = −inf)
               l[r] *= corr;
@@ -265,11 +329,20 @@ void softmax_forward_impl(const Shape& sh, const T* Q, const T* K, const T* V, T
             }
             const T mr = m[r];
             T sum = 0;
+            if (signed_) {
 #pragma omp simd reduction(+ : sum)
-            for (int64_t j = lo; j < hi; ++j) {
-              const T e = Math<T>::exp(s[j] - mr);
-              s[j] = e;
-              sum += e;
+              for (int64_t j = lo; j < hi; ++j) {
+                const T e = Math<T>::exp(std::abs(s[j]) - mr);
+                sum += e;
+                s[j] = sign_of<T>(s[j]) * e;
+              }
+            } else {
+#pragma omp simd reduction(+ : sum)
+              for (int64_t j = lo; j < hi; ++j) {
+                const T e = Math<T>::exp(s[j] - mr);
+                s[j] = e;
+                sum += e;
+              }
             }
             l[r] += sum;
           }
@@ -281,6 +354,11 @@ void softmax_forward_impl(const Shape& sh, const T* Q, const T* K, const T* V, T
       T* o = O + ((b * sh.H + h) * sh.Tq + i0) * sh.Dv;
       T* lse = LSE + (b * sh.H + h) * sh.Tq + i0;
       for (int64_t r = 0; r < rows; ++r) {
+        if (mod.kind == SIGMOID) {  // no row normaliser
+          for (int64_t d = 0; d < sh.Dv; ++d) o[r * sh.Dv + d] = acc[r * sh.Dv + d];
+          lse[r] = 0;
+          continue;
+        }
         const T inv = l[r] > 0 ? T(1) / l[r] : T(0);
         for (int64_t d = 0; d < sh.Dv; ++d) o[r * sh.Dv + d] = acc[r * sh.Dv + d] * inv;
         lse[r] = l[r] > 0 ? m[r] + std::log(l[r]) : T(INFINITY);  // +inf: a row that sees nothing has P = 0
@@ -296,7 +374,7 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
   const int64_t nqb = (sh.Tq + bq - 1) / bq;
   const T cap = (T)mod.softcap;
   const T* bias = (const T*)mod.bias;
-  const int64_t nb = 2 * sh.Tk - 1;
+  const int64_t nb = sh.Tk + sh.Tq - 1;
   at::parallel_for(0, sh.B * sh.Hk, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> S(bq * bk), dP(bq * bk), th(cap > 0 ? bk : 0);
     for (int64_t item = begin; item < end; ++item) {
@@ -327,7 +405,8 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
               const int64_t p = i0 + r + sh.off;
               int64_t lo, hi;
               sh.row(p, lo, hi);
-              const bool single = hi - lo == 1;  // one visible key: P = 1 and dS = 0 exactly (not a rounding residue)
+              // one visible key: |w| = 1 and dS = 0 exactly (not a rounding residue of dw − D)
+              const bool single = hi - lo == 1;
               lo = std::clamp<int64_t>(lo - j0, 0, cols);
               hi = std::clamp<int64_t>(hi - j0, lo, cols);
               if (hi > lo) {
@@ -337,13 +416,31 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
                 modify_row<T>(sr, n, cap, bias_h ? bias_h + (j0 + lo - p + sh.Tk - 1) : nullptr,
                               cap > 0 ? th.data() : nullptr);
                 const T lse = LSE[row0 + r], delta = Delta[row0 + r];
+                if (mod.kind == SOFTMAX) {
 #pragma omp simd
-                for (int64_t j = 0; j < n; ++j) {
-                  const T pj = Math<T>::exp(sr[j] - lse);
-                  sr[j] = pj;
-                  dpr[j] = pj * (dpr[j] - delta);  // dS with respect to the modified score
+                  for (int64_t j = 0; j < n; ++j) {
+                    const T pj = Math<T>::exp(sr[j] - lse);
+                    sr[j] = pj;
+                    dpr[j] = pj * (dpr[j] - delta);  // dS with respect to the modified score
+                  }
+                } else if (mod.kind == SIGNED) {
+#pragma omp simd
+                  for (int64_t j = 0; j < n; ++j) {
+                    const T sg = sign_of<T>(sr[j]);
+                    const T wj = sg * Math<T>::exp(std::abs(sr[j]) - lse);
+                    sr[j] = wj;
+                    dpr[j] = wj * (sg * dpr[j] - delta);
+                  }
+                } else {
+                  const T b = (T)mod.sig_bias;
+#pragma omp simd
+                  for (int64_t j = 0; j < n; ++j) {
+                    const T wj = sigmoid<T>(sr[j] + b);
+                    sr[j] = wj;
+                    dpr[j] = wj * (T(1) - wj) * dpr[j];
+                  }
                 }
-                if (single) dpr[0] = 0;
+                if (single && mod.kind != SIGMOID) dpr[0] = 0;
                 if (cap > 0) {  // through the cap: d(c·tanh(x/c))/dx = 1 − tanh²
                   const T* t = th.data();
 #pragma omp simd
@@ -371,8 +468,8 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
 }
 
 std::vector<at::Tensor> softmax_forward(at::Tensor q, at::Tensor k, at::Tensor v, double scale, bool causal,
-                                        int64_t window, double softcap, c10::optional<at::Tensor> bias, int64_t bq,
-                                        int64_t bk) {
+                                        int64_t window, double softcap, std::optional<at::Tensor> bias, int64_t kind,
+                                        double sig_bias, int64_t bq, int64_t bk) {
   check(q, k, v);
   Shape sh(q, k, v, causal, window);
   auto out = at::empty({sh.B, sh.H, sh.Tq, sh.Dv}, q.options());
@@ -380,10 +477,12 @@ std::vector<at::Tensor> softmax_forward(at::Tensor q, at::Tensor k, at::Tensor v
   const void* bias_p = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->is_contiguous() && bias->scalar_type() == q.scalar_type(), "bias: contiguous, q's dtype");
-    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == 2 * sh.Tk - 1, "bias: [H, 2Tk-1]");
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == sh.Tk + sh.Tq - 1,
+                "bias: [H, Tk + Tq - 1]");
     bias_p = bias->data_ptr();
   }
-  SoftmaxMod mod{softcap, bias_p};
+  TORCH_CHECK(kind >= SOFTMAX && kind <= SIGMOID, "kind: 0 softmax, 1 signed, 2 sigmoid");
+  SoftmaxMod mod{softcap, bias_p, kind, sig_bias};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_forward", [&] {
     softmax_forward_impl<scalar_t>(sh, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                                    out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), (scalar_t)scale, mod, bq, bk);
@@ -393,16 +492,24 @@ std::vector<at::Tensor> softmax_forward(at::Tensor q, at::Tensor k, at::Tensor v
 
 std::vector<at::Tensor> softmax_backward(at::Tensor d_out, at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor out,
                                          at::Tensor lse, double scale, bool causal, int64_t window, double softcap,
-                                         c10::optional<at::Tensor> bias, bool bias_grad, int64_t bq, int64_t bk) {
+                                         std::optional<at::Tensor> bias, bool bias_grad, int64_t kind,
+                                         double sig_bias, int64_t bq, int64_t bk) {
   check(q, k, v);
   TORCH_CHECK(d_out.is_contiguous() && out.is_contiguous() && lse.is_contiguous(), "d_out, out, lse: contiguous");
   Shape sh(q, k, v, causal, window);
   auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   auto delta = (d_out * out).sum(-1).contiguous();
-  const void* bias_p = (bias.has_value() && bias->defined()) ? bias->data_ptr() : nullptr;
+  const void* bias_p = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_contiguous() && bias->scalar_type() == q.scalar_type(), "bias: contiguous, q's dtype");
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == sh.Tk + sh.Tq - 1,
+                "bias: [H, Tk + Tq - 1]");
+    bias_p = bias->data_ptr();
+  }
   at::Tensor dbias;
-  if (bias_p && bias_grad) dbias = at::zeros({sh.B, sh.H, 2 * sh.Tk - 1}, q.options());
-  SoftmaxMod mod{softcap, bias_p};
+  if (bias_p && bias_grad) dbias = at::zeros({sh.B, sh.H, sh.Tk + sh.Tq - 1}, q.options());
+  TORCH_CHECK(kind >= SOFTMAX && kind <= SIGMOID, "kind: 0 softmax, 1 signed, 2 sigmoid");
+  SoftmaxMod mod{softcap, bias_p, kind, sig_bias};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_backward", [&] {
     softmax_backward_impl<scalar_t>(sh, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                                     d_out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
@@ -429,27 +536,26 @@ struct SoftplusArgs {
 
 constexpr double L2_EPS = 1e-12;
 
-// x̂ = x / max(‖x‖, ε) for `rows` rows of width d; den[r] = max(‖x_r‖, ε)
+// x̂ = x / max(‖x‖, ε) for `rows` rows of width d; norm[r] = ‖x_r‖
 template <typename T>
-void l2_rows(const T* x, int64_t rows, int64_t d, T* out, T* den) {
+void l2_rows(const T* x, int64_t rows, int64_t d, T* out, T* norm) {
   for (int64_t r = 0; r < rows; ++r) {
     T ss = 0;
     for (int64_t c = 0; c < d; ++c) ss += x[r * d + c] * x[r * d + c];
-    const T dn = std::max<T>(std::sqrt(ss), (T)L2_EPS);
-    den[r] = dn;
-    const T inv = T(1) / dn;
+    norm[r] = std::sqrt(ss);
+    const T inv = T(1) / std::max<T>(norm[r], (T)L2_EPS);
     for (int64_t c = 0; c < d; ++c) out[r * d + c] = x[r * d + c] * inv;
   }
 }
 
-// g ← (g − x̂ (x̂·g)) / den, without the projection where ‖x‖ < ε (F.normalize's autograd)
+// g ← (g − x̂ (x̂·g)) / max(‖x‖, ε), without the projection where ‖x‖ < ε (F.normalize's autograd)
 template <typename T>
-void l2_backward_rows(const T* x_hat, const T* den, int64_t rows, int64_t d, T* g) {
+void l2_backward_rows(const T* x_hat, const T* norm, int64_t rows, int64_t d, T* g) {
   for (int64_t r = 0; r < rows; ++r) {
     T dot = 0;
     for (int64_t c = 0; c < d; ++c) dot += x_hat[r * d + c] * g[r * d + c];
-    if (den[r] <= (T)L2_EPS) dot = 0;  // ‖x‖ < ε: x̂ = x / ε is linear in x
-    const T inv = T(1) / den[r];
+    if (norm[r] < (T)L2_EPS) dot = 0;  // ‖x‖ < ε: x̂ = x / ε is linear in x
+    const T inv = T(1) / std::max<T>(norm[r], (T)L2_EPS);
     for (int64_t c = 0; c < d; ++c) g[r * d + c] = (g[r * d + c] - x_hat[r * d + c] * dot) * inv;
   }
 }
@@ -513,17 +619,17 @@ struct SoftplusKernel {
   T scale;
   int64_t bq;
 
-  // q̂ rows (normalised when qk_norm) of one block into qb (and their divisors into qden)
-  void queries(const T* q, int64_t rows, T* qb, T* qden) const {
+  // q̂ rows (normalised when qk_norm) of one block into qb (and their norms into qnorm)
+  void queries(const T* q, int64_t rows, T* qb, T* qnorm) const {
     if (a.qk_norm) {
-      l2_rows<T>(q, rows, sh.D, qb, qden);
+      l2_rows<T>(q, rows, sh.D, qb, qnorm);
     } else {
       std::memcpy(qb, q, sizeof(T) * rows * sh.D);
     }
   }
-  void keys(const T* k, T* kb, T* kden) const {
+  void keys(const T* k, T* kb, T* knorm) const {
     if (a.qk_norm) {
-      l2_rows<T>(k, sh.Tk, sh.D, kb, kden);
+      l2_rows<T>(k, sh.Tk, sh.D, kb, knorm);
     } else {
       std::memcpy(kb, k, sizeof(T) * sh.Tk * sh.D);
     }
@@ -532,20 +638,29 @@ struct SoftplusKernel {
   void forward(const T* Q, const T* K, const T* V, T* O, T* Uden, T* Rden) const {
     const int64_t nqb = (sh.Tq + bq - 1) / bq;
     at::parallel_for(0, sh.B * sh.Hk, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> kh(sh.Tk * sh.D), kden(sh.Tk), qh(bq * sh.D), qden(bq), S, tmp, rr;
+      std::vector<T> kh(sh.Tk * sh.D), knorm(sh.Tk), qh(bq * sh.D), qnorm(bq), S, tmp, rr;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / sh.Hk, hk = item % sh.Hk;
-        keys(K + (b * sh.Hk + hk) * sh.Tk * sh.D, kh.data(), kden.data());
+        keys(K + (b * sh.Hk + hk) * sh.Tk * sh.D, kh.data(), knorm.data());
         const T* v = V + (b * sh.Hk + hk) * sh.Tk * sh.Dv;
         for (int64_t g = 0; g < sh.G; ++g) {
           const int64_t h = hk * sh.G + g;
           for (int64_t qb = 0; qb < nqb; ++qb) {
             const int64_t i0 = qb * bq, rows = std::min(bq, sh.Tq - i0);
             const int64_t row0 = (b * sh.H + h) * sh.Tq + i0;
-            queries(Q + row0 * sh.D, rows, qh.data(), qden.data());
+            queries(Q + row0 * sh.D, rows, qh.data(), qnorm.data());
             int64_t klo, khi;
             sh.block(i0 + sh.off, i0 + rows - 1 + sh.off, klo, khi);
             const int64_t w = khi - klo;
+            T* o = O + row0 * sh.Dv;
+            if (w <= 0) {  // no query of the block sees a key: zero rows (as the reference's 0 / (0 + ε))
+              std::fill(o, o + rows * sh.Dv, T(0));
+              for (int64_t r = 0; r < rows; ++r) {
+                Uden[row0 + r] = (T)a.eps;
+                if (a.reweight) Rden[row0 + r] = (T)a.eps;
+              }
+              continue;
+            }
             S.resize(rows * w);
             tmp.resize(w);
             rr.resize(w);
@@ -582,7 +697,6 @@ struct SoftplusKernel {
               fill<T>(s, 0, lo, T(0));
               fill<T>(s, hi, w, T(0));
             }
-            T* o = O + row0 * sh.Dv;
             ab<T>(rows, sh.Dv, w, T(1), S.data(), w, v + klo * sh.Dv, sh.Dv, T(0), o, sh.Dv);
             for (int64_t r = 0; r < rows; ++r) {
               const T inv = T(1) / (a.reweight ? Rden[row0 + r] : Uden[row0 + r]);
@@ -598,11 +712,11 @@ struct SoftplusKernel {
                 T* dQ, T* dK, T* dV) const {
     const int64_t nqb = (sh.Tq + bq - 1) / bq;
     at::parallel_for(0, sh.B * sh.Hk, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> kh(sh.Tk * sh.D), kden(sh.Tk), qh(bq * sh.D), qden(bq), S, dP, SG, tmp, slope, pos;
+      std::vector<T> kh(sh.Tk * sh.D), knorm(sh.Tk), qh(bq * sh.D), qnorm(bq), S, dP, SG, tmp, slope, pos;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / sh.Hk, hk = item % sh.Hk;
         const T* k = K + (b * sh.Hk + hk) * sh.Tk * sh.D;
-        keys(k, kh.data(), kden.data());
+        keys(k, kh.data(), knorm.data());
         const T* v = V + (b * sh.Hk + hk) * sh.Tk * sh.Dv;
         T* dk = dK + (b * sh.Hk + hk) * sh.Tk * sh.D;  // accumulates ∂L/∂k̂, mapped to ∂L/∂k at the end
         T* dv = dV + (b * sh.Hk + hk) * sh.Tk * sh.Dv;
@@ -611,12 +725,13 @@ struct SoftplusKernel {
           for (int64_t qb = 0; qb < nqb; ++qb) {
             const int64_t i0 = qb * bq, rows = std::min(bq, sh.Tq - i0);
             const int64_t row0 = (b * sh.H + h) * sh.Tq + i0;
-            queries(Q + row0 * sh.D, rows, qh.data(), qden.data());
+            queries(Q + row0 * sh.D, rows, qh.data(), qnorm.data());
             const T* d_o = dO + row0 * sh.Dv;
             T* dq = dQ + row0 * sh.D;
             int64_t klo, khi;
             sh.block(i0 + sh.off, i0 + rows - 1 + sh.off, klo, khi);
             const int64_t w = khi - klo;
+            if (w <= 0) continue;  // no key visible to the block: its gradients are 0
             S.resize(rows * w);
             dP.resize(rows * w);
             SG.resize(rows * w);
@@ -681,10 +796,10 @@ struct SoftplusKernel {
             atb_add<T>(w, sh.Dv, rows, T(1), S.data(), w, d_o, sh.Dv, dv + klo * sh.Dv, sh.Dv);
             ab<T>(rows, sh.D, w, scale, dP.data(), w, kh.data() + klo * sh.D, sh.D, T(1), dq, sh.D);
             atb_add<T>(w, sh.D, rows, scale, dP.data(), w, qh.data(), sh.D, dk + klo * sh.D, sh.D);
-            if (a.qk_norm) l2_backward_rows<T>(qh.data(), qden.data(), rows, sh.D, dq);
+            if (a.qk_norm) l2_backward_rows<T>(qh.data(), qnorm.data(), rows, sh.D, dq);
           }
         }
-        if (a.qk_norm) l2_backward_rows<T>(kh.data(), kden.data(), sh.Tk, sh.D, dk);
+        if (a.qk_norm) l2_backward_rows<T>(kh.data(), knorm.data(), sh.Tk, sh.D, dk);
       }
     });
   }

@@ -4,24 +4,30 @@ The chunked backend's PyTorch form (``attnlab.attention.fast.chunked``) launches
 tile, each a pass over memory; on CPU that costs more than the tile's matrix products. ``native.cpp`` runs each
 query block as matrix products on tiles (BLAS ``?gemm_``, the library PyTorch links) with the pointwise work
 fused in between, in vectorised loops: the structure of FlashAttention (Dao et al. 2022, arXiv:2205.14135).
-It is built on first use with ``torch.utils.cpp_extension`` (about 40 s, cached under
+It is built on first use with ``torch.utils.cpp_extension`` (about 45 s here, cached under
 ``~/.cache/torch_extensions``; needs a C++ compiler and ninja) for the machine it runs on.
 
 Two kernels, each the specification's formulas (the normaliser's reference implementation) on tiles:
 
-- **softmax** with optional soft-capping s ← c·tanh(s/c) (Gemma 2) and a relative-position bias given as one
-  vector per head over the offsets r = j − i (ALiBi: −m_h·|r| or m_h·r; T5: table[bucket(r), h]). Forward:
-  online max and sum over key tiles; backward per tile: P = exp(s − lse), dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)),
-  times 1 − tanh² under a cap; the bias vector's gradient is dS summed along each diagonal, which autograd carries
-  to the T5 table through the gather.
+- **softmax**, **signed softmax** (Cog: sign(s)·softmax(|s|)) and **sigmoid** (σ(s + b), no row normaliser),
+  with optional soft-capping s ← c·tanh(s/c) (Gemma 2) and a relative-position bias given as one vector per head
+  over the offsets r = j − i (ALiBi: −m_h·|r| or m_h·r; T5: table[bucket(r), h]). Forward: online max and sum
+  over key tiles (sigmoid: none); backward per tile: P = exp(s − lse), dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O))
+  (Cog: w ⊙ (sign(s)·dO·vᵀ − rowsum(dO ⊙ O)); sigmoid: w(1 − w) ⊙ dO·vᵀ), times 1 − tanh² under a cap; the bias
+  vector's gradient is dS summed along each diagonal, which autograd carries to the T5 table through the gather.
 - **softplus** (LSSA, and LSSAR's re-weighting) with q, k l2-normalised inside the kernel: a query block holds
   its visible row of scores (O(block · T) memory per thread), so LSSAR's two row statistics (Σu, then Σr) and
   its backward's row sum need no recomputed products. Backward as in ``ReweightedSoftplusRule``.
 
 Float32 runs in float32 (bf16 / fp16 inputs are computed in float32, as the PyTorch form does), float64 in
-float64 (for gradcheck). Every other case (documents, sinks' lse, other score_mods or normalisers, non-CPU
-tensors, explicit tile sizes) stays on the PyTorch form. ``ATTNLAB_NATIVE=0`` (or ``ENABLED = False``) turns the
-kernels off; when the build fails, ``unavailable_reason()`` says why and the PyTorch form is used.
+float64 (for gradcheck). Weights below e^−64 of a row's maximum are exactly 0 (as the PyTorch form's
+``EXP_FLOOR``), so no denormal reaches a matrix product. A softmax row that sees no key at all (only possible
+for non-causal windows with more queries than keys) gives 0, where the dense reference gives NaN.
+
+Every other case stays on the PyTorch form: document masks, a differentiable lse (sinks), score_mods other than
+ALiBi / T5, the other normalisers (clipped softmax, ReLU), qk_norm for softmax-family rules, non-CPU tensors and
+explicit tile sizes. ``ATTNLAB_NATIVE=0`` (or ``ENABLED = False``) turns the kernels off; when the build fails,
+``unavailable_reason()`` says why (``build_error()`` has the compiler's output) and the PyTorch form is used.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from attnlab.common import compute_dtype
 
@@ -50,7 +57,8 @@ SOFTPLUS_ROWS = 32
 
 _lock = threading.Lock()
 _module: Any = None
-_error: str | None = None
+_error: str | None = None  # one line: why the kernels are not available
+_error_detail: str | None = None  # the whole message (compiler output) of a failed build
 
 
 def _cflags() -> list[str]:
@@ -106,7 +114,7 @@ def _built(name: str) -> bool:
 
 def module() -> Any | None:
     """The compiled extension, built on the first call; None when disabled or when it cannot be built."""
-    global _module, _error
+    global _module, _error, _error_detail
     if not ENABLED:
         return None
     if _module is not None or _error is not None:
@@ -120,7 +128,7 @@ def module() -> Any | None:
                 name = _build_name()
                 if not _built(name):
                     print(
-                        "attnlab: compiling the native CPU kernels (once per machine, about a minute)", file=sys.stderr
+                        "attnlab: compiling the native CPU kernels (once per machine, under a minute)", file=sys.stderr
                     )
                 ext = load(
                     name=name,
@@ -133,8 +141,15 @@ def module() -> Any | None:
                     raise RuntimeError("this PyTorch build exports no sgemm_/dgemm_ (BLAS) symbols")
                 _module = ext
             except Exception as e:  # any build failure means: use the PyTorch form
-                _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                text = str(e).strip()
+                _error = f"{type(e).__name__}: {text.splitlines()[-1] if text else ''} (native.build_error())"
+                _error_detail = f"{type(e).__name__}: {text}"
     return _module
+
+
+def build_error() -> str | None:
+    """The full message of a failed build (the compiler's output), or None."""
+    return _error_detail
 
 
 def unavailable_reason() -> str | None:
@@ -160,31 +175,44 @@ class _Call:
     dtype: torch.dtype  # compute dtype
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """Which score normaliser the softmax kernel runs, with its constants."""
+
+    kind: int  # 0 softmax, 1 signed softmax (Cog), 2 sigmoid
+    softcap: float = 0.0  # 0: none
+    sigmoid_bias: float = 0.0
+
+
 def _inputs(call: _Call, *xs: Tensor) -> list[Tensor]:
     return [x.detach().to(call.dtype).contiguous() for x in xs]
 
 
 class _NativeSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, call: _Call, softcap: float) -> Tensor:
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, call: _Call, kind: _Kind) -> Tensor:
         qc, kc, vc = _inputs(call, q, k, v)
         bc = None if bias is None else _inputs(call, bias)[0]
         bq, bk = SOFTMAX_BLOCKS
-        out, lse = module().softmax_forward(qc, kc, vc, call.scale, call.causal, call.window, softcap, bc, bq, bk)
-        ctx.call, ctx.softcap = call, softcap
+        ctx.ext = module()  # the backward uses the same build even if ENABLED changes in between
+        args = (call.scale, call.causal, call.window, kind.softcap, bc)
+        out, lse = ctx.ext.softmax_forward(qc, kc, vc, *args, kind.kind, kind.sigmoid_bias, bq, bk)
+        ctx.call, ctx.kind = call, kind
         ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(qc, kc, vc, out, lse, bc)
         return out.to(v.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
         qc, kc, vc, out, lse, bc = ctx.saved_tensors
         call: _Call = ctx.call
         bq, bk = SOFTMAX_BLOCKS
         need_bias = bc is not None and ctx.needs_input_grad[3]
-        dq, dk, dv, dbias = module().softmax_backward(
+        kind: _Kind = ctx.kind
+        dq, dk, dv, dbias = ctx.ext.softmax_backward(
             d_out.to(call.dtype).contiguous(), qc, kc, vc, out, lse, call.scale, call.causal, call.window,
-            ctx.softcap, bc, need_bias, bq, bk,
+            kind.softcap, bc, need_bias, kind.kind, kind.sigmoid_bias, bq, bk,
         )  # fmt: skip
         qt, kt, vt, bt = ctx.dtypes
         return dq.to(qt), dk.to(kt), dv.to(vt), (dbias.to(bt) if need_bias else None), None, None
@@ -206,17 +234,19 @@ class _NativeSoftplus(torch.autograd.Function):
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, call: _Call, sp: _Softplus) -> Tensor:
         qc, kc, vc = _inputs(call, q, k, v)
         args = (call.scale, call.causal, call.window, sp.length_scale, sp.log_d, sp.eps, sp.reweight, sp.power)
-        out, u_den, r_den = module().softplus_forward(qc, kc, vc, *args, sp.free_rows, sp.qk_norm, SOFTPLUS_ROWS)
+        ctx.ext = module()
+        out, u_den, r_den = ctx.ext.softplus_forward(qc, kc, vc, *args, sp.free_rows, sp.qk_norm, SOFTPLUS_ROWS)
         ctx.call, ctx.sp, ctx.dtypes = call, sp, (q.dtype, k.dtype, v.dtype)
         ctx.save_for_backward(qc, kc, vc, out, u_den, r_den)
         return out.to(v.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
         qc, kc, vc, out, u_den, r_den = ctx.saved_tensors
         call, sp = ctx.call, ctx.sp
         args = (call.scale, call.causal, call.window, sp.length_scale, sp.log_d, sp.eps, sp.reweight, sp.power)
-        dq, dk, dv = module().softplus_backward(
+        dq, dk, dv = ctx.ext.softplus_backward(
             d_out.to(call.dtype).contiguous(), qc, kc, vc, out, u_den, r_den, *args, sp.free_rows, sp.qk_norm,
             SOFTPLUS_ROWS,
         )  # fmt: skip
@@ -227,15 +257,16 @@ class _NativeSoftplus(torch.autograd.Function):
 # --- dispatch from the chunked backend -----------------------------------------------------------------------
 
 
-def offset_bias(score_mod: Any, h: int, t_k: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """The per-head bias over offsets r = j − i ∈ [1 − Tk, Tk − 1] of a position score_mod that is a function of
-    the offset alone (ALiBi, T5), [H, 2·Tk − 1], computed as its score_mod computes it; None for any other."""
+def offset_bias(score_mod: Any, h: int, t_q: int, t_k: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """The per-head bias over the offsets r = j − p ∈ [1 − Tk, Tq − 1] (key j, query position p = i + Tk − Tq) of a
+    position score_mod that is a function of the offset alone (ALiBi, T5), [H, Tk + Tq − 1], computed as its
+    score_mod computes it; None for any other."""
     from attnlab.attention.fast.sdpa_variants import sdpa_form
     from attnlab.position.alibi import AlibiForm
     from attnlab.position.t5 import RelativeBiasForm
 
     form = sdpa_form(score_mod)
-    r = torch.arange(1 - t_k, t_k, device=device)
+    r = torch.arange(1 - t_k, t_q, device=device)
     if isinstance(form, AlibiForm):
         if form.slopes.shape[0] != h:
             return None
@@ -250,28 +281,34 @@ def offset_bias(score_mod: Any, h: int, t_k: int, dtype: torch.dtype, device: to
 
 def attend(rule: Any, opts: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
     """The output of ``rule`` through a native kernel, or None when this call is not one the kernels cover."""
-    from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftmaxRule, SoftplusRule
+    from attnlab.attention.fast.chunked import PointwiseRule, ReweightedSoftplusRule, SoftmaxRule, SoftplusRule
 
     if not ENABLED or q.device.type != "cpu" or opts.documents is not None or opts.need_lse:
         return None
     if not (q.is_floating_point() and k.dtype == q.dtype and v.dtype == q.dtype):
         return None
-    is_softmax = type(rule) is SoftmaxRule and not rule.signed
+    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or v.shape[2] != k.shape[2]:
+        return None  # broadcasting or mismatched shapes: the PyTorch form's behaviour and errors
+    kind = None
+    if type(rule) is SoftmaxRule and not opts.qk_norm:
+        kind = _Kind(1 if rule.signed else 0, softcap=float(rule.softcap or 0.0))
+    elif type(rule) is PointwiseRule and rule.kind == "sigmoid" and rule.row_scale is None and not opts.qk_norm:
+        kind = _Kind(2, sigmoid_bias=float(rule.bias))
     is_softplus = type(rule) in (SoftplusRule, ReweightedSoftplusRule) and opts.score_mod is None
-    if not (is_softmax or is_softplus) or module() is None:
+    if not (kind is not None or is_softplus) or module() is None:
         return None
     call = _Call(float(opts.scale), bool(opts.causal), int(opts.window or 0), compute_dtype(q))
-    if is_softmax:
+    if kind is not None:
         bias = None
         if opts.score_mod is not None:
-            bias = offset_bias(opts.score_mod, q.shape[1], k.shape[2], call.dtype, q.device)
+            bias = offset_bias(opts.score_mod, q.shape[1], q.shape[2], k.shape[2], call.dtype, q.device)
             if bias is None:
                 return None
-        return _NativeSoftmax.apply(q, k, v, bias, call, float(rule.softcap or 0.0))
+        return _NativeSoftmax.apply(q, k, v, bias, call, kind)
     reweight = isinstance(rule, ReweightedSoftplusRule)
     sp = _Softplus(
         length_scale=bool(rule.length_scale),
-        log_d=math.log(rule.d_head),
+        log_d=math.log(rule.d_head) if rule.length_scale else 0.0,
         eps=float(rule.eps),
         reweight=reweight,
         power=float(rule.power) if reweight else 1.0,

@@ -11,7 +11,7 @@ models use plain softmax in the first and last layers and Cog in between (``attn
 that layout is ``AttentionConfig(normaliser="cog", edge_normaliser="softmax")``.
 
 Backends: ``chunked``: online normalisation by Σ exp|s| as in FlashAttention (running max of |s|), a custom
-backward from the saved logsumexp (ds = w·(sign(s)·dw − dO·o)).
+backward from the saved logsumexp (ds = w·(sign(s)·dw − dO·o)); on CPU compiled (``attnlab.attention.fast.native``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ authors' reference code (apple/ml-sigmoid-attention, ``attention_simulator``), w
 (to −max, so σ → 0) and then adds the bias; here masked keys get an exact zero instead.
 
 Backends: ``chunked`` (``attnlab.attention.fast.chunked``): tiles of scores, never the T×T matrix, with a
-custom backward (ds = σ(1 − σ)·dw). The bias is a fixed number (the paper's recommendation), not learned.
+custom backward (ds = σ(1 − σ)·dw); on CPU compiled (``attnlab.attention.fast.native``). The bias is a fixed
+number (the paper's recommendation), not learned.
 """
 
 from __future__ import annotations
