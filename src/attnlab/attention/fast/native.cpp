@@ -183,6 +183,15 @@ struct Shape {
     }
     if (hi < lo) hi = lo;
   }
+  // the visible keys of position p inside a tile of `cols` keys from j0, as tile columns [lo, hi); returns how many
+  // keys p sees in all
+  int64_t tile_row(int64_t p, int64_t j0, int64_t cols, int64_t& lo, int64_t& hi) const {
+    row(p, lo, hi);
+    const int64_t seen = hi - lo;
+    lo = std::clamp<int64_t>(lo - j0, 0, cols);
+    hi = std::clamp<int64_t>(hi - j0, lo, cols);
+    return seen;
+  }
   // keys visible to some query in positions [p0, p1]
   void block(int64_t p0, int64_t p1, int64_t& lo, int64_t& hi) const {
     int64_t a, b, c, d;
@@ -304,9 +313,7 @@ void softmax_forward_impl(const Shape& sh, const T* Q, const T* K, const T* V, T
           T* s = S.data() + r * cols;
           const int64_t p = i0 + r + sh.off;
           int64_t lo, hi;
-          sh.row(p, lo, hi);
-          lo = std::clamp<int64_t>(lo - j0, 0, cols);
-          hi = std::clamp<int64_t>(hi - j0, lo, cols);
+          sh.tile_row(p, j0, cols, lo, hi);
           if (hi > lo) {
             modify_row<T>(s + lo, hi - lo, cap, bias_h ? bias_h + (j0 + lo - p + sh.Tk - 1) : nullptr, nullptr);
             if (mod.kind == SIGMOID) {
@@ -404,11 +411,8 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
               T* dp = dP.data() + r * cols;
               const int64_t p = i0 + r + sh.off;
               int64_t lo, hi;
-              sh.row(p, lo, hi);
               // one visible key: |w| = 1 and dS = 0 exactly (not a rounding residue of dw − D)
-              const bool single = hi - lo == 1;
-              lo = std::clamp<int64_t>(lo - j0, 0, cols);
-              hi = std::clamp<int64_t>(hi - j0, lo, cols);
+              const bool single = sh.tile_row(p, j0, cols, lo, hi) == 1;
               if (hi > lo) {
                 const int64_t n = hi - lo;
                 T* sr = s + lo;
@@ -467,6 +471,20 @@ void softmax_backward_impl(const Shape& sh, const T* Q, const T* K, const T* V, 
   });
 }
 
+// the bias vector's data after checking it against the call, or null without one
+const void* checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q, const Shape& sh) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  TORCH_CHECK(bias->is_contiguous() && bias->scalar_type() == q.scalar_type(), "bias: contiguous, q's dtype");
+  TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == sh.Tk + sh.Tq - 1,
+              "bias: [H, Tk + Tq - 1]");
+  return bias->data_ptr();
+}
+
+SoftmaxMod softmax_mod(double softcap, const void* bias, int64_t kind, double sig_bias) {
+  TORCH_CHECK(kind >= SOFTMAX && kind <= SIGMOID, "kind: 0 softmax, 1 signed, 2 sigmoid");
+  return SoftmaxMod{softcap, bias, kind, sig_bias};
+}
+
 std::vector<at::Tensor> softmax_forward(at::Tensor q, at::Tensor k, at::Tensor v, double scale, bool causal,
                                         int64_t window, double softcap, std::optional<at::Tensor> bias, int64_t kind,
                                         double sig_bias, int64_t bq, int64_t bk) {
@@ -474,15 +492,8 @@ std::vector<at::Tensor> softmax_forward(at::Tensor q, at::Tensor k, at::Tensor v
   Shape sh(q, k, v, causal, window);
   auto out = at::empty({sh.B, sh.H, sh.Tq, sh.Dv}, q.options());
   auto lse = at::empty({sh.B, sh.H, sh.Tq}, q.options());
-  const void* bias_p = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->is_contiguous() && bias->scalar_type() == q.scalar_type(), "bias: contiguous, q's dtype");
-    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == sh.Tk + sh.Tq - 1,
-                "bias: [H, Tk + Tq - 1]");
-    bias_p = bias->data_ptr();
-  }
-  TORCH_CHECK(kind >= SOFTMAX && kind <= SIGMOID, "kind: 0 softmax, 1 signed, 2 sigmoid");
-  SoftmaxMod mod{softcap, bias_p, kind, sig_bias};
+  const void* bias_p = checked_bias(bias, q, sh);
+  SoftmaxMod mod = softmax_mod(softcap, bias_p, kind, sig_bias);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_forward", [&] {
     softmax_forward_impl<scalar_t>(sh, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                                    out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), (scalar_t)scale, mod, bq, bk);
@@ -499,17 +510,10 @@ std::vector<at::Tensor> softmax_backward(at::Tensor d_out, at::Tensor q, at::Ten
   Shape sh(q, k, v, causal, window);
   auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   auto delta = (d_out * out).sum(-1).contiguous();
-  const void* bias_p = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->is_contiguous() && bias->scalar_type() == q.scalar_type(), "bias: contiguous, q's dtype");
-    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == sh.H && bias->size(1) == sh.Tk + sh.Tq - 1,
-                "bias: [H, Tk + Tq - 1]");
-    bias_p = bias->data_ptr();
-  }
+  const void* bias_p = checked_bias(bias, q, sh);
   at::Tensor dbias;
   if (bias_p && bias_grad) dbias = at::zeros({sh.B, sh.H, sh.Tk + sh.Tq - 1}, q.options());
-  TORCH_CHECK(kind >= SOFTMAX && kind <= SIGMOID, "kind: 0 softmax, 1 signed, 2 sigmoid");
-  SoftmaxMod mod{softcap, bias_p, kind, sig_bias};
+  SoftmaxMod mod = softmax_mod(softcap, bias_p, kind, sig_bias);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_backward", [&] {
     softmax_backward_impl<scalar_t>(sh, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                                     d_out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
@@ -669,9 +673,7 @@ struct SoftplusKernel {
               T* s = S.data() + r * w;
               const int64_t p = i0 + r + sh.off;
               int64_t lo, hi;
-              sh.row(p, lo, hi);
-              lo = std::clamp<int64_t>(lo - klo, 0, w);
-              hi = std::clamp<int64_t>(hi - klo, lo, w);
+              sh.tile_row(p, klo, w, lo, hi);
               const int64_t n = hi - lo;
               const RowConst rc = row_const(sh, a, p);
               T* u = s + lo;
@@ -746,9 +748,7 @@ struct SoftplusKernel {
               T* sg = SG.data() + r * w;
               const int64_t p = i0 + r + sh.off;
               int64_t lo, hi;
-              sh.row(p, lo, hi);
-              lo = std::clamp<int64_t>(lo - klo, 0, w);
-              hi = std::clamp<int64_t>(hi - klo, lo, w);
+              sh.tile_row(p, klo, w, lo, hi);
               const int64_t n = hi - lo;
               const RowConst rc = row_const(sh, a, p);
               const T c = (T)rc.c, uden = Uden[row0 + r], delta = Delta[row0 + r];
