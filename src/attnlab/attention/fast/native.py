@@ -4,8 +4,8 @@ The chunked backend's PyTorch form (``attnlab.attention.fast.chunked``) launches
 tile, each a pass over memory; on CPU that costs more than the tile's matrix products. ``native.cpp`` runs each
 query block as matrix products on tiles (BLAS ``?gemm_``, the library PyTorch links) with the pointwise work
 fused in between, in vectorised loops: the structure of FlashAttention (Dao et al. 2022, arXiv:2205.14135).
-It is built on first use with ``torch.utils.cpp_extension`` (about 45 s here, cached under
-``~/.cache/torch_extensions``; needs a C++ compiler and ninja) for the machine it runs on.
+It is built on first use with ``torch.utils.cpp_extension`` for the machine it runs on (it prints how long that
+took; cached under ``~/.cache/torch_extensions``; needs a C++ compiler and ninja).
 
 Two kernels, each the specification's formulas (the normaliser's reference implementation) on tiles:
 
@@ -39,6 +39,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,10 @@ def module() -> Any | None:
 
                 _ensure_ninja_on_path()
                 name = _build_name()
-                if not _built(name):
-                    print(
-                        "attnlab: compiling the native CPU kernels (once per machine, under a minute)", file=sys.stderr
-                    )
+                fresh = not _built(name)
+                if fresh:
+                    print("attnlab: compiling the native CPU kernels (once per machine)", file=sys.stderr)
+                start = time.perf_counter()
                 ext = load(
                     name=name,
                     sources=[str(SOURCE)],
@@ -139,6 +140,8 @@ def module() -> Any | None:
                 )
                 if not ext.blas_available():
                     raise RuntimeError("this PyTorch build exports no sgemm_/dgemm_ (BLAS) symbols")
+                if fresh:
+                    print(f"attnlab: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr)
                 _module = ext
             except Exception as e:  # any build failure means: use the PyTorch form
                 text = str(e).strip()
