@@ -1,158 +1,119 @@
-"""The R lazy-load reader on tiny databases written byte by byte here, in R's XDR serialization format."""
+"""The lazy-load layer over the ``rdata`` package, on tiny databases laid out the way R's makeLazyLoadDB writes
+them; the records are serialized by rdata's own writer (XDR, format version 3) unless a test needs bytes R
+writes and rdata does not (an unmarked string in a version 2 serialization). The real databases are read in
+tests/data/test_corpus_sources.py, whose builds must match their pinned sha256."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import lzma
 import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rdata
 
-from attnlab.data.rdata import RDataError, RObject, load_lazy, named, plain, unserialize
+from attnlab.data.rdata import RDataError, character_vector, load_lazy, unserialize
 
-LISTSXP, CHARSXP, INTSXP, REALSXP, STRSXP, VECSXP, SYMSXP = 2, 9, 13, 14, 16, 19, 1
-NILVALUE, REFSXP = 254, 255
-HAS_ATTR, HAS_TAG = 1 << 9, 1 << 10
-UTF8, ASCII = 1 << 3, 1 << 6
+COMPRESSORS = {b"Z": zlib.compress, b"2": bz2.compress, b"X": lzma.compress, b"0": bytes}
 
 
-class XDR:
-    """A minimal R serializer (format version 3), enough to build test databases the way R writes them:
-    a symbol is written once, later uses are references into the table (REFSXP)."""
-
-    def __init__(self) -> None:
-        self.out = bytearray(b"X\n")
-        self.symbols: dict[str, int] = {}
-        self.int(3), self.int(0x040201), self.int(0x030500)  # version, writer R 4.2.1, reader R 3.5.0
-        self.int(5)
-        self.out += b"UTF-8"
-
-    def int(self, value: int) -> None:
-        self.out += struct.pack(">i", value)
-
-    def charsxp(self, text: str | None) -> None:
-        if text is None:
-            self.int(CHARSXP), self.int(-1)
-            return
-        raw = text.encode()
-        self.int(CHARSXP | ((UTF8 if raw != text.encode("ascii", "ignore") else ASCII) << 12))
-        self.int(len(raw))
-        self.out += raw
-
-    def symbol(self, name: str) -> None:
-        if name in self.symbols:
-            self.int(REFSXP | (self.symbols[name] << 8))
-            return
-        self.symbols[name] = len(self.symbols) + 1
-        self.int(SYMSXP)
-        self.charsxp(name)
-
-    def attributes(self, attrs: dict[str, object]) -> None:
-        """A pairlist of tagged cells, then NILVALUE."""
-        for tag, value in attrs.items():
-            self.int(LISTSXP | HAS_TAG)
-            self.symbol(tag)
-            self.value(value)
-        self.int(NILVALUE)
-
-    def value(self, value: object, names: list[str] | None = None) -> None:
-        flags = HAS_ATTR if names is not None else 0
-        if isinstance(value, str) or value is None:
-            value = [value]
-        assert isinstance(value, list)
-        if all(isinstance(v, str) or v is None for v in value):
-            self.int(STRSXP | flags), self.int(len(value))
-            for v in value:
-                self.charsxp(v)
-        elif all(isinstance(v, int) for v in value):
-            self.int(INTSXP | flags), self.int(len(value))
-            for v in value:
-                self.int(v)
-        elif all(isinstance(v, float) for v in value):
-            self.int(REALSXP | flags), self.int(len(value))
-            self.out += struct.pack(f">{len(value)}d", *value)
-        else:
-            raise TypeError(value)
-        if names is not None:
-            self.attributes({"names": names})
-
-    def named_list(self, items: dict[str, object]) -> None:
-        self.int(VECSXP | HAS_ATTR), self.int(len(items))
-        for v in items.values():
-            if isinstance(v, dict):
-                self.named_list(v)
-            else:
-                self.value(v)
-        self.attributes({"names": list(items)})
+def serialized(value: object) -> bytes:
+    """``serialize(value, NULL)`` as R would write it (XDR, version 3, UTF-8 strings)."""
+    return rdata.unparser.unparse_data(rdata.conversion.convert_python_to_r_data(value))
 
 
-def serialized(write) -> bytes:
-    xdr = XDR()
-    write(xdr)
-    return bytes(xdr.out)
-
-
-def write_database(tmp_path: Path, objects: dict[str, object], compressed: int = 1) -> Path:
-    """``tmp_path/Rdata.rdx`` / ``.rdb`` holding ``objects`` (str lists / int lists), as R's makeLazyLoadDB."""
+def write_database(tmp_path: Path, objects: dict[str, object], compressed: int = 1, kind: bytes = b"Z") -> Path:
+    """``tmp_path/Rdata.rdx`` / ``.rdb`` holding ``objects``: each record is the uncompressed length, then (for
+    ``compressed`` 2 or 3) the compression type byte, then the compressed serialization."""
     rdb, variables = bytearray(), {}
     for name, obj in objects.items():
-        data = serialized(lambda x, obj=obj: x.value(obj))
+        data = serialized(obj)
         header = struct.pack(">I", len(data))
-        record = header + zlib.compress(data) if compressed == 1 else header + b"X" + lzma.compress(data)
-        variables[name] = [len(rdb), len(record)]
+        record = header + zlib.compress(data) if compressed == 1 else header + kind + COMPRESSORS[kind](data)
+        variables[name] = np.array([len(rdb), len(record)], dtype=np.int32)
         rdb += record
-    index = serialized(lambda x: x.named_list({"variables": variables, "references": {}, "compressed": [compressed]}))
+    compressed_flag = np.array([True]) if compressed == 1 else np.array([compressed], dtype=np.int32)
+    index = serialized({"variables": variables, "references": [], "compressed": compressed_flag})
     (tmp_path / "Rdata.rdb").write_bytes(bytes(rdb))
     (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(index))
     return tmp_path / "Rdata"
 
 
-BOOKS = {
-    "emma": ["EMMA", "", "By Jane Austen", None, "Émile — naïve"],
-    "counts": [3, 1, 4, 1, 5],
-}
+EMMA = ["EMMA", "", "By Jane Austen", None, "Émile — naïve"]
+BOOKS = {"emma": np.array(EMMA, dtype=object), "counts": np.array([3, 1, 4, 1, 5], dtype=np.int32)}
 
 
-@pytest.mark.parametrize("compressed", [1, 3])
-def test_a_lazy_load_database_reads_back_every_object(tmp_path: Path, compressed: int) -> None:
-    found = load_lazy(write_database(tmp_path, BOOKS, compressed))
-    assert found == BOOKS
+@pytest.mark.parametrize(("compressed", "kind"), [(1, b"Z"), (3, b"X"), (3, b"Z"), (2, b"2"), (2, b"0")])
+def test_every_object_reads_back_under_each_compression(tmp_path: Path, compressed: int, kind: bytes) -> None:
+    found = load_lazy(write_database(tmp_path, BOOKS, compressed, kind))
+    assert list(found) == ["emma", "counts"]
+    assert character_vector(found["emma"], "emma") == EMMA
+    assert found["counts"].tolist() == [3, 1, 4, 1, 5]
 
 
 def test_one_object_can_be_read_alone_and_an_unknown_one_is_named(tmp_path: Path) -> None:
     prefix = write_database(tmp_path, BOOKS)
-    assert load_lazy(prefix, ["counts"]) == {"counts": BOOKS["counts"]}
+    assert list(load_lazy(prefix, ["counts"])) == ["counts"]
     with pytest.raises(RDataError, match=r"no object 'persuasion'.*counts, emma"):
         load_lazy(prefix, ["persuasion"])
 
 
-def test_names_survive_as_attributes_and_repeated_symbols_resolve_through_references() -> None:
-    data = serialized(lambda x: x.named_list({"a": ["x"], "b": {"c": [1, 2]}}))
-    assert data.count(b"names") == 1  # the second "names" tag is a REFSXP, as R writes it
-    value = unserialize(data)
-    assert isinstance(value, RObject) and value.names() == ["a", "b"]
-    assert named(named(value)["b"]) == {"c": [1, 2]}
+def test_a_vector_that_is_not_character_is_refused_by_name(tmp_path: Path) -> None:
+    found = load_lazy(write_database(tmp_path, BOOKS))
+    with pytest.raises(RDataError, match="'counts' is a array of dtype int32, not a character vector"):
+        character_vector(found["counts"], "counts")
 
 
-def test_a_named_vector_keeps_its_values_and_names() -> None:
-    value = unserialize(serialized(lambda x: x.value([1.5, -2.0], names=["p", "q"])))
-    assert plain(value) == [1.5, -2.0] and value.names() == ["p", "q"]
+def test_an_unmarked_string_is_read_as_utf8() -> None:
+    """R marks a string's encoding in its CHARSXP flags; a string in the native encoding carries no mark, and a
+    version 2 serialization names no native encoding. Packages are built in UTF-8, so it is read as UTF-8."""
+    text = "naïve".encode()
+    header = b"X\n" + struct.pack(">iii", 2, 0x040201, 0x020300)  # version 2, written by R 4.2.1
+    strsxp, charsxp_unmarked = 16, 9
+    data = header + struct.pack(">iiii", strsxp, 1, charsxp_unmarked, len(text)) + text
+    assert character_vector(unserialize(data), "x") == ["naïve"]
 
 
-def test_ascii_serializations_and_truncated_bytes_are_rejected_with_a_reason() -> None:
-    with pytest.raises(RDataError, match="only XDR"):
-        unserialize(b"A\n3\n")
-    data = serialized(lambda x: x.value(["a long enough string"]))
-    with pytest.raises(RDataError, match="truncated"):
-        unserialize(data[:-4])
+def test_cut_or_padded_serializations_are_rejected_with_a_reason() -> None:
+    data = serialized(np.array(["a long enough string"], dtype=object))
+    with pytest.raises(RDataError, match="cannot read the serialization"):
+        unserialize(data[:30])  # cut inside the vector's header
+    with pytest.raises(RDataError, match="cannot read the serialization"):
+        unserialize(data + b"xx")
+
+
+def test_a_truncated_database_is_rejected(tmp_path: Path) -> None:
+    """rdata 1.1.0 reads a string cut short without complaint; the record's length header catches it here."""
+    prefix = write_database(tmp_path, {"x": np.array(["a long enough string"] * 50, dtype=object)})
+    rdb = (tmp_path / "Rdata.rdb").read_bytes()
+    (tmp_path / "Rdata.rdb").write_bytes(rdb[: len(rdb) // 2])
+    with pytest.raises(RDataError, match="does not decompress"):
+        load_lazy(prefix)
 
 
 def test_a_record_whose_length_header_disagrees_is_rejected(tmp_path: Path) -> None:
-    prefix = write_database(tmp_path, {"x": ["abc"]})
+    prefix = write_database(tmp_path, {"x": np.array(["abc"], dtype=object)})
     rdb = bytearray((tmp_path / "Rdata.rdb").read_bytes())
     rdb[0:4] = struct.pack(">I", 1)
     (tmp_path / "Rdata.rdb").write_bytes(bytes(rdb))
     with pytest.raises(RDataError, match="header says 1"):
         load_lazy(prefix)
+
+
+def test_an_unknown_compression_type_names_the_allowed_ones(tmp_path: Path) -> None:
+    prefix = write_database(tmp_path, {"x": np.array(["abc"], dtype=object)}, compressed=3, kind=b"X")
+    rdb = bytearray((tmp_path / "Rdata.rdb").read_bytes())
+    rdb[4:5] = b"Q"
+    (tmp_path / "Rdata.rdb").write_bytes(bytes(rdb))
+    with pytest.raises(RDataError, match=r"type b'Q' \(allowed: Z, 2, X, 0\)"):
+        load_lazy(prefix)
+
+
+def test_an_index_that_is_not_a_lazy_load_index_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(serialized({"something": [1]})))
+    with pytest.raises(RDataError, match="is not a lazy-load index"):
+        load_lazy(tmp_path / "Rdata")

