@@ -23,11 +23,16 @@ group's first layer raises. The stored latent can be fake-quantised to ``quant_b
 symmetric, one scale per token, straight-through gradient), and the KV cache then holds the integer codes
 and scales, so a cached decode and a full pass see the same dequantised latent.
 
-Sources: MLA follows the paper's §2.1 equations (card 5b, a transcription) with Hugging Face's
-``modeling_deepseek`` conventions as remembered, not re-read: RMSNorm on both latents, q/k head layout
-[nope | rope], softmax scale (d_nope + d_R)^−½. CLLA has no public code: the layer grouping, what is shared
-and the quantiser are a reconstruction from the abstract (card 5a), UNVERIFIED in every detail (group
-size, bit width, per-token vs per-channel scale, whether k^R is quantised — here it is not).
+Sources: MLA follows the paper's §2.1 equations (arXiv:2405.04434) with the conventions of Hugging Face
+transformers' DeepSeek-V2 attention (huggingface/transformers
+``src/transformers/models/deepseek_v2/modeling_deepseek_v2.py``, ``DeepseekV2Attention``), checked in the
+code: an RMSNorm on each latent (``q_a_layernorm`` over the q latent, ``kv_a_layernorm`` over c), the q/k head
+layout [nope | rope] (``query_states = cat(q_pass, q_rot)``, ``key_states = cat(k_pass, k_rot)``, the rotated
+key shared by all heads), softmax scale ``qk_head_dim ** -0.5`` = (d_nope + d_R)^−½. CLLA has no public
+code: the layer grouping, what is shared and the quantiser are a reconstruction from the abstract of
+arXiv:2410.15252 (which names "attention head/dimension reduction, layer sharing, and quantization"),
+UNVERIFIED in every detail against the paper body (group size, bit width, per-token vs per-channel scale,
+whether k^R is quantised — here it is not).
 
 Incremental decoding caches the latent, not the full k and v (``extend_cache``, attnlab's LayerKVCache hook):
 
