@@ -14,7 +14,7 @@ def qk(t: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_floor_zeroes_frequencies_with_less_than_one_period_in_the_window() -> None:
-    """L = 512, d = 64: 16 of the 32 frequencies are below 2π/512 (card 2)."""
+    """L = 512, d = 64: 16 of the 32 frequencies are below 2π/512 (10000^(−i/32) < 2π/512 ⇔ i > 15.3)."""
     w = floor_clipped_inv_freq(64, 10000.0, 512)
     assert (w == 0).sum() == 16
     assert torch.equal(w[:16], rope_inv_freq(64, 10000.0)[:16])

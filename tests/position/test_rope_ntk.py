@@ -18,7 +18,7 @@ def qk(t: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_ntk_base_matches_the_worked_example() -> None:
-    """b = 10000, d = 128, s = 4 → b′ ≈ 40 890 (card 1e)."""
+    """b = 10000, d = 128, s = 4 → b′ = 10000 · 4^(128/126) ≈ 40 890 (b′ = b · s^(d/(d−2)), arXiv:2309.00071)."""
     assert ntk_base(10000.0, 4.0, 128) == pytest.approx(40890, rel=1e-4)
 
 

@@ -68,7 +68,7 @@ def test_router_is_a_distribution_over_the_orders_per_head_and_token_from_each_h
 
 
 def test_a_row_router_is_plain_rope_attention_with_the_same_weights() -> None:
-    """The card's unit test: router forced one-hot to the row order ⇒ vanilla (causal) RoPE attention."""
+    """Router forced one-hot to the row order ⇒ vanilla (causal) RoPE attention, since p_row(m) = m."""
     cfg = AttentionConfig(position="tpe2d", position_args=TABLE)
     layer = build_attention(cfg, SITE).double()
     rope = build_attention(AttentionConfig(position="rope"), SITE).double()

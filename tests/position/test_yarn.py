@@ -26,7 +26,8 @@ def test_mscale_matches_the_worked_examples_and_is_one_without_scaling() -> None
 
 
 def test_correction_range_matches_the_llama_example() -> None:
-    """d = 128, b = 10⁴, L = 4096, β_fast = 32, β_slow = 1 → ramp from pair 20 to pair 46 (card 1f)."""
+    """d = 128, b = 10⁴, L = 4096, β_fast = 32, β_slow = 1 → ramp from pair 20 to pair 46: HF
+    ``_compute_yarn_parameters``' correction range, floor(20.9) and ceil(45.0) of d·ln(L/(2πβ)) / (2 ln b)."""
     assert yarn_correction_range(128, 10000.0, 4096, 32.0, 1.0) == (20, 46)
 
 
