@@ -26,8 +26,9 @@ Differences from the authors' code: (1) they drop the *first qualifying* column 
 only when key 0 passes τ; here key 0 is never a hidden sink (``hidden_sinks``' convention). (2) They apply it to
 batch element 0; here every sequence of the batch gets its own S. (3) The head lists: the authors try each head of
 layers ≥ 2 alone on a calibration set and keep those that improve accuracy; ``search_heads`` does that with a loss
-given by the caller. Third-party summaries describe the sink criterion as "attention > α/N"; the paper text could
-not be read offline, so the code's fixed τ on the column score is used (``threshold``).
+given by the caller. Third-party summaries describe the sink criterion as "attention > α/N"; that is unverified
+against the paper text (arXiv:2406.15765, which was not read here), so the code's fixed τ on the column score is
+used (``threshold``).
 """
 
 from __future__ import annotations

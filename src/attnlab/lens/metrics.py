@@ -108,19 +108,19 @@ def hidden_sinks(
 ) -> tuple[Tensor, Tensor]:
     """Hidden attention sinks: keys after the first whose α_k (batch-averaged) exceeds ``threshold``.
 
-    Yu et al., "Unveiling and Harnessing Hidden Attention Sinks: Training-Free Attention Calibration"
-    (ACT, ICML 2024; code ``GATECH-EIC/ACT``)::
+    Yu et al., "Unveiling and Harnessing Hidden Attention Sinks: Enhancing Large Language Models without
+    Training through Attention Calibration" (ACT, ICML 2024, arXiv:2406.15765; code ``GATECH-EIC/ACT``)::
 
         col_score_k = Σ_t A[t, k] / (T − k)        (the same normaliser as ``sink_scores``)
         S = {k ≥ 1 : col_score_k > τ},  τ = 0.1
 
     Returns ``(indices [N, 2] of (head, key), scores [N])``, ordered by head then key.
 
-    Differences from the ACT code (UNVERIFIED against the paper text): ACT drops the *first qualifying* column
-    (``indices[1:]``), which is key 0 only if key 0 itself passes τ; here key 0 is always the initial sink and
-    never reported. ACT computes scores per sample; here they are averaged over the batch. The last keys have
-    tiny denominators (a final token attending to itself > τ is flagged); ``exclude_last`` drops that many final
-    keys (ACT: 0).
+    Differences from the ACT code (UNVERIFIED against the paper text, arXiv:2406.15765): ACT drops the *first
+    qualifying* column (``indices[1:]``), which is key 0 only if key 0 itself passes τ; here key 0 is always the
+    initial sink and never reported. ACT computes scores per sample; here they are averaged over the batch. The
+    last keys have tiny denominators (a final token attending to itself > τ is flagged); ``exclude_last`` drops
+    that many final keys (ACT: 0).
     """
     alpha = _alpha(P, causal, normalise).mean(0)  # [H, Tk]
     keep = alpha > threshold

@@ -20,7 +20,8 @@ What the authors' code does, and what is done here:
   and far fewer steps (a parameter) with a larger lr to compensate.
 - **regularisation**: the released ``train.py`` adds none; a penalty ``(Σ_h α_{l,h} − H)²`` per re-weighted layer is
   present but commented out. It is offered as ``sum_penalty`` (weight, default 0 = the released code) over the
-  selected heads of each layer. What the paper text says about it could not be verified offline.
+  selected heads of each layer. What the paper text (arXiv:2409.19745) says about it is unverified: it was not
+  read here.
 - **head selection**: the authors first find "RAG-suppression heads" by path patching on the proxy task and
   re-weight only those (5–40 heads of Llama-2-7B). Path patching is not reproduced: here the caller picks the heads
   (all heads of some layers by default) and the heads whose learned α ends below 1 are reported as suppression

@@ -25,8 +25,8 @@ across the attention-heads dimension, immediately before and after the softmax")
 [from, to]; here P[g, h] maps head h to head g, the transpose. Simplifications: the paper allows different
 numbers of query/key heads h_k, logit/weight heads h and value heads h_v; here all are H (``n_kv_heads``
 gives GQA for k and v only, repeated to H before the mixing). The mixing composes with any normaliser, not
-only softmax. Unverified: the paper's pseudo-code and initialisation were not read offline; its results
-(better quality at equal heads) are not reproduced here.
+only softmax. Unverified: the paper's pseudo-code and initialisation were not read here (to be checked
+against Shazeer et al., arXiv:2003.02436); its results (better quality at equal heads) are not reproduced.
 """
 
 from __future__ import annotations
