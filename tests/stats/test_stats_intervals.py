@@ -11,10 +11,10 @@ from scipy import stats
 from attnlab.errors import ConfigError
 from attnlab.stats.intervals import bootstrap_interval, mean_interval, t_interval
 
-# Student-t quantiles t_{0.975, df} from a printed table (Abramowitz & Stegun 1964, table 26.10), to 10 digits.
+# Student-t quantiles t_{0.975, df} to 10 significant digits (the tables' 12.706, 4.303, 2.776; R's qt(0.975, df)).
 T_975 = {1: 12.70620474, 2: 4.302652730, 4: 2.776445105}
-# t_interval does a handful of float64 operations on values of order 1; scipy's ppf is accurate to ~1e-15
-# relative, and the table's 10 digits bound the comparison with the printed values at 5e-10 relative.
+# t_interval does a handful of float64 operations on values of order 1 (scipy's ppf is accurate to ~1e-15
+# relative); the constants' 10 significant digits bound the comparison at 5e-10 relative.
 TABLE_RTOL = 5e-10
 
 
@@ -114,20 +114,21 @@ def test_percentile_bootstrap_of_three_values_by_enumeration() -> None:
 
 
 def test_bca_matches_efron_tibshirani_formulas() -> None:
-    """BCa endpoints from the bootstrap distribution by Efron & Tibshirani (1993) eq. 14.10, 14.14 and 14.15."""
+    """BCa endpoints from the bootstrap distribution by Efron & Tibshirani (1993) §14.3: the bias correction z0
+    from the share of resampled means below the mean, the acceleration from the jackknife."""
     values = np.array([0.91, 0.95, 0.97, 0.88, 0.99, 0.72, 0.96])
     seed = 3
     distribution = stats.bootstrap(
         (values,), np.mean, method="percentile", rng=np.random.default_rng(seed)
     ).bootstrap_distribution
     theta = values.mean()
-    # eq. 14.14, #{θ*_b < θ̂}/B, with resamples tied with θ̂ (those that redraw the sample itself) counted half
+    # z0 = Φ⁻¹(#{θ*_b < θ̂}/B), with resamples tied with θ̂ (those that redraw the sample itself) counted half
     z0 = stats.norm.ppf((np.sum(distribution < theta) + np.sum(distribution <= theta)) / (2 * len(distribution)))
     jackknife = np.array([np.delete(values, i).mean() for i in range(len(values))])
     spread = jackknife.mean() - jackknife
-    acceleration = np.sum(spread**3) / (6 * np.sum(spread**2) ** 1.5)  # eq. 14.15
+    acceleration = np.sum(spread**3) / (6 * np.sum(spread**2) ** 1.5)
     z = stats.norm.ppf([0.025, 0.975])
-    alphas = stats.norm.cdf(z0 + (z0 + z) / (1 - acceleration * (z0 + z)))  # eq. 14.10
+    alphas = stats.norm.cdf(z0 + (z0 + z) / (1 - acceleration * (z0 + z)))
     low, high = np.quantile(distribution, alphas)
     interval = bootstrap_interval(values, "bca", seed=seed)
     # Same resamples, same quantile rule: only the order of float64 sums differs.

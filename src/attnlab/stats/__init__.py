@@ -4,7 +4,7 @@ the runner and the reports call them on values read from the results database.""
 
 from attnlab.stats.compare import PairedComparison, VersusBest, holm, paired_comparison, versus_best
 from attnlab.stats.emergence import EmergenceSummary, emergence_step, summarise_emergence
-from attnlab.stats.halving import HalvingPlan, HalvingSpec, Rung, Trial, grid_edge, log_grid, plan_halving
+from attnlab.stats.halving import HalvingPlan, HalvingSpec, LrScore, Rung, Trial, grid_edge, log_grid, plan_halving
 from attnlab.stats.intervals import Interval, bootstrap_interval, mean_interval, t_interval
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "HalvingPlan",
     "HalvingSpec",
     "Interval",
+    "LrScore",
     "PairedComparison",
     "Rung",
     "Trial",

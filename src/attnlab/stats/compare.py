@@ -1,16 +1,18 @@
 """Paired comparisons of mechanisms over shared seeds, and which mechanisms cannot be told apart from the best.
 
-Two mechanisms trained with the same seed see the same data order and initial draws of the shared parts, so
-the per-seed difference removes the seed's luck from the comparison (a paired design: Student 1908; any
-text on paired tests). Only seeds where both runs finished are paired; the others are listed, not imputed.
+Two mechanisms trained with the same seed see the same data (the task is built from the seed) and start
+from the same random state, so the per-seed difference removes the part of the seed's luck they share from
+the comparison (a paired design, as in Student 1908). Only seeds where both runs finished are paired; the
+others are listed, not imputed.
 
 Which test is the default, and why: the paired t-test (``test="t"``). The exact sign-flip permutation test
-(Fisher 1935, *The Design of Experiments* §21; Good 2005, *Permutation, Parametric and Bootstrap Tests of
-Hypotheses* §3) assumes only that the differences are symmetric about 0 under the null, not normal; but with
-n seeds its smallest two-sided p-value is 2/2ⁿ: 0.25 at 3 seeds, 0.125 at 4, 0.0625 at 5. At the presets'
-3 seeds it could never separate a mechanism at chance from one that solves the task, so a leaderboard built
-on it would call everything a tie. The t-test can, at the price of assuming near-normal differences; ask for
-``test="permutation"`` from about 6 seeds on (2/2⁶ ≈ 0.031), or to check a t-test's verdict.
+(Fisher 1935, *The Design of Experiments*, on Darwin's paired plants; Good 2005, *Permutation, Parametric
+and Bootstrap Tests of Hypotheses*) assumes only that the differences are symmetric about 0 under the null,
+not normal; but with n seeds its smallest two-sided p-value is 2/2ⁿ: 0.25 at 3 seeds, 0.125 at 4, 0.0625
+at 5. At the presets' 3 seeds it could never separate a mechanism at chance from one that solves the task,
+so a leaderboard built on it would call everything a tie. The t-test can, at the price of assuming
+near-normal differences; ask for ``test="permutation"`` from about 6 seeds on (2/2⁶ ≈ 0.031), or to check
+a t-test's verdict.
 
 Against the best: each mechanism is compared with the best-scoring one on their shared seeds, and the
 p-values are corrected for the number of comparisons by Holm's step-down method (Holm 1979, "A simple

@@ -184,16 +184,24 @@ def plan_halving(spec: HalvingSpec, results: Mapping[ResultKey, float]) -> Halvi
 
     Walks the rungs from 0: a rung with every result is ranked and promotes its top ``rung_sizes[r + 1]``
     learning rates; the first rung with a missing result is the current one, and its missing trials are
-    ``pending``. A result the plan never scheduled (another grid, seed or budget) is an error: the database
-    holds another search, or the grid changed under a running one.
+    ``pending``. A seed that failed at one rung is not continued (it has no checkpoint) and counts as failed
+    at every later rung its learning rate reaches. A result the plan never scheduled (another grid, seed or
+    budget) is an error: the database holds another search, or the grid changed under a running one.
     """
     rungs: list[Rung] = []
     pending: list[Trial] = []
+    failed: set[tuple[float, int]] = set()  # (lr, seed) runs that failed: no checkpoint to continue from
     members = tuple(sorted(spec.lrs))
     for index, steps in enumerate(spec.budgets):
         resume_from = spec.budgets[index - 1] if index else 0
-        trials = tuple(Trial(lr, seed, steps, resume_from, index) for lr in members for seed in spec.seeds)
+        trials = tuple(
+            Trial(lr, seed, steps, resume_from, index)
+            for lr in members
+            for seed in spec.seeds
+            if (lr, seed) not in failed
+        )
         missing = [t for t in trials if t.key not in results]
+        failed |= {(t.lr, t.seed) for t in trials if t.key in results and not math.isfinite(results[t.key])}
         ranking = None if missing else _rank(spec, members, steps, results)
         rungs.append(Rung(index, steps, members, trials, ranking))
         if ranking is None:
@@ -214,7 +222,7 @@ def _rank(
     """The learning rates best first: fewer failed seeds, then the better mean, then the smaller lr."""
     scores = []
     for lr in lrs:
-        values = [results[(lr, seed, steps)] for seed in spec.seeds]
+        values = [results.get((lr, seed, steps), math.nan) for seed in spec.seeds]  # absent: failed before
         finished = [v for v in values if math.isfinite(v)]
         mean = float(np.mean(finished)) if finished else math.nan
         scores.append(LrScore(lr, mean, len(values) - len(finished)))

@@ -8,7 +8,7 @@ of seeds behind it; with one seed there is no interval and the result says so ra
   the default, because with the 3–5 seeds a preset can afford the bootstrap has too few distinct resamples
   to say more (3 values have at most 10 distinct resampled means).
 - ``"percentile"`` and ``"bca"``: the bootstrap (Efron & Tibshirani 1993, *An Introduction to the
-  Bootstrap*, ch. 13 and 14; BCa, the bias-corrected and accelerated interval, is their eq. 14.9–14.15),
+  Bootstrap*, ch. 13 and 14; BCa, the bias-corrected and accelerated interval, is their §14.3),
   computed by ``scipy.stats.bootstrap`` with a seeded generator, so a table is the same on every rebuild.
 
 A failed run is a NaN: it is left out of the mean and the interval and counted in ``n_failed``, so the table
