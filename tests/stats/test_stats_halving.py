@@ -90,6 +90,8 @@ def test_runs_per_rung_and_continuation_from_checkpoints() -> None:
     plan, results, ran = search(spec(), bowl(2e-3))
     assert [len(rung.trials) for rung in plan.rungs] == [9 * 3, 3 * 3, 1 * 3]
     assert len(ran) == len(results) == 39
+    # 9·3·100 + 3·3·(300 − 100) + 1·3·(1000 − 300) steps, against 9·3·1000 for the whole grid at max_steps.
+    assert spec().planned_steps == 2700 + 1800 + 2100 == sum(t.steps - t.resume_from for t in ran)
     for rung, resume_from in zip(plan.rungs, (0, 100, 300), strict=True):
         assert {(t.steps, t.resume_from, t.rung) for t in rung.trials} == {(rung.steps, resume_from, rung.index)}
         assert {(t.lr, t.seed) for t in rung.trials} == {(lr, s) for lr in rung.lrs for s in SEEDS}

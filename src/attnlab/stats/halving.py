@@ -4,8 +4,9 @@ Successive halving (Jamieson & Talwalkar 2016, arXiv:1502.07943) with the rung g
 2020, "A System for Massively Parallel Hyperparameter Tuning", arXiv:1810.05934): every learning rate of a
 log-spaced grid trains, over every seed, to ``min_steps`` (rung 0); the top 1/η of them by the metric's mean
 over seeds continue to η·``min_steps`` (rung 1), and so on up to ``max_steps``. A promoted run is not
-restarted: it continues from its own checkpoint at the previous rung's step, so the search costs about
-(number of rungs) × (grid size × seeds × ``min_steps``) steps instead of grid size × seeds × ``max_steps``.
+restarted: it continues from its own checkpoint at the previous rung's step. Nine learning rates × 3 seeds
+from 100 to 1000 steps at η = 3 cost 6,600 steps (``HalvingSpec.planned_steps``) instead of the 27,000 of
+the whole grid at 1000 steps.
 
 Unlike ASHA, which promotes as soon as a run is in the top 1/η of those finished so far, a rung's promotions
 wait until every run of the rung has a result. That gives up some parallelism for a plan that depends only on
@@ -113,6 +114,16 @@ class HalvingSpec:
         for _ in self.budgets[1:]:
             sizes.append(max(1, sizes[-1] // self.eta))
         return tuple(sizes)
+
+    @property
+    def planned_steps(self) -> int:
+        """Training steps the whole search costs with no failed run: each rung trains its learning rates × seeds
+        from the previous rung's step (promoted runs continue), so Σ sizeᵣ · seeds · (budgetᵣ − budgetᵣ₋₁)."""
+        starts = (0, *self.budgets[:-1])
+        return sum(
+            size * len(self.seeds) * (steps - start)
+            for size, steps, start in zip(self.rung_sizes, self.budgets, starts, strict=True)
+        )
 
 
 @dataclass(frozen=True)
