@@ -24,14 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 DB_ALLOWED = "(allowed: a results database written by attnlab, or a new file)"
 
 
-def one_line_error(args: list[str], cwd: Path) -> str:
-    """Run ``attnlab ARGS`` in ``cwd``; it must exit 2 with exactly one line of output, and no traceback."""
-    previous = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = runner.invoke(app, args)
-    finally:
-        os.chdir(previous)
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command runs in the test's own folder, so the paths in its error line are short and known."""
+    monkeypatch.chdir(tmp_path)
+
+
+def one_line_error(args: list[str]) -> str:
+    """Run ``attnlab ARGS``; it must exit 2 with exactly one line of output, and no traceback."""
+    result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = result.output.splitlines()
@@ -59,7 +60,7 @@ def results(tmp_path: Path) -> Path:
 
 def test_a_sweep_file_with_a_syntax_error_names_the_file_and_the_line(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("from attnlab.runner.config import Sweep\nSWEEP = Sweep(\n")
-    line = one_line_error(["run", "broken.py", "--db", "results.sqlite"], tmp_path)
+    line = one_line_error(["run", "broken.py", "--db", "results.sqlite"])
     assert line.startswith("error: sweep='broken.py:2': syntax error: ")
     assert line.endswith("(allowed: a Python file that defines SWEEP)")
     assert not (tmp_path / "results.sqlite").exists()
@@ -67,7 +68,7 @@ def test_a_sweep_file_with_a_syntax_error_names_the_file_and_the_line(tmp_path: 
 
 def test_a_sweep_file_that_raises_names_the_file_the_line_and_the_exception(tmp_path: Path) -> None:
     (tmp_path / "raises.py").write_text("import math\n\nSWEEP = math.nosuch\n")
-    line = one_line_error(["run", "raises.py", "--db", "results.sqlite"], tmp_path)
+    line = one_line_error(["run", "raises.py", "--db", "results.sqlite"])
     assert line.startswith("error: sweep='raises.py:3': raised AttributeError: ")
     assert "nosuch" in line and line.endswith("(allowed: a Python file that defines SWEEP)")
 
@@ -76,14 +77,14 @@ def test_a_sweep_file_that_raises_names_the_file_the_line_and_the_exception(tmp_
 def test_a_results_database_that_is_not_sqlite(tmp_path: Path, command: str) -> None:
     (tmp_path / "notes.sqlite").write_text("these are my notes, not a database\n" * 100)
     args = [command, "notes.sqlite", *(["runs.csv"] if command == "export" else [])]
-    line = one_line_error(args, tmp_path)
+    line = one_line_error(args)
     assert line == f"error: db='notes.sqlite': is not an SQLite database {DB_ALLOWED}"
 
 
 def test_a_run_into_a_file_that_is_not_sqlite_leaves_it_alone(tmp_path: Path) -> None:
     text = "these are my notes, not a database\n" * 100
     (tmp_path / "notes.sqlite").write_text(text)
-    line = one_line_error(["run", "quick", "--db", "notes.sqlite"], tmp_path)
+    line = one_line_error(["run", "quick", "--db", "notes.sqlite"])
     assert line == f"error: db='notes.sqlite': is not an SQLite database {DB_ALLOWED}"
     assert (tmp_path / "notes.sqlite").read_text() == text
 
@@ -97,12 +98,12 @@ def test_a_database_path_that_is_a_folder(tmp_path: Path, command: str) -> None:
         "report": ["report", "results.sqlite"],
         "export": ["export", "results.sqlite", "runs.csv"],
     }[command]
-    assert one_line_error(args, tmp_path) == f"error: db='results.sqlite': is a folder {DB_ALLOWED}"
+    assert one_line_error(args) == f"error: db='results.sqlite': is a folder {DB_ALLOWED}"
 
 
 def test_a_database_below_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "runs").write_text("a file where a folder should be")
-    line = one_line_error(["run", "quick", "--db", "runs/results.sqlite"], tmp_path)
+    line = one_line_error(["run", "quick", "--db", "runs/results.sqlite"])
     assert line.startswith("error: db='runs/results.sqlite': cannot make its folder: ")
 
 
@@ -111,13 +112,13 @@ def test_an_sqlite_database_of_another_program_is_refused(tmp_path: Path) -> Non
 
     with sqlite3.connect(tmp_path / "other.sqlite") as conn:
         conn.execute("CREATE TABLE runs (name TEXT)")
-    line = one_line_error(["leaderboard", "other.sqlite"], tmp_path)
+    line = one_line_error(["leaderboard", "other.sqlite"])
     assert line.startswith("error: db='other.sqlite': an SQLite database of another program: table runs lacks ")
     assert "run_id" in line and line.endswith(DB_ALLOWED)
 
 
 def test_a_missing_database_is_not_created_by_a_reading_command(tmp_path: Path) -> None:
-    line = one_line_error(["report", "missing.sqlite"], tmp_path)
+    line = one_line_error(["report", "missing.sqlite"])
     assert line == "error: db='missing.sqlite': no such file (allowed: a results database written by attnlab run)"
     assert not (tmp_path / "missing.sqlite").exists()
 
@@ -132,55 +133,55 @@ def test_a_missing_database_is_not_created_by_a_reading_command(tmp_path: Path) 
 def test_a_bad_worker_or_thread_count_creates_no_database(
     tmp_path: Path, option: str, value: str, expected: str
 ) -> None:
-    assert one_line_error(["run", "quick", option, value, "--db", "results.sqlite"], tmp_path) == expected
+    assert one_line_error(["run", "quick", option, value, "--db", "results.sqlite"]) == expected
     assert not (tmp_path / "results.sqlite").exists()
 
 
 def test_a_report_folder_that_is_a_file_is_refused_before_the_sweep_runs(tmp_path: Path) -> None:
     (tmp_path / "report").write_text("not a folder")
-    line = one_line_error(["run", "quick", "--report", "report", "--db", "results.sqlite"], tmp_path)
+    line = one_line_error(["run", "quick", "--report", "report", "--db", "results.sqlite"])
     assert line == "error: report='report': is a file (allowed: a folder (created when missing))"
     assert not (tmp_path / "results.sqlite").exists()
 
 
 def test_a_report_out_folder_that_is_a_file(results: Path) -> None:
     (results.parent / "out").write_text("not a folder")
-    line = one_line_error(["report", results.name, "--out", "out"], results.parent)
+    line = one_line_error(["report", results.name, "--out", "out"])
     assert line == "error: out='out': is a file (allowed: a folder (created when missing))"
 
 
 @pytest.mark.parametrize("command", ["leaderboard", "report", "export"])
 def test_an_unknown_sweep_name_lists_the_sweeps_of_the_database(results: Path, command: str) -> None:
     args = [command, results.name, *(["runs.csv"] if command == "export" else []), "--sweep", "nosuch"]
-    line = one_line_error(args, results.parent)
+    line = one_line_error(args)
     assert line == "error: sweep='nosuch': no runs of this sweep in results.sqlite (allowed: tiny)"
 
 
 def test_an_export_to_a_folder_is_refused(results: Path) -> None:
     (results.parent / "runs.csv").mkdir()
-    line = one_line_error(["export", results.name, "runs.csv"], results.parent)
+    line = one_line_error(["export", results.name, "runs.csv"])
     assert line == "error: path='runs.csv': is a folder (allowed: a .csv or .parquet file)"
 
 
 def test_an_inspect_out_folder_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "heads").write_text("not a folder")
-    line = one_line_error(["inspect", "minilm", "--out", "heads"], tmp_path)
+    line = one_line_error(["inspect", "minilm", "--out", "heads"])
     assert line == "error: out='heads': is a file (allowed: a folder (created when missing))"
 
 
 def test_inspect_takes_one_input(tmp_path: Path) -> None:
-    line = one_line_error(["inspect", "minilm", "--text", "a b c", "--task", "induction"], tmp_path)
+    line = one_line_error(["inspect", "minilm", "--text", "a b c", "--task", "induction"])
     assert line == "error: input='--text --task': give only one of --text, --file, --task"
 
 
 def test_rich_markup_in_a_value_is_printed_as_text(tmp_path: Path) -> None:
-    line = one_line_error(["run", "[bold]x[/bold]", "--db", "results.sqlite"], tmp_path)
+    line = one_line_error(["run", "[bold]x[/bold]", "--db", "results.sqlite"])
     assert line.startswith("error: sweep='[bold]x[/bold]': not a preset nor a .py file (allowed: quick")
 
 
 def test_a_message_of_several_lines_is_joined_into_one(tmp_path: Path) -> None:
     (tmp_path / "raises.py").write_text('raise ValueError("first line\\nsecond line")\n')
-    line = one_line_error(["run", "raises.py"], tmp_path)
+    line = one_line_error(["run", "raises.py"])
     assert line.startswith("error: sweep='raises.py:1': raised ValueError: first line second line (allowed: ")
 
 

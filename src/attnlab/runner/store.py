@@ -115,9 +115,10 @@ def connect(path: Path) -> sqlite3.Connection:
         tables = set(_tables(conn))
     except sqlite3.DatabaseError as err:
         conn.close()
-        if err.sqlite_errorname == "SQLITE_NOTADB":
+        name = err.sqlite_errorname or ""
+        if name == "SQLITE_NOTADB":
             raise ConfigError("db", str(path), "is not an SQLite database", WANTED) from None
-        if err.sqlite_errorname.startswith("SQLITE_CANTOPEN"):
+        if name.startswith("SQLITE_CANTOPEN"):
             raise ConfigError("db", str(path), f"cannot be opened: {err}", WANTED) from None
         raise
     for table, wanted in schema_columns().items():

@@ -4,8 +4,8 @@ Time is measured forward (under ``torch.no_grad``) and forward + backward (``out
 median of repeats. All cases of one T run in ONE process, interleaved (case A, B, C, …, then again), after one
 warm-up call each (which is when flex compiles; its compile time is recorded separately). Ratios are to PyTorch's
 SDPA softmax of the same T and mode: the floor. Before any timing, at a small T, every case's output is compared
-with attnlab's reference of the same mechanism (max |Δ| / max |ref| ≤ 1e-4 in float32, a few hundred ulps of the
-largest output); a case that fails is reported and never timed.
+with attnlab's reference of the same mechanism (max |Δ| / max |ref| ≤ 1e-4, float32); a case that fails is
+reported and never timed.
 """
 
 from __future__ import annotations
