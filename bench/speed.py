@@ -10,7 +10,7 @@ Run: ``HF_HUB_OFFLINE=1 PYTHONPATH=src python bench/speed.py --out runs/speed`` 
 
 from __future__ import annotations
 
-from attnlab.speed_cli import speed_app
+from attnlab.cli.speed import speed_app
 
 if __name__ == "__main__":
     speed_app()

@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnlab import speed
 from attnlab.attention.build import sdpa
-from attnlab.speed_cli import speed_app
+from attnlab.benchmarks import speed
+from attnlab.cli.speed import speed_app
 
 
 def test_quick_run_checks_times_measures_and_writes_everything(tmp_path) -> None:
@@ -63,11 +63,11 @@ def test_the_peak_memory_probe_sees_a_known_allocation() -> None:
 
     size = 64 * 1024 * 1024
     speed.reset_peak_rss()
-    before = speed._proc_status_kib("VmRSS")
+    before = speed.proc_status_kib("VmRSS")
     block = mmap.mmap(-1, size)
     for offset in range(0, size, mmap.PAGESIZE):
         block[offset] = 1  # touch every page
-    peak = speed._proc_status_kib("VmHWM")
+    peak = speed.proc_status_kib("VmHWM")
     block.close()
     assert (peak - before) / 1024 >= 60
 

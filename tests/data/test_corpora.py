@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from attnlab.cli.data import data_app
 from attnlab.data import corpora
-from attnlab.data.cli import data_app
 from attnlab.data.corpora import (
     PINNED_SHA256,
     SOURCES,

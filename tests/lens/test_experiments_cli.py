@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from typer.testing import CliRunner
 
-from attnlab.lens.experiments_cli import experiments_app
+from attnlab.cli.experiments import experiments_app
 
 runner = CliRunner()
 needs_smollm2 = pytest.mark.skipif(

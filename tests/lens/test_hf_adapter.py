@@ -109,7 +109,7 @@ def test_bad_paths_and_kinds_are_one_line_config_errors(tmp_path: Path, llama_di
 
 def test_importing_attnlab_does_not_import_transformers() -> None:
     code = (
-        "import sys, attnlab, attnlab.lens, attnlab.lens.pretrained.hf_adapter, attnlab.lens.experiments_cli, "
+        "import sys, attnlab, attnlab.lens, attnlab.lens.pretrained.hf_adapter, attnlab.cli.experiments, "
         "attnlab.lens.kv_eviction, attnlab.lens.rope_scaling, attnlab.lens.sinks_experiment; "
         "print('transformers' in sys.modules)"
     )

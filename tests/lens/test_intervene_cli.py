@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attnlab.cli.intervene import intervene_app
 from attnlab.lens import inspect as lens
 from attnlab.lens.intervene import ablation_experiment, measure_copy, scaling_experiment, text_chunks
-from attnlab.lens.intervene_cli import intervene_app
 from attnlab.lens.pear import CopyTask
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM

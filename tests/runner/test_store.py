@@ -103,3 +103,26 @@ def test_every_start_counts_an_attempt(store: Store, runs: list[RunConfig]) -> N
 
 def test_the_database_is_in_wal_mode(store: Store) -> None:
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_sweeps_are_listed_by_name(store: Store, make_sweep: Callable[..., Sweep]) -> None:
+    store.enqueue(make_sweep(name="b").runs())
+    store.enqueue(make_sweep(name="a", lrs=[1e-2]).runs())  # other runs: a run id does not include its sweep
+    assert store.sweeps() == ["a", "b"]
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    from attnlab.errors import ConfigError
+
+    path = tmp_path / "notes.sqlite"
+    path.write_bytes(b"not a database\n" * 200)
+    with pytest.raises(ConfigError, match=r"^db='.*notes\.sqlite': is not an SQLite database"):
+        Store(path)
+    assert path.read_bytes() == b"not a database\n" * 200
+
+
+def test_a_results_database_of_this_schema_opens_again(tmp_path: Path, runs: list[RunConfig]) -> None:
+    with Store(tmp_path / "results.sqlite") as first:
+        first.enqueue(runs)
+    with Store(tmp_path / "results.sqlite") as again:
+        assert len(again.runs()) == len(runs)

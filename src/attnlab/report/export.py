@@ -64,6 +64,8 @@ def export(store: Store, path: str | os.PathLike[str], sweep: str | None = None,
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError("path", str(path), "unknown export format", FORMATS)
+    if path.is_dir():
+        raise ConfigError("path", str(path), "is a folder", "a .csv or .parquet file")
     if suffix == ".parquet":
         pyarrow = _import_pyarrow()  # before any work: a missing extra is reported at once
     columns, rows = curve_table(store, sweep) if curves else run_table(store, sweep)

@@ -144,8 +144,21 @@ def bars_png(values: dict[str, float], xlabel: str, title: str) -> bytes:
     return png_bytes(fig)
 
 
+BACKEND_COLOURS = {  # one colour per backend in every panel of a speed plot
+    "reference": "tab:blue",
+    "chunked": "tab:orange",
+    "flex": "tab:green",
+    "sdpa": "tab:purple",
+    "sdpa-mask": "tab:brown",
+    "x-transformers": "tab:red",
+}
+
+
 def speed_png(rows: Sequence[dict], key: str, mode: str, ylabel: str, title: str) -> bytes:
-    """A speed benchmark's value vs T on log-log axes: a panel per mechanism, a line per backend, SDPA dashed."""
+    """A speed benchmark's value vs T on log-log axes: a panel per mechanism, a line per backend, SDPA dashed.
+
+    ``attnlab speed`` writes it beside ``speed.json``; the report draws it from the database.
+    """
     mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
     cols = max(1, min(4, len(mechanisms)))
     n_rows = max(1, math.ceil(len(mechanisms) / cols))
@@ -160,7 +173,8 @@ def speed_png(rows: Sequence[dict], key: str, mode: str, ylabel: str, title: str
             if (mechanism, backend) == ("softmax", "sdpa"):
                 continue
             points = sorted((r["T"], r[key]) for r in done if (r["mechanism"], r["backend"]) == (mechanism, backend))
-            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=plain(backend))
+            colour = BACKEND_COLOURS.get(backend)
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=plain(backend), color=colour)
         ax.set(xscale="log", yscale="log", xlabel="T", ylabel=plain(ylabel))
         ax.set_title(plain(mechanism), fontsize=9)
         ax.set_xticks(lengths, [str(t) for t in lengths], fontsize=6)

@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from attnlab.errors import ConfigError
 from attnlab.runner.config import RunConfig
 from attnlab.runner.execute import RunOutcome, execute, set_threads
 from attnlab.runner.store import Store
@@ -76,8 +77,17 @@ def pending(runs: Sequence[RunConfig], store: Store) -> tuple[list[RunConfig], S
     return todo, SweepSummary(total=len(runs), skipped=len(runs) - len(todo), done=0, failed=0)
 
 
+def check_pool(workers: int | None, threads: int | None) -> None:
+    """``workers`` (0: in this process) and ``threads`` per worker as a user gives them; None: chosen for them."""
+    if workers is not None and workers < 0:
+        raise ConfigError("workers", workers, "must not be negative", "0 (runs in this process) or more")
+    if threads is not None and threads < 1:
+        raise ConfigError("threads", threads, "must be at least 1", ">= 1")
+
+
 def plan_workers(n_runs: int, workers: int | None, threads: int | None) -> tuple[int, int]:
     """(workers, threads per worker) from the core count: fill the cores, never oversubscribe."""
+    check_pool(workers, threads)
     cores = os.cpu_count() or 1
     if workers is None:
         workers = max(1, min(n_runs, cores // (threads or 1)))

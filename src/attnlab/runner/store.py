@@ -8,6 +8,9 @@ all its data or not finished at all; a restarted sweep re-runs whatever is not `
 ``benchmarks``: one row per benchmark run (``attnlab speed --db``) with its whole JSON result; ``speed``: its
 time and peak-memory rows (case, T, mode, value, ratio to SDPA), flattened for queries and the report. A
 benchmark's id is the sha1 of its JSON, so storing the same result twice is one row.
+
+Opening a path that cannot be a results database (a folder, a file that is not SQLite, an SQLite file whose
+tables lack these columns) raises ``ConfigError`` naming the path, before anything is written into it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from attnlab.errors import ConfigError
 from attnlab.runner.config import RunConfig
 
 SCHEMA = """
@@ -77,6 +82,52 @@ CREATE TABLE IF NOT EXISTS speed (
 );
 """
 SPEED_VALUE = {"time": "median_s", "memory": "peak_mib"}  # the measured value of each speed row, per measure
+WANTED = "a results database written by attnlab, or a new file"
+
+
+@cache
+def schema_columns() -> dict[str, set[str]]:
+    """Every table of ``SCHEMA`` and its columns, read back from an in-memory database built from it."""
+    with closing(sqlite3.connect(":memory:")) as mem:
+        mem.executescript(SCHEMA)
+        return {table: _columns(mem, table) for table in _tables(mem)}
+
+
+def _tables(conn: sqlite3.Connection) -> list[str]:
+    return [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path``, or a ``ConfigError`` when ``path`` cannot be a results database."""
+    if path.is_dir():
+        raise ConfigError("db", str(path), "is a folder", WANTED)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where one of its folders should be
+        raise ConfigError("db", str(path), f"cannot make its folder: {err.strerror}", WANTED) from None
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")  # the first read of the file: a foreign file fails here
+        tables = set(_tables(conn))
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        name = err.sqlite_errorname or ""
+        if name == "SQLITE_NOTADB":
+            raise ConfigError("db", str(path), "is not an SQLite database", WANTED) from None
+        if name.startswith("SQLITE_CANTOPEN"):
+            raise ConfigError("db", str(path), f"cannot be opened: {err}", WANTED) from None
+        raise
+    for table, wanted in schema_columns().items():
+        missing = wanted - _columns(conn, table) if table in tables else set()
+        if missing:
+            conn.close()
+            problem = f"an SQLite database of another program: table {table} lacks {', '.join(sorted(missing))}"
+            raise ConfigError("db", str(path), problem, WANTED)
+    return conn
 
 
 class Store:
@@ -84,10 +135,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn = connect(self.path)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as c:
@@ -232,6 +281,10 @@ class Store:
             d["final"] = json.loads(d["final"]) if d["final"] else {}
             out.append(d)
         return label_tasks(out)
+
+    def sweeps(self) -> list[str]:
+        """The names of the sweeps that have runs here, sorted."""
+        return [row[0] for row in self.conn.execute("SELECT DISTINCT sweep FROM runs ORDER BY sweep")]
 
     def curves(self, run_id: str) -> list[tuple[int, str, float]]:
         """One run's curves: (step, name, value), ordered by step then name."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import traceback
 from pathlib import Path
+from types import ModuleType
 
 from attnlab.errors import ConfigError
 from attnlab.runner.config import Sweep
@@ -27,7 +29,7 @@ def load_sweep(name_or_path: str) -> Sweep | Suite:
         if spec is None or spec.loader is None:
             raise ConfigError("sweep", name_or_path, "cannot be imported as a Python file")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        _run_sweep_file(module, spec.loader, path)
     elif name_or_path in preset_names():
         module = importlib.import_module(f"attnlab.sweeps.{name_or_path.replace('-', '_')}")
     else:
@@ -36,3 +38,23 @@ def load_sweep(name_or_path: str) -> Sweep | Suite:
     if not isinstance(sweep, Sweep | Suite):
         raise ConfigError("sweep", name_or_path, "the file must define SWEEP = Sweep(...) or Suite(...)")
     return sweep
+
+
+def _run_sweep_file(module: ModuleType, loader: importlib.abc.Loader, path: Path) -> None:
+    """Execute a user's sweep file; its mistakes become one line naming the file and the line.
+
+    A ``ConfigError`` raised while it builds its ``Sweep`` already names the field and passes through; any other
+    exception, a syntax error included, is reported with the file's own line that raised it.
+    """
+    try:
+        loader.exec_module(module)
+    except ConfigError:
+        raise
+    except SyntaxError as err:
+        where = f"{path}:{err.lineno}" if err.lineno else str(path)
+        raise ConfigError("sweep", where, f"syntax error: {err.msg}", "a Python file that defines SWEEP") from None
+    except Exception as err:
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        where = f"{path}:{frames[-1].lineno}" if frames else str(path)
+        problem = f"raised {type(err).__name__}: {err}"
+        raise ConfigError("sweep", where, problem, "a Python file that defines SWEEP") from None

@@ -6,37 +6,18 @@ and ``sinks_experiment``. Bad input exits with status 2 and one line ``error: fi
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from attnlab.cli.console import console
+from attnlab.cli.guard import guard as _guard
+from attnlab.cli.options import int_list as _ints
 from attnlab.errors import ConfigError
 
 experiments_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lens experiments on real text.")
-console = Console(width=None if sys.stdout.isatty() else 140)
-
-
-def _guard(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except ConfigError as err:
-        console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _ints(field: str, text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(field, text, "expected comma-separated integers, e.g. 64,128,256") from None
-    if not values or min(values) < 1:
-        raise ConfigError(field, text, "expected positive integers")
-    return values
 
 
 def _names(field: str, text: str, allowed: Any) -> list[str]:

@@ -1,4 +1,4 @@
-"""``attnlab speed``: the speed and memory benchmark of ``attnlab.speed`` from the command line.
+"""``attnlab speed``: the speed and memory benchmark of ``attnlab.benchmarks.speed`` from the command line.
 
 ``speed_app`` is a Typer app of its own (one command, run by its callback); the main CLI mounts it with
 ``app.add_typer(speed_app, name="speed")``. ``python bench/speed.py`` runs the same thing.
@@ -11,21 +11,14 @@ from typing import Annotated
 
 import typer
 
-from attnlab.errors import ConfigError
+from attnlab.cli.guard import guarded
+from attnlab.cli.options import int_list, output_folder
 
 speed_app = typer.Typer(add_completion=False, help="Time and peak memory of every mechanism × backend vs SDPA.")
 
 
-def _lengths(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError("lengths", text, "not a comma-separated list of integers", "e.g. 256,1024,4096") from None
-
-
 @speed_app.callback(invoke_without_command=True)
+@guarded
 def speed(
     out: Annotated[Path, typer.Option(help="folder for speed.json and the plots")] = Path("runs/speed"),
     quick: Annotated[bool, typer.Option(help="smoke test: T = 64, 128, five cases, one thread (seconds)")] = False,
@@ -46,30 +39,27 @@ def speed(
     ] = None,
 ) -> None:
     """Check every case against the reference, then time it (interleaved) and measure its peak memory."""
-    from attnlab.speed import run_speed
+    from attnlab.benchmarks.speed import run_speed
+    from attnlab.runner.store import Store
 
-    try:
-        result = run_speed(
-            out,
-            lengths=_lengths(lengths),
-            cases=case,
-            repeats=repeats,
-            long_repeats=long_repeats,
-            dense_limit=dense_limit,
-            memory=memory,
-            train=train,
-            flex=flex,
-            xt=xt,
-            quick=quick,
-            threads=threads,
-            echo=typer.echo,
-        )
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    if db is not None:  # a database that cannot hold the result is refused before half an hour of timing
+        Store(db).close()
+    result = run_speed(
+        output_folder("out", out),
+        lengths=None if lengths is None else int_list("lengths", lengths),
+        cases=case,
+        repeats=repeats,
+        long_repeats=long_repeats,
+        dense_limit=dense_limit,
+        memory=memory,
+        train=train,
+        flex=flex,
+        xt=xt,
+        quick=quick,
+        threads=threads,
+        echo=typer.echo,
+    )
     if db is not None:
-        from attnlab.runner.store import Store
-
         with Store(db) as store:
             bench_id = store.add_speed(result.data)
         typer.echo(f"stored as benchmark {bench_id} in {db} (attnlab report {db} shows it)")

@@ -1,20 +1,20 @@
 """``attnlab data``: build the real-text corpora (``build``) and see what is built and buildable (``list``).
 
-``data_app`` is a Typer app of its own; the main CLI mounts it as ``attnlab data``.
+``data_app`` is a Typer app of its own; ``attnlab.cli.main`` mounts it as ``attnlab data``.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnlab.cli.console import make_console
+from attnlab.cli.guard import guarded
 from attnlab.data.corpora import (
     DEFAULT_SOURCE,
     SOURCES,
@@ -29,7 +29,7 @@ from attnlab.data.corpora import (
 from attnlab.errors import ConfigError
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-text corpora for the lm task.")
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = make_console(160)  # the list's licence and description columns
 
 STATUS_STYLE = {"ok": "green", "mismatch": "red", "unpinned": "yellow", "error": "red"}
 
@@ -40,6 +40,7 @@ def _styled(status: str) -> str:
 
 
 @data_app.command()
+@guarded
 def build(
     names: Annotated[list[str] | None, typer.Argument(help="corpora to build (default: stdlib)")] = None,
     all_sources: Annotated[bool, typer.Option("--all", help="build every corpus")] = False,
@@ -47,13 +48,9 @@ def build(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="keep a build that misses its pinned sha256")] = False,
 ) -> None:
     """Build corpora into the data folder and check each against its pinned sha256."""
-    try:
-        if all_sources and names:
-            raise ConfigError("names", " ".join(names), "give names or --all, not both")
-        chosen = list(SOURCES) if all_sources else [check_name(n) for n in (names or [DEFAULT_SOURCE])]
-    except ConfigError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+    if all_sources and names:
+        raise ConfigError("names", " ".join(names), "give names or --all, not both")
+    chosen = list(SOURCES) if all_sources else [check_name(n) for n in (names or [DEFAULT_SOURCE])]
     table = Table(title=f"corpora in {escape(str(data_dir(directory)))}", title_justify="left")
     for column, justify in (("name", "left"), ("bytes", "right"), ("sha256", "left"), ("seconds", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -82,6 +79,7 @@ def build(
 
 
 @data_app.command(name="list")
+@guarded
 def list_corpora(
     directory: Annotated[Path | None, typer.Option("--dir", help="data folder (default: $ATTNLAB_DATA)")] = None,
 ) -> None:

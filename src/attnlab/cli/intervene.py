@@ -7,14 +7,12 @@ table. Bad input is one line (``ConfigError``) and exit code 2.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from attnlab.cli.console import console
+from attnlab.cli.guard import guard as _guard
 from attnlab.errors import ConfigError
 
 intervene_app = typer.Typer(
@@ -22,20 +20,8 @@ intervene_app = typer.Typer(
     no_args_is_help=True,
     help="Intervene on attention heads of a pretrained model: ablate, scale, PEAR, ACT; before / after tables.",
 )
-console = Console(width=None if sys.stdout.isatty() else 140)
 
 CAUSAL_MODELS = ("smollm2",)
-
-
-def _guard(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except ConfigError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
-        raise typer.Exit(130) from None
 
 
 def _check_model(name: str) -> None:

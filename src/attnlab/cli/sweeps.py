@@ -1,0 +1,196 @@
+"""Sweeps from the command line: ``run``, ``demo``, ``presets``, ``leaderboard``, ``report`` and ``export``.
+
+A sweep writes into a results database (``runner.store``); the other commands read one. Every path and count is
+checked before any work starts (an unknown preset, a bad worker count or an unusable report folder creates no
+database), and a database that is not attnlab's is refused by ``Store`` with one line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from attnlab.cli.console import console
+from attnlab.cli.guard import guard, guarded
+from attnlab.cli.options import output_folder
+from attnlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from attnlab.runner.store import Store
+
+sweeps_app = typer.Typer(add_completion=False)
+
+BACKENDS = ["local", "ray"]
+RESUME_HINT = "unfinished runs stay queued; run the same command to resume"
+
+
+def open_results(db: Path) -> Store:
+    """An existing results database, for the commands that read one (they never create a file)."""
+    from attnlab.runner.store import Store
+
+    if not db.exists():
+        raise ConfigError("db", str(db), "no such file", "a results database written by attnlab run")
+    return Store(db)  # refuses a folder, a file that is not SQLite and an SQLite file of another program
+
+
+def check_sweep_name(store: Store, sweep: str | None) -> None:
+    """``--sweep`` must name a sweep that has runs in ``store``."""
+    if sweep is not None and sweep not in (known := store.sweeps()):
+        raise ConfigError("sweep", sweep, f"no runs of this sweep in {store.path}", known or "none: it is empty")
+
+
+def _run(
+    sweep_name: str,
+    db: Path,
+    workers: int | None,
+    threads: int | None,
+    report_dir: Path | None,
+    backend: str = "local",
+    address: str | None = None,
+) -> None:
+    from attnlab.report.markdown import write_report
+    from attnlab.runner.local import check_pool, plan_workers, run_local
+    from attnlab.runner.store import Store
+    from attnlab.sweeps import load_sweep
+
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, "unknown backend", BACKENDS)
+    if address is not None and backend != "ray":
+        raise ConfigError("address", address, "is for the Ray backend only", ["--backend ray"])
+    check_pool(workers, threads)  # before the database is made; Ray checks its own against the cluster's CPUs
+    output_folder("report", report_dir)
+    sweep = load_sweep(sweep_name)
+    runs = sweep.runs()
+    for line in sweep.skipped():
+        console.print(f"[dim]skipped: {line}[/dim]")
+    with Store(db) as store:
+        store.enqueue(runs)
+        todo = sum(store.status(r.run_id) != "done" for r in runs)
+        n_workers, n_threads = plan_workers(max(todo, 1), workers, threads)
+        console.print(
+            f"sweep [bold]{sweep.name}[/bold]: {len(runs)} runs, {len(runs) - todo} already done; "
+            f"{n_workers if workers != 0 else 'in-process'} worker(s) × {n_threads} thread(s); database {db}"
+        )
+        t0 = time.perf_counter()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task(f"{sweep.name}", total=len(runs), completed=len(runs) - todo)
+
+            def on_done(run, outcome) -> None:
+                acc = outcome.final.get("accuracy")
+                result = f"accuracy {acc:.3f}" if outcome.ok else f"[red]failed[/red]: {outcome.error.splitlines()[0]}"
+                progress.console.print(
+                    f"  {run.task.name} {run.mechanism} / {run.position} d{run.model.d_model} lr {run.train.lr:g} "
+                    f"seed {run.seed}: {result} ({outcome.wall_s:.0f} s)"
+                )
+                progress.advance(bar)
+
+            if backend == "ray":
+                from attnlab.runner.ray_backend import run_ray
+
+                summary = run_ray(runs, store, address=address, workers=workers, threads=n_threads, on_done=on_done)
+            else:
+                summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done)
+        console.print(
+            f"finished in {time.perf_counter() - t0:.0f} s: {summary.done} done, {summary.failed} failed, "
+            f"{summary.skipped} skipped (already done)"
+        )
+        print_leaderboard(store, sweep.name)
+        if report_dir is not None:
+            path = write_report(store, report_dir, sweep=sweep.name, title=f"attnlab sweep {sweep.name}")
+            console.print(f"report: {path}")
+
+
+def print_leaderboard(store: Store, sweep: str | None) -> None:
+    """The leaderboard of ``store`` (one sweep's runs, or all) as a rich table."""
+    from attnlab.report.tables import COLUMNS, entry_cells, leaderboard
+
+    entries = leaderboard(store.runs(sweep=sweep))
+    table = Table(title="leaderboard (best over learning rates, mean over seeds)", title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col not in ("task", "mechanism", "position") else "left")
+    for e in entries:  # escaped: task labels like lm[length=128 tokenizer=byte] are not rich markup
+        table.add_row(*(escape(cell) for cell in entry_cells(e)))
+    console.print(table)
+
+
+@sweeps_app.command()
+def run(
+    sweep: Annotated[str, typer.Argument(help="a preset name (see `attnlab presets`) or a Python file defining SWEEP")],
+    db: Annotated[Path, typer.Option(help="results database (SQLite)")] = Path("runs/results.sqlite"),
+    workers: Annotated[int | None, typer.Option(help="parallel runs; 0 runs in this process")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the HTML + markdown report with plots here")] = None,
+    backend: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://host:port)")] = None,
+) -> None:
+    """Run a sweep; finished runs in the database are skipped, unfinished ones re-run."""
+    guard(lambda: _run(sweep, db, workers, threads, report, backend, address), on_interrupt=RESUME_HINT)
+
+
+@sweeps_app.command()
+def demo(
+    db: Annotated[Path, typer.Option(help="results database")] = Path("runs/demo.sqlite"),
+    report: Annotated[Path, typer.Option(help="report folder")] = Path("runs/demo"),
+) -> None:
+    """The quick sweep: six attention mechanisms on MQAR, a leaderboard and a report (a few minutes, 2 cores)."""
+    guard(lambda: _run("quick", db, None, None, report), on_interrupt=RESUME_HINT)
+
+
+@sweeps_app.command()
+@guarded
+def presets() -> None:
+    """List the sweep presets."""
+    from attnlab.sweeps import load_sweep, preset_names
+
+    for name in preset_names():
+        s = load_sweep(name)
+        console.print(f"{name}: {len(s.runs())} runs — tasks {[t.name for t in s.tasks]}")
+
+
+@sweeps_app.command()
+@guarded
+def leaderboard(db: Annotated[Path, typer.Argument(help="results database")], sweep: str | None = None) -> None:
+    """Print the leaderboard of a results database."""
+    with open_results(db) as store:
+        check_sweep_name(store, sweep)
+        print_leaderboard(store, sweep)
+
+
+@sweeps_app.command()
+@guarded
+def report(
+    db: Annotated[Path, typer.Argument(help="results database")],
+    out: Annotated[Path | None, typer.Option(help="report folder (default: next to the database)")] = None,
+    sweep: Annotated[str | None, typer.Option(help="only this sweep's runs")] = None,
+) -> None:
+    """Write report.html (self-contained) and report.md with leaderboards and plots for a results database."""
+    from attnlab.report.markdown import write_report
+
+    folder = output_folder("out", out if out is not None else db.with_suffix(""))
+    with open_results(db) as store:
+        check_sweep_name(store, sweep)
+        path = write_report(store, folder, sweep=sweep, title=f"attnlab report: {db.name}")
+    console.print(f"report: {path} and {path.with_suffix('.html')}")
+
+
+@sweeps_app.command()
+@guarded
+def export(
+    db: Annotated[Path, typer.Argument(help="results database")],
+    path: Annotated[Path, typer.Argument(help="output file: .csv or .parquet")],
+    sweep: Annotated[str | None, typer.Option(help="only this sweep's runs")] = None,
+) -> None:
+    """Export one row per run (config axes, status, wall time, every final metric) to CSV or Parquet."""
+    from attnlab.report.export import export as export_runs
+
+    with open_results(db) as store:
+        check_sweep_name(store, sweep)
+        n = export_runs(store, path, sweep=sweep)
+    console.print(f"wrote {n} runs to {path}")
