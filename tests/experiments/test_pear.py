@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
+from attnlab.experiments.pear import PearCoefficients, linear_schedule, train_pear
+from attnlab.lens.copy_task import CopyTask, copy_loss, measure_copy
 from attnlab.lens.interventions import all_heads, scale_heads
-from attnlab.lens.pear import CopyTask, PearCoefficients, copy_loss, copy_metrics, linear_schedule, train_pear
 
 TASK = CopyTask(n=6, low=3, high=31, bos=1)
 
@@ -38,9 +39,10 @@ def test_copy_loss_and_accuracy_on_hand_made_logits() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return logits[: x.shape[0]]
 
-    loss, acc = copy_metrics(Fixed(), tokens, TASK)
-    assert loss == pytest.approx(2 / 5 * math.log(31), abs=1e-5)
-    assert acc == pytest.approx(3 / 5)  # uniform rows' argmax is id 0, never a target (ids ≥ 3)
+    scores = measure_copy(Fixed(), tokens, TASK)
+    assert scores.copy_loss == pytest.approx(2 / 5 * math.log(31), abs=1e-5)
+    assert scores.copy_acc == pytest.approx(3 / 5)  # uniform rows' argmax is id 0, never a target (ids ≥ 3)
+    assert scores.first_loss == pytest.approx(math.log(31), abs=1e-5)  # the first copy: uniform rows only
 
 
 def test_coefficient_gradient_matches_finite_differences(make_lm) -> None:
