@@ -120,6 +120,12 @@ def check_calibratable(model: nn.Module, layer: int) -> None:
         )
 
 
+def _is_causal(attn: nn.Module) -> bool:
+    """Whether a layer's queries see only earlier keys (self-attention with a causal mask): ``hidden_sinks`` then
+    averages a key's column over the queries that can see it."""
+    return bool(attn.site.causal) and not bool(attn.site.cross)
+
+
 def _as_layer_heads(model: nn.Module, heads: Mapping[int, Sequence[int]] | Sequence[Head]) -> dict[int, list[int]]:
     pairs = [(layer, h) for layer, hs in heads.items() for h in hs] if isinstance(heads, Mapping) else list(heads)
     out: dict[int, list[int]] = {}
@@ -170,7 +176,7 @@ def act_calibration(
     fns: dict[str, Callable[[Tensor], Tensor | None]] = {}
     for layer, hs in by_layer.items():
         attn = model.get_submodule(f"blocks.{layer}.attn")
-        causal = bool(attn.site.causal) and not bool(attn.site.cross)
+        causal = _is_causal(attn)
         state: dict[str, Tensor] = {}
 
         def on_v(v: Tensor, state: dict = state) -> None:
@@ -230,7 +236,7 @@ def sink_heads(
     out = []
     for layer in layers:
         attn = model.get_submodule(f"blocks.{layer}.attn")
-        causal = bool(attn.site.causal) and not bool(attn.site.cross)
+        causal = _is_causal(attn)
         P = cache[f"blocks.{layer}.attn.hook_pattern"]
         mask = sink_mask(P, threshold, exclude_last, causal, range(P.shape[1]))
         out += [(layer, int(h)) for h in mask.any(-1).any(0).nonzero().flatten().tolist()]

@@ -143,9 +143,9 @@ def train_variant(
     return model.eval(), last
 
 
-def next_token_batch(windows: torch.Tensor) -> Batch:
+def next_token_batch(rows: torch.Tensor) -> Batch:
     """Windows [B, T + 1] as a language-modelling batch: inputs ``[:, :-1]``, every next token ``[:, 1:]`` scored."""
-    return Batch(inputs=windows[:, :-1], targets=windows[:, 1:])
+    return Batch(inputs=rows[:, :-1], targets=rows[:, 1:])
 
 
 def eval_windows(cfg: SinksConfig, held_out: torch.Tensor) -> torch.Tensor:
