@@ -55,11 +55,16 @@ def test_half_precision_logits_are_scored_in_float32() -> None:
     torch.testing.assert_close(nll, next_token_nll(logits.float(), tokens), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("bad", [slice(0, 3), slice(1, 6, 2), slice(4, 4)])
+@pytest.mark.parametrize("bad", [slice(0, 3), slice(1, 6, 2), slice(4, 2)])
 def test_a_span_that_is_not_a_run_of_targets_is_refused(bad: slice) -> None:
     tokens = torch.zeros(1, 6, dtype=torch.long)
     with pytest.raises(ValueError, match="targets must be a contiguous slice"):
         next_token_nll(torch.zeros(1, 6, V), tokens, bad)
+
+
+def test_a_single_token_has_no_target() -> None:
+    """Decoding one token at a time, the first call scores nothing: an empty [B, 0] result, not an error."""
+    assert next_token_nll(torch.zeros(2, 1, V), torch.zeros(2, 1, dtype=torch.long)).shape == (2, 0)
 
 
 def test_logits_too_short_for_the_span_are_refused() -> None:

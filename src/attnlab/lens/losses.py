@@ -26,11 +26,12 @@ def next_token_nll(
     ``tokens`` [B, T]; ``targets`` is a slice of its positions (start ≥ 1; the default scores every position but
     the first); ``logits`` [B, T′, V] must cover positions ``start − 1 … stop − 2`` (T′ = T, or T − 1 when the last
     position's logits were never computed). Half-precision logits are upcast to float32 first; float32 and float64
-    stay as they are. ``reduction="none"`` gives [B, len(targets)]; ``"mean"`` / ``"sum"`` a 0-d tensor.
+    stay as they are. ``reduction="none"`` gives [B, len(targets)] (``[B, 0]`` for an empty span); ``"mean"`` /
+    ``"sum"`` a 0-d tensor.
     Differentiable.
     """
     start, stop, step = targets.indices(tokens.shape[1])
-    if step != 1 or start < 1 or stop <= start:
+    if step != 1 or start < 1 or stop < start:  # an empty span is allowed: a one-token chunk has no target yet
         raise ValueError(f"targets must be a contiguous slice of positions 1 … {tokens.shape[1] - 1}; got {targets}")
     pred = logits[:, start - 1 : stop - 1]  # [B, n, V]: the logit at t − 1 predicts the token at t
     if pred.shape[1] != stop - start:
