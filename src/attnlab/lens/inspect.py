@@ -96,6 +96,7 @@ def inspect_model(
 
 
 def sorted_rows(rows: Sequence[dict], key: str) -> list[dict]:
+    """Head-table rows, highest ``key`` first (the table ``attnlab inspect`` prints)."""
     return sorted(rows, key=lambda r: r[key], reverse=True)
 
 
@@ -142,4 +143,5 @@ def write_heatmaps(
 
 
 def fmt(value: float) -> str:
+    """A metric to three decimals; ``nan`` where a metric does not apply to the head."""
     return "nan" if math.isnan(value) else f"{value:.3f}"
