@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli import app
-from attnlab.lens.inspect import load_run
+from attnlab.runner.checkpoint_model import load_run
 from attnlab.runner.config import Sweep
 from attnlab.runner.local import run_local
 from attnlab.runner.store import Store

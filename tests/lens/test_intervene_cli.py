@@ -11,9 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.intervene import intervene_app
+from attnlab.experiments.ablation import ablation_experiment, scaling_experiment
+from attnlab.experiments.text import reference_text, text_chunks
 from attnlab.lens import inspect as lens
-from attnlab.lens.intervene import ablation_experiment, measure_copy, scaling_experiment, text_chunks
-from attnlab.lens.pear import CopyTask
+from attnlab.lens.copy_task import CopyTask, measure_copy
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
 
@@ -116,5 +117,5 @@ def test_text_chunks_come_from_both_ends_without_overlap() -> None:
     tok = ByteTokenizer()
     first, last = text_chunks(tok, 16, 3), text_chunks(tok, 16, 3, from_end=True)
     assert first.shape == last.shape == (3, 16) and (first[:, 0] == 1).all()
-    ids = tok.encode(__import__("attnlab.lens.intervene", fromlist=["stdlib_text"]).stdlib_text()).ids
+    ids = tok.encode(reference_text()).ids
     assert first[0, 1:].tolist() == ids[:15] and last[-1, 1:].tolist() == ids[-15:]

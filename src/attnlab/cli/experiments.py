@@ -1,7 +1,8 @@
-"""Command-line front ends of the lens experiments: ``kv-eviction``, ``rope-scaling`` and ``sinks``.
+"""Command-line front ends of the paper experiments: ``kv-eviction``, ``rope-scaling`` and ``sinks``.
 
-``experiments_app`` is a ``typer.Typer`` the main CLI mounts; the logic lives in ``kv_eviction``, ``rope_scaling``
-and ``sinks_experiment``. Bad input exits with status 2 and one line ``error: field=value: problem (allowed: ...)``.
+``experiments_app`` is a ``typer.Typer`` the main CLI mounts; the logic lives in ``attnlab.experiments``
+(``kv_eviction``, ``rope_scaling``, ``sinks``). Bad input exits with status 2 and one line
+``error: field=value: problem (allowed: ...)``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def kv_eviction(
     """Perplexity of SmolLM2 vs KV-cache budget for StreamingLLM, H2O and a recent window."""
 
     def go() -> None:
-        from attnlab.lens.kv_eviction import POLICIES, EvictionConfig, eviction_table, text_tokens
+        from attnlab.experiments.kv_eviction import POLICIES, EvictionConfig, eviction_table
+        from attnlab.experiments.text import text_tokens
 
         sizes, chosen = _ints("budgets", budgets), _names("policies", policies, POLICIES)
         for b in sizes:  # every (policy, budget) is validated before the model loads
@@ -106,8 +108,8 @@ def rope_scaling(
     """Perplexity of SmolLM2 vs context length with RoPE scaling (PI, NTK, YaRN, ABF), no fine-tuning."""
 
     def go() -> None:
-        from attnlab.lens.kv_eviction import text_tokens
-        from attnlab.lens.rope_scaling import parse_methods, rope_scaling_table
+        from attnlab.experiments.rope_scaling import parse_methods, rope_scaling_table
+        from attnlab.experiments.text import text_tokens
 
         sizes, chosen = _ints("lengths", lengths), parse_methods(methods)
         if min(sizes) < 4:
@@ -157,7 +159,7 @@ def sinks(
     """Train the same byte-level LM with softmax and with sigmoid attention; print first-token sink rates."""
 
     def go() -> None:
-        from attnlab.lens.sinks_experiment import VARIANTS, SinksConfig, run_sinks_experiment
+        from attnlab.experiments.sinks import VARIANTS, SinksConfig, run_sinks_experiment
 
         chosen = _names("variants", variants, VARIANTS)
         cfg = SinksConfig(

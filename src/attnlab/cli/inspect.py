@@ -90,7 +90,7 @@ def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: 
     The tokens are the first example of the run's own evaluation set; for the induction task the head table
     gets the induction score over its two copies.
     """
-    from attnlab.lens.inspect import load_run
+    from attnlab.runner.checkpoint_model import load_run
 
     for option, value in zip(INPUT_OPTIONS, (text, file, task), strict=True):
         if value is not None:

@@ -1,4 +1,5 @@
-"""``attnlab intervene ablate|scale|pear|act``: the typer sub-application for ``lens.intervene``.
+"""``attnlab intervene ablate|scale|pear|act``: the typer sub-application for the experiments in
+``attnlab.experiments`` (ablation, scaling, PEAR, ACT).
 
 The main CLI mounts it with ``app.add_typer(intervene_app, name="intervene")``. Every command loads the model with
 ``lens.inspect.load_model`` (only SmolLM2 for now: the tasks need a causal LM), runs one experiment and prints its
@@ -40,8 +41,8 @@ def _load(name: str) -> tuple[Any, Any]:
 
 
 def _task(name: str, seq_len: int) -> Any:
+    from attnlab.lens.copy_task import CopyTask
     from attnlab.lens.inspect import MODEL_INFO
-    from attnlab.lens.pear import CopyTask
 
     _check_model(name)
     info = MODEL_INFO[name]
@@ -99,7 +100,7 @@ def ablate(
     """Ablate heads and measure copying on repeated random tokens; random heads of the same count as control."""
 
     def go() -> None:
-        from attnlab.lens.intervene import ablation_experiment
+        from attnlab.experiments.ablation import ablation_experiment
 
         chosen, task = _heads(heads), _task(model, seq_len)
         m, _ = _load(model)
@@ -139,7 +140,7 @@ def scale(
     """Multiply heads' outputs by each coefficient and measure copying (coefficient 1 = the unchanged model)."""
 
     def go() -> None:
-        from attnlab.lens.intervene import scaling_experiment
+        from attnlab.experiments.ablation import scaling_experiment
 
         chosen, values, task = _heads(heads) or [], _floats(coefs, "coefs"), _task(model, seq_len)
         m, _ = _load(model)
@@ -167,8 +168,8 @@ def pear(
     """Learn PEAR head coefficients on the copying proxy (model frozen); held-out copying before / after."""
 
     def go() -> None:
-        from attnlab.lens.intervene import pear_experiment
-        from attnlab.lens.intervene import text_chunks as chunks
+        from attnlab.experiments.pear import pear_experiment
+        from attnlab.experiments.text import text_chunks as chunks
 
         if heads is not None and layers is not None:
             raise ConfigError("heads", heads, "give --heads or --layers, not both")
@@ -222,7 +223,8 @@ def act(
     """ACT on real text: find heads whose calibration lowers the loss, then measure held-out text before / after."""
 
     def go() -> None:
-        from attnlab.lens.intervene import act_experiment, text_chunks
+        from attnlab.experiments.act import act_experiment
+        from attnlab.experiments.text import text_chunks
 
         _check_model(model)
         if not 0.0 <= beta <= 1.0:

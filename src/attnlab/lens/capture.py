@@ -35,3 +35,9 @@ def patterns(cache: dict[str, Tensor]) -> dict[int, Tensor]:
     """The attention patterns in a cache: {layer: ``blocks.{layer}.attn.hook_pattern`` [B, H, Tq, Tk]}, by layer."""
     found = {int(m.group(1)): act for name, act in cache.items() if (m := _PATTERN.match(name))}
     return dict(sorted(found.items()))
+
+
+def capture_patterns(model: nn.Module, tokens: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+    """One forward pass with every ``blocks.{L}.attn.hook_pattern`` captured → (output, {layer: P [B, H, T, T]})."""
+    out, cache = run_with_cache(model, tokens, lambda name: name.endswith(".attn.hook_pattern"))
+    return out, patterns(cache)

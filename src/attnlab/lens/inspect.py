@@ -2,7 +2,9 @@
 head (``head_table``) and, for a causal LM, measure the next-token loss.
 
 The induction task follows ``metrics.induction_score``'s index convention: ``[BOS] + x + x`` with ``len(x) = n``, so
-``T = 2n + 1``; BOS = 0, first copy 1..n, second copy n+1..2n.
+``T = 2n + 1``; BOS = 0, first copy 1..n, second copy n+1..2n (``copy_task``). A trained run of a results database
+is loaded by ``attnlab.runner.checkpoint_model.load_run``: the lens is a library and does not read the runner's
+store.
 """
 
 from __future__ import annotations
@@ -13,12 +15,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.lens.capture import patterns, run_with_cache
+from attnlab.lens.capture import capture_patterns
+from attnlab.lens.copy_task import copy_losses, induction_tokens
+from attnlab.lens.losses import next_token_nll
 from attnlab.lens.metrics import head_table, hidden_sinks
+
+__all__ = [
+    "MODELS",
+    "MODEL_INFO",
+    "analyse",
+    "capture_patterns",
+    "copy_losses",
+    "fmt",
+    "induction_tokens",
+    "inspect_model",
+    "load_model",
+    "sorted_rows",
+    "write_csv",
+    "write_heatmaps",
+]
 
 MODELS = ("smollm2", "minilm")
 
@@ -44,71 +61,6 @@ def load_model(name: str) -> tuple[nn.Module, Any]:
     raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
 
 
-def load_run(db: str | Path, run_id: str) -> tuple[nn.Module, Any]:
-    """A finished run of a results database → (its trained model in eval mode, its ``RunConfig``).
-
-    The weights are the run's safetensors checkpoint (written by the sweep runner when the run finished); the
-    architecture is rebuilt from the config stored with the run. Raises ``ConfigError`` when the run is unknown,
-    not finished, or has no checkpoint (databases written before checkpoints were stored).
-    """
-    from safetensors.torch import load_file
-
-    from attnlab.errors import ConfigError
-    from attnlab.model.encdec import build_model
-    from attnlab.runner.config import RunConfig
-    from attnlab.runner.store import Store
-
-    with Store(db) as store:
-        row = next((r for r in store.runs() if r["run_id"] == run_id), None)
-        if row is None:
-            raise ConfigError("run_id", run_id, f"not in {db}")
-        if row["status"] != "done":
-            raise ConfigError("run_id", run_id, f"is {row['status']}, not done: it has no trained weights")
-        path = store.checkpoint_path(run_id)
-    if not path.is_file():
-        raise ConfigError("run_id", run_id, f"has no checkpoint ({path} is missing; re-run it to store one)")
-    cfg = RunConfig.model_validate_json(row["config"])
-    model = build_model(cfg.model)
-    model.load_state_dict(load_file(path))
-    return model.eval(), cfg
-
-
-def induction_tokens(n: int, seed: int, low: int, high: int, bos: int | None) -> Tensor:
-    """``[bos] + x + x`` as ids [1, 2n + 1] (``[1, 2n]`` without ``bos``); x is n ids uniform in [low, high), seeded."""
-    if n < 1 or high <= low:
-        raise ValueError(f"need n >= 1 and low < high; got n={n}, low={low}, high={high}")
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(low, high, (n,), generator=g)
-    parts = ([torch.tensor([bos])] if bos is not None else []) + [x, x]
-    return torch.cat(parts).unsqueeze(0)
-
-
-def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Next-token cross-entropy (nats) [B, T − 1]: entry t − 1 is the loss of predicting ``tokens[:, t]``."""
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
-
-
-def copy_losses(logits: Tensor, tokens: Tensor, n: int) -> tuple[float, float]:
-    """Mean loss (nats/token) on the first copy (targets at positions 1..n) and on the second (n+1..2n).
-
-    ``tokens`` is ``[BOS] + x + x`` [B, 2n + 1] and ``logits`` [B, 2n + 1, V]; the logit at position t − 1
-    predicts the token at t. Averaged over the batch.
-    """
-    if tokens.shape[-1] != 2 * n + 1 or logits.shape[:2] != tokens.shape:
-        raise ValueError(
-            f"copy_losses expects tokens [B, 2n+1] and logits [B, 2n+1, V]; got {tuple(tokens.shape)}, "
-            f"{tuple(logits.shape)}, n={n}"
-        )
-    loss = token_losses(logits, tokens)  # [B, 2n]; column t − 1 ↔ target t
-    return float(loss[:, :n].mean()), float(loss[:, n:].mean())
-
-
-def capture_patterns(model: nn.Module, tokens: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-    """One forward pass with every ``blocks.{L}.attn.hook_pattern`` captured → (output, {layer: P [B, H, T, T]})."""
-    out, cache = run_with_cache(model, tokens, lambda name: name.endswith(".attn.hook_pattern"))
-    return out, patterns(cache)
-
-
 def analyse(
     logits: Tensor, pats: Mapping[int, Tensor], tokens: Tensor, causal: bool, seq_half: int | None = None
 ) -> tuple[list[dict], dict[str, float]]:
@@ -123,7 +75,7 @@ def analyse(
                     row["hidden_sinks"] = idx[idx[:, 0] == row["head"], 1].tolist()
     losses: dict[str, float] = {}
     if causal:
-        losses["mean"] = float(token_losses(logits, tokens).mean())
+        losses["mean"] = float(next_token_nll(logits, tokens).mean())
         if seq_half is not None:
             losses["first_copy"], losses["second_copy"] = copy_losses(logits, tokens, seq_half)
     return rows, losses
@@ -144,6 +96,7 @@ def inspect_model(
 
 
 def sorted_rows(rows: Sequence[dict], key: str) -> list[dict]:
+    """Head-table rows, highest ``key`` first (the table ``attnlab inspect`` prints)."""
     return sorted(rows, key=lambda r: r[key], reverse=True)
 
 
@@ -190,4 +143,5 @@ def write_heatmaps(
 
 
 def fmt(value: float) -> str:
+    """A metric to three decimals; ``nan`` where a metric does not apply to the head."""
     return "nan" if math.isnan(value) else f"{value:.3f}"

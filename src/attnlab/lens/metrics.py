@@ -141,9 +141,9 @@ def induction_score(P: Tensor, seq_half: int) -> Tensor:
 
     the attention from the second occurrence of r_j to the token after its first occurrence (r_{j+1}; for the last
     query that is position n + 1). Only second-copy queries count and BOS is never a target, so a perfect head
-    scores 1. (ARENA's ``induction_attn_detector`` takes ``attention_pattern.diagonal(-seq_len+1).mean()``,
-    checked in public copies of its chapter 1 exercise solutions; that diagonal also holds queries n − 1 and n,
-    which cannot be induction.) For TransformerLens's "mul" score see ``detection_score``. Weights are
+    scores 1. (ARENA's ``induction_attn_detector``, in the TransformerLens exercises of ``callummcdougall/ARENA_3.0``,
+    takes ``pattern.diagonal(-n + 1).mean()``, which also counts queries n − 1 and n: they cannot be induction.)
+    For TransformerLens's "mul" score see ``detection_score``. Weights are
     taken as given (not row-normalised).
     """
     _check_square(P, "induction_score")

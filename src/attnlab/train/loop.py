@@ -1,8 +1,14 @@
 """One plain training loop: AdamW, linear warmup then cosine decay, optional bf16 autocast,
 deterministic seeding, periodic evaluation, early stop at a target accuracy, and length extrapolation.
 
-The model is ``build_model(model_cfg)``: a ``TransformerLM`` for single-stream tasks, an ``EncoderDecoder``
-for sequence-to-sequence tasks (whose batches carry ``source``).
+AdamW is Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019, arXiv:1711.05101), decaying matrices
+only; the schedule is linear warmup then cosine decay to a floor (SGDR's cosine, arXiv:1608.03983), as in nanoGPT's
+``train.py`` (``get_lr``).
+
+``train`` builds the model, ``build_model(model_cfg)`` (a ``TransformerLM`` for single-stream tasks, an
+``EncoderDecoder`` for sequence-to-sequence tasks, whose batches carry ``source``), and the task from their configs,
+then runs ``fit``: the loop itself, on any built model and any source of batches (an experiment with its own data,
+such as ``attnlab.experiments.sinks``, calls ``fit`` directly).
 
 Length extrapolation (``TrainConfig.extrapolate``): after training, for each factor f the task is rebuilt with
 ``with_length(round(f · T))`` and its evaluation set scored, giving final metrics ``loss@{f}x`` and
@@ -168,9 +174,40 @@ def train(
     extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(cfg.device)
-    stepper = compiled(model, cfg)  # the training steps' forward (evaluation runs the eager model)
     task: Task = task_cfg.build(seed)
-    eval_set = task.eval_batch(cfg.eval_examples)
+    result = fit(model, task.train_batch, task.eval_batch(cfg.eval_examples), cfg, on_eval=on_eval)
+    extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
+    stats = {name: result.final.pop(name) for name in RUN_STATS}
+    result.final.update(extrapolated)
+    result.final.update(stats)  # the key order of ``final``: evaluation, extrapolation, then the run statistics
+    return result
+
+
+RUN_STATS = ("steps", "train_s", "params")  # the entries ``fit`` adds to the final evaluation metrics
+
+
+def fit(
+    model: nn.Module,
+    train_batch: Callable[[int, int], Batch],
+    eval_set: Batch,
+    cfg: TrainConfig,
+    *,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """The training loop itself, on a model that is already built (and seeded) and a source of batches.
+
+    ``train_batch(step, batch_size)`` gives the batch of step 1, 2, …, ``cfg.steps``, called once per step in that
+    order (``Task.train_batch``, or any other source, e.g. a generator-driven sampler). AdamW on ``param_groups``,
+    ``lr_at``'s warmup and cosine decay, gradient clipping at ``cfg.grad_clip``, a model's ``aux_loss()`` added to
+    the loss; every ``cfg.eval_every`` steps and at the last one the model is evaluated on ``eval_set``
+    (``on_eval(step, metrics)``), and training stops early once ``cfg.target_accuracy`` is reached.
+    ``on_step(step, loss)`` is called after every update with that step's training loss.
+
+    Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
+    the curves, and the model (in training mode).
+    """
+    stepper = compiled(model, cfg)  # the training steps' forward (evaluation runs the eager model)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=False)
     curves: list[tuple[int, str, float]] = []
     metrics: dict[str, float] = {}
@@ -179,7 +216,7 @@ def train(
     for step in range(1, cfg.steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, cfg)
-        batch = task.train_batch(step, cfg.batch_size)
+        batch = train_batch(step, cfg.batch_size)
         with autocast(cfg):
             logits = run_model(stepper, batch, cfg.device)
         loss, _ = loss_and_accuracy(logits, batch.targets.to(cfg.device))
@@ -191,6 +228,8 @@ def train(
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if on_step is not None:
+            on_step(step, loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curves.append((step, "train_loss", loss.item()))
             metrics = evaluate(model, eval_set, cfg)
@@ -200,13 +239,10 @@ def train(
                 on_eval(step, metrics)
             if cfg.target_accuracy is not None and metrics["accuracy"] >= cfg.target_accuracy:
                 break
-    train_s = time.perf_counter() - t0
-    extrapolated, notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     final = {
         **metrics,
-        **extrapolated,
         "steps": float(step),
-        "train_s": train_s,
+        "train_s": time.perf_counter() - t0,
         "params": float(sum(p.numel() for p in model.parameters())),
     }
-    return TrainResult(final=final, curves=curves, model=model, notes=notes)
+    return TrainResult(final=final, curves=curves, model=model)

@@ -15,8 +15,8 @@ Notes on the file:
   unaffected; q/k hook activations are in GGUF's (interleaved) dimension order.
 - Nothing here touches the network: the weights and the tokenizer come from the local file only.
 - ``load_smollm2(position=..., position_args=...)`` builds the attention with another RoPE-family encoding (PI, NTK,
-  YaRN, ABF: ``attnlab.lens.rope_scaling``) over the same weights; the GGUF's base and interleaving and its training
-  length (``llama.context_length``, 8192 for SmolLM2-135M) fill in what the arguments leave out.
+  YaRN, ABF: ``attnlab.experiments.rope_scaling``) over the same weights; the GGUF's base and interleaving and its
+  training length (``llama.context_length``, 8192 for SmolLM2-135M) fill in what the arguments leave out.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.lens.sinks_experiment import (
+from attnlab.experiments.sinks import (
     VARIANTS,
     SinksConfig,
     byte_splits,

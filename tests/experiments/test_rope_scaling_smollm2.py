@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec, attention_config, with_position
-from attnlab.lens.rope_scaling import (
+from attnlab.experiments.rope_scaling import (
     METHODS,
     parse_methods,
     perplexity_by_length,
@@ -18,6 +17,7 @@ from attnlab.lens.rope_scaling import (
     scaled_position,
     token_nll,
 )
+from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec, attention_config, with_position
 
 SPEC = LlamaSpec(
     n_layers=2,
@@ -129,7 +129,7 @@ needs_smollm2 = pytest.mark.skipif(
 @needs_smollm2
 @torch.no_grad()
 def test_smollm2_scaled_models_load_and_a_factor_of_one_is_unscaled() -> None:
-    from attnlab.lens.kv_eviction import text_tokens
+    from attnlab.experiments.text import text_tokens
     from attnlab.lens.pretrained.smollm2 import load_smollm2
 
     model, tok = load_smollm2()

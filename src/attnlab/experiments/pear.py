@@ -8,7 +8,7 @@ What the authors' code does, and what is done here:
 
 - **proxy task** (``gener.py``): ``x = r_1..r_n r_1..r_n`` with ``r_i`` uniform over the vocabulary minus ids 0, 1,
   ``n = 50``, the loss on the second half only (labels −100 on the first). Here: the same layout, optionally after a
-  BOS token (attnlab's ``[BOS] + x + x``, as ``lens.inspect.induction_tokens``), ids drawn from a range of ordinary
+  BOS token (attnlab's ``[BOS] + x + x``, ``lens.copy_task.CopyTask``), ids drawn from a range of ordinary
   tokens, and the loss on the second copy *minus its first token* (``r_1`` after ``r_n`` cannot be inferred by
   copying; the authors include it). ``n`` is a parameter (the CPU experiment uses a shorter one).
 - **re-weighting** (``ablation_40_LongMa.py``): per selected head a scalar ``α_h`` (init 1) multiplies the head's
@@ -16,8 +16,9 @@ What the authors' code does, and what is done here:
   ``interventions.scale_heads`` (identical for a bias-free ``o_proj``, which Llama and SmolLM2 have).
 - **training** (``train.py`` / ``train.sh``): only the α are trainable, the LLM frozen; AdamW (Hugging Face Trainer
   default, weight decay 0), lr 5e-3, linear schedule with 2 warm-up steps, batch 1 × gradient accumulation 20, one
-  epoch over 50 000 samples, bf16. Here: Adam (= AdamW without weight decay), the same schedule shape, float32,
-  and far fewer steps (a parameter) with a larger lr to compensate.
+  epoch over 50 000 samples, bf16. Here: ``torch.optim.Adam`` (Kingma & Ba 2015, arXiv:1412.6980; AdamW without
+  weight decay is the same update), the same schedule shape, float32, and far fewer steps (a parameter) with a
+  larger lr to compensate.
 - **regularisation**: the released ``train.py`` adds none; a penalty ``(Σ_h α_{l,h} − H)²`` per re-weighted layer is
   present but commented out. It is offered as ``sum_penalty`` (weight, default 0 = the released code) over the
   selected heads of each layer. What the paper text (arXiv:2409.19745) says about it is unverified: it was not
@@ -34,89 +35,20 @@ The coefficients can be folded into the output projection's columns for deployme
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from rich.table import Table
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.lens.interventions import Head, check_heads, head_label, scale_heads
-
-
-# --------------------------------------------------------------------------------------------------- the proxy task
-@dataclass(frozen=True)
-class CopyTask:
-    """``[BOS] + x + x`` with ``x`` = ``n`` ids uniform in ``[low, high)`` (no BOS when ``bos`` is None).
-
-    Scored targets: the second copy after its first token, ``n − 1`` per sequence (see the module docstring).
-    """
-
-    n: int = 50
-    low: int = 2
-    high: int = 32000
-    bos: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.n < 2:
-            raise ConfigError("seq_len", self.n, "the copied sequence needs at least 2 tokens")
-        if not 0 <= self.low < self.high:
-            raise ConfigError("token range", f"[{self.low}, {self.high})", "needs 0 <= low < high")
-
-    @property
-    def offset(self) -> int:
-        """Position of ``x``'s first token (1 after a BOS, else 0)."""
-        return 0 if self.bos is None else 1
-
-    @property
-    def length(self) -> int:
-        """Tokens per sequence: ``2n`` (+ 1 with BOS)."""
-        return self.offset + 2 * self.n
-
-    def batch(self, size: int, generator: torch.Generator) -> Tensor:
-        """``size`` sequences [size, length], drawn from ``generator`` (so a seed fixes the set)."""
-        if size < 1:
-            raise ConfigError("batch", size, "must be at least 1")
-        x = torch.randint(self.low, self.high, (size, self.n), generator=generator)
-        parts = [x, x] if self.bos is None else [torch.full((size, 1), self.bos), x, x]
-        return torch.cat(parts, dim=1)
-
-    def targets(self) -> slice:
-        """Token positions scored: the second copy without its first token, ``offset + n + 1 .. offset + 2n − 1``."""
-        return slice(self.offset + self.n + 1, self.offset + 2 * self.n)
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """Half precision → float32 for the loss; float32 / float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def copy_loss(logits: Tensor, tokens: Tensor, task: CopyTask) -> Tensor:
-    """Mean next-token cross-entropy (nats) on the task's scored targets; differentiable. ``logits`` [B, T, V]."""
-    t = task.targets()
-    pred = _upcast(logits[:, t.start - 1 : t.stop - 1])  # the logit at t − 1 predicts the token at t
-    return F.cross_entropy(pred.transpose(1, 2), tokens[:, t])
-
-
-@torch.no_grad()
-def copy_metrics(model: nn.Module, tokens: Tensor, task: CopyTask, chunk: int = 16) -> tuple[float, float]:
-    """(loss in nats/token, greedy accuracy) of ``model`` on the scored targets of ``tokens`` [B, T].
-
-    Accuracy: the share of targets that are the argmax of the model's next-token distribution. Evaluated in chunks
-    of ``chunk`` sequences.
-    """
-    t = task.targets()
-    total_loss, correct, count = 0.0, 0, 0
-    for part in tokens.split(chunk):
-        logits = model(part)
-        pred = _upcast(logits[:, t.start - 1 : t.stop - 1])
-        target = part[:, t]
-        total_loss += float(F.cross_entropy(pred.transpose(1, 2), target, reduction="sum"))
-        correct += int((pred.argmax(-1) == target).sum())
-        count += target.numel()
-    return total_loss / count, correct / count
+from attnlab.experiments.tables import cell
+from attnlab.lens.copy_task import CopyScores, CopyTask, copy_loss, measure_copy
+from attnlab.lens.interventions import Head, all_heads, check_heads, head_label, scale_heads
+from attnlab.lens.losses import text_loss
 
 
 # --------------------------------------------------------------------------------------------------- coefficients
@@ -168,7 +100,12 @@ class PearTraining:
 
     def suppression_heads(self) -> list[tuple[Head, float]]:
         """Heads whose coefficient ended below 1, smallest first: the heads PEAR turns down."""
-        return sorted(((h, a) for h, a in self.coefficients.items() if a < 1.0), key=lambda x: x[1])
+        return suppression_heads(self.coefficients)
+
+
+def suppression_heads(coefficients: dict[Head, float]) -> list[tuple[Head, float]]:
+    """The heads whose coefficient is below 1, smallest first (PEAR's "suppression heads")."""
+    return sorted(((h, a) for h, a in coefficients.items() if a < 1.0), key=lambda x: x[1])
 
 
 def linear_schedule(step: int, steps: int, warmup: int) -> float:
@@ -180,32 +117,6 @@ def linear_schedule(step: int, steps: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (steps - step) / max(1, steps - warmup))
-
-
-class _Adam:
-    """Adam (Kingma & Ba 2015, arXiv:1412.6980) without weight decay, for one parameter tensor::
-
-        m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,   θ ← θ − lr · m̂ / (√v̂ + ε)
-
-    with bias corrections m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t); AdamW with weight decay 0 is the same. Written
-    out because ``torch.optim``'s first step imports ``torch._dynamo`` (seconds on a loaded machine).
-    """
-
-    def __init__(self, param: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.b1, self.b2, self.eps = betas[0], betas[1], eps
-        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
-
-    @torch.no_grad()
-    def step(self, param: Tensor, lr: float) -> None:
-        g = param.grad
-        if g is None:
-            return
-        self.t += 1
-        self.m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        m_hat = self.m / (1 - self.b1**self.t)
-        v_hat = self.v / (1 - self.b2**self.t)
-        param.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
 
 
 def train_pear(
@@ -241,7 +152,7 @@ def train_pear(
     coefs.to(device)
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
-    adam = _Adam(coefs.alpha)
+    adam = torch.optim.Adam([coefs.alpha], lr=lr, betas=(0.9, 0.999), eps=1e-8)
     g = torch.Generator().manual_seed(seed)
     losses = []
     try:
@@ -253,9 +164,10 @@ def train_pear(
             with coefs.applied(model):
                 loss = copy_loss(model(tokens), tokens, task)
             total = loss + sum_penalty * coefs.sum_penalty() if sum_penalty else loss
-            coefs.alpha.grad = None
+            adam.zero_grad(set_to_none=True)
             total.backward()
-            adam.step(coefs.alpha, lr * linear_schedule(step, steps, warmup))
+            adam.param_groups[0]["lr"] = lr * linear_schedule(step, steps, warmup)
+            adam.step()
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(step, losses[-1])
@@ -264,3 +176,112 @@ def train_pear(
             p.requires_grad_(flag)
         model.train(was_training)
     return PearTraining(coefficients=coefs.values(), losses=losses, steps=steps, lr=lr)
+
+
+# --------------------------------------------------------------------------------------------------- the experiment
+@dataclass
+class PearResult:
+    """PEAR on the copying proxy: held-out copying (and real-text loss) before and after the coefficients."""
+
+    task: CopyTask
+    n_heads: int
+    steps: int
+    batch: int
+    lr: float
+    seed: int
+    eval_batch: int
+    before: CopyScores
+    after: CopyScores
+    coefficients: dict[Head, float]
+    train_losses: list[float]
+    text_before: float | None = None
+    text_after: float | None = None
+    seconds: float = 0.0
+
+    def suppression(self) -> list[tuple[Head, float]]:
+        """Heads whose coefficient ended below 1, smallest first."""
+        return suppression_heads(self.coefficients)
+
+    def table(self) -> Table:
+        """Held-out copying (loss, accuracy, first-copy loss) and the text loss, before and after."""
+        t = Table(
+            title=f"PEAR, held-out copying (|x| = {self.task.n}, {self.eval_batch} sequences)",
+            caption=f"{self.n_heads} coefficients, {self.steps} steps × batch {self.batch}, lr {self.lr:g}, seed "
+            f"{self.seed}; text loss: real text (pydoc_data)",
+            title_justify="left",
+            caption_justify="left",
+        )
+        for col in ("", "copy loss", "copy acc", "first-copy loss", "text loss"):
+            t.add_column(col, justify="right")
+        for label, s, text in (("before", self.before, self.text_before), ("after", self.after, self.text_after)):
+            t.add_row(label, cell(s.copy_loss), cell(s.copy_acc), cell(s.first_loss), cell(text) if text else "-")
+        return t
+
+    def coefficient_table(self, top: int = 10) -> Table:
+        """The ``top`` smallest coefficients (suppression heads) and the ``top`` largest."""
+        ranked = sorted(self.coefficients.items(), key=lambda x: x[1])
+        n_below = len(self.suppression())
+        t = Table(
+            title=f"PEAR coefficients: {n_below} of {len(ranked)} below 1",
+            title_justify="left",
+        )
+        for col in ("head", "α (smallest)", "head ", "α (largest)"):
+            t.add_column(col, justify="right")
+        low, high = ranked[:top], ranked[::-1][:top]
+        for (h1, a1), (h2, a2) in zip(low, high, strict=False):
+            t.add_row(head_label(h1), f"{a1:.3f}", head_label(h2), f"{a2:.3f}")
+        return t
+
+
+def pear_experiment(
+    model: nn.Module,
+    heads: Sequence[Head] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    task: CopyTask | None = None,
+    steps: int = 40,
+    batch: int = 4,
+    lr: float = 3e-2,
+    sum_penalty: float = 0.0,
+    eval_batch: int = 32,
+    seed: int = 0,
+    text_tokens: Tensor | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PearResult:
+    """Train PEAR coefficients (``train_pear``) and measure a held-out copying set before and after.
+
+    ``heads`` (default: every head of ``layers``, default all layers). Training batches are drawn from a generator
+    seeded with ``seed``, the held-out set from ``seed + 1_000_003``: different random sequences. The "after"
+    numbers use the learned coefficients as fixed floats through ``scale_heads`` (the deployed form). With
+    ``text_tokens`` [B, T] the mean next-token loss on them is measured too (a side-effect check).
+    """
+    task = task or CopyTask(n=25, low=100, high=20000, bos=1)
+    heads = check_heads(model, heads) if heads is not None else all_heads(model, layers)
+    if eval_batch < 1:
+        raise ConfigError("eval_batch", eval_batch, "must be at least 1")
+    held_out = task.batch(eval_batch, torch.Generator().manual_seed(seed + 1_000_003))
+    start = time.perf_counter()
+    before = measure_copy(model, held_out, task)
+    text_before = text_loss(model, text_tokens) if text_tokens is not None else None
+    trained = train_pear(
+        model, heads, task, steps=steps, batch=batch, lr=lr, sum_penalty=sum_penalty, seed=seed, on_step=on_step
+    )
+    with scale_heads(model, trained.coefficients):
+        after = measure_copy(model, held_out, task)
+        text_after = text_loss(model, text_tokens) if text_tokens is not None else None
+    return PearResult(
+        task=task,
+        n_heads=len(heads),
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        eval_batch=eval_batch,
+        before=before,
+        after=after,
+        coefficients=trained.coefficients,
+        train_losses=trained.losses,
+        text_before=text_before,
+        text_after=text_after,
+        seconds=time.perf_counter() - start,
+    )

@@ -33,17 +33,21 @@ used (``threshold``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from rich.table import Table
 from torch import Tensor, nn
 
 from attnlab.attention.core import repeat_kv
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.errors import ConfigError
+from attnlab.experiments.tables import cell
 from attnlab.lens.interventions import Head, check_heads, model_heads
+from attnlab.lens.losses import text_loss
 from attnlab.lens.metrics import hidden_sinks
 from attnlab.model.hooks import capture, hooks
 
@@ -118,6 +122,12 @@ def check_calibratable(model: nn.Module, layer: int) -> None:
         )
 
 
+def _is_causal(attn: nn.Module) -> bool:
+    """Whether a layer's queries see only earlier keys (self-attention with a causal mask): ``hidden_sinks`` then
+    averages a key's column over the queries that can see it."""
+    return bool(attn.site.causal) and not bool(attn.site.cross)
+
+
 def _as_layer_heads(model: nn.Module, heads: Mapping[int, Sequence[int]] | Sequence[Head]) -> dict[int, list[int]]:
     pairs = [(layer, h) for layer, hs in heads.items() for h in hs] if isinstance(heads, Mapping) else list(heads)
     out: dict[int, list[int]] = {}
@@ -168,7 +178,7 @@ def act_calibration(
     fns: dict[str, Callable[[Tensor], Tensor | None]] = {}
     for layer, hs in by_layer.items():
         attn = model.get_submodule(f"blocks.{layer}.attn")
-        causal = bool(attn.site.causal) and not bool(attn.site.cross)
+        causal = _is_causal(attn)
         state: dict[str, Tensor] = {}
 
         def on_v(v: Tensor, state: dict = state) -> None:
@@ -228,7 +238,7 @@ def sink_heads(
     out = []
     for layer in layers:
         attn = model.get_submodule(f"blocks.{layer}.attn")
-        causal = bool(attn.site.causal) and not bool(attn.site.cross)
+        causal = _is_causal(attn)
         P = cache[f"blocks.{layer}.attn.hook_pattern"]
         mask = sink_mask(P, threshold, exclude_last, causal, range(P.shape[1]))
         out += [(layer, int(h)) for h in mask.any(-1).any(0).nonzero().flatten().tolist()]
@@ -261,3 +271,102 @@ def search_heads(
         if value < base - min_gain:
             kept.append((head, value))
     return base, sorted(kept, key=lambda x: x[1])
+
+
+# --------------------------------------------------------------------------------------------------- the experiment
+@dataclass
+class ActResult:
+    """ACT on real text: loss on calibration and held-out chunks, without calibration and with two head sets."""
+
+    beta: float
+    threshold: float
+    exclude_last: int
+    calib_shape: tuple[int, int]
+    heldout_shape: tuple[int, int]
+    candidates: list[Head]
+    selected: list[tuple[Head, float]]
+    rows: list[tuple[str, list[Head], float, float, int]]  # label, heads, calibration loss, held-out loss, sinks
+
+    def table(self) -> Table:
+        """One row per head set: calibration and held-out loss, held-out perplexity and its change, sinks moved."""
+        (nc, tc), (nh, th) = self.calib_shape, self.heldout_shape
+        t = Table(
+            title=f"ACT on real text (pydoc_data): calibration {nc}×{tc} tokens, held-out {nh}×{th}",
+            caption=f"β = {self.beta:g}, τ = {self.threshold:g}, last {self.exclude_last} keys never sinks; "
+            "losses in nats/token",
+            title_justify="left",
+            caption_justify="left",
+        )
+        for col in ("heads calibrated", "count", "calib loss", "held-out loss", "held-out ppl", "Δ held-out", "sinks"):
+            t.add_column(col, justify="left" if col == "heads calibrated" else "right")
+        base = self.rows[0][3]
+        for label, heads, calib, held, sinks in self.rows:
+            t.add_row(
+                cell(label),
+                str(len(heads)),
+                f"{calib:.4f}",
+                f"{held:.4f}",
+                f"{math.exp(held):.3f}",
+                f"{held - base:+.4f}",
+                str(sinks),
+            )
+        return t
+
+
+def act_experiment(
+    model: nn.Module,
+    calib_tokens: Tensor,
+    heldout_tokens: Tensor,
+    *,
+    beta: float = BETA,
+    threshold: float = THRESHOLD,
+    min_layer: int = 2,
+    exclude_last: int = 0,
+    max_candidates: int | None = None,
+    search: bool = True,
+    on_head: Callable[[Head, float], None] | None = None,
+) -> ActResult:
+    """ACT's protocol on next-token loss: candidate heads = heads of layers ≥ ``min_layer`` with a hidden sink on
+    the calibration chunks; each is calibrated alone and kept if it lowers the calibration loss
+    (``search_heads``); then held-out loss without calibration, with every candidate, and with the kept heads.
+
+    ``max_candidates`` keeps only the first candidates (layer order) to bound the time (None: all).
+    ``exclude_last`` keys at the end are never sinks (their column score averages over very few queries; the
+    authors use 0).
+    """
+    _check_params(beta, threshold)
+    if exclude_last < 0:
+        raise ConfigError("exclude_last", exclude_last, "must be >= 0")
+    candidates = sink_heads(model, calib_tokens, threshold, min_layer, exclude_last)
+    if max_candidates is not None:
+        candidates = candidates[: max(0, max_candidates)]
+
+    def calib_loss() -> float:
+        return text_loss(model, calib_tokens)
+
+    def measured(heads: Sequence[Head]) -> tuple[float, float, int]:
+        if not heads:
+            return calib_loss(), text_loss(model, heldout_tokens), 0
+        with act_calibration(model, heads, beta, threshold, exclude_last) as stats:
+            c = calib_loss()
+            h = text_loss(model, heldout_tokens)
+        return c, h, stats.total_sinks()
+
+    rows = [("none", [], *measured([]))]
+    selected: list[tuple[Head, float]] = []
+    if candidates:
+        rows.append(("every head with a hidden sink", list(candidates), *measured(candidates)))
+    if search and candidates:
+        _, selected = search_heads(model, candidates, calib_loss, beta, threshold, exclude_last, on_head=on_head)
+        chosen = [h for h, _ in selected]
+        rows.append(("heads kept by the search", chosen, *measured(chosen)))
+    return ActResult(
+        beta,
+        threshold,
+        exclude_last,
+        tuple(calib_tokens.shape),
+        tuple(heldout_tokens.shape),
+        list(candidates),
+        selected,
+        rows,
+    )

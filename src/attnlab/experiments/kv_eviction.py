@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from attnlab.attention.build import KVCache, LayerKVCache
 from attnlab.config import StrictModel
 from attnlab.errors import ConfigError
+from attnlab.lens.losses import next_token_nll
 from attnlab.model.hooks import hooks
 from attnlab.position.base import PositionEncoding
 
@@ -272,8 +272,7 @@ def decode_with_eviction(
             cache.evict()
             rows = logits if previous is None else torch.cat([previous, logits], dim=1)
             targets = piece if previous is None else torch.cat([tokens[:, start - 1 : start], piece], dim=1)
-            # rows[:, i] predicts targets[:, i + 1]
-            nll.append(F.cross_entropy(rows[:, :-1].transpose(1, 2), targets[:, 1:], reduction="none"))
+            nll.append(next_token_nll(rows, targets))  # rows[:, i] predicts targets[:, i + 1]
             previous = logits[:, -1:]
             if keep_logits:
                 kept.append(logits)
@@ -286,25 +285,6 @@ def decode_with_eviction(
 
 
 # --------------------------------------------------------------------------------------------------- the experiment
-def reference_text(n_chars: int | None = None, offset: int = 0) -> str:
-    """The Python reference manual's topic texts (``pydoc_data.topics.topics``, stdlib, ~465k characters), joined
-    in key order; ``[offset : offset + n_chars]`` of it. Always available offline."""
-    from pydoc_data.topics import topics
-
-    text = "\n\n".join(topics[key] for key in sorted(topics))
-    return text[offset:] if n_chars is None else text[offset : offset + n_chars]
-
-
-def text_tokens(tokenizer: Any, n_tokens: int, offset: int = 0) -> Tensor:
-    """The first ``n_tokens`` tokens of ``reference_text()[offset:]`` as [1, n_tokens] (a ``tokenizers.Tokenizer``)."""
-    if n_tokens < 2:
-        raise ConfigError("n_tokens", n_tokens, "must be at least 2")
-    ids = tokenizer.encode(reference_text(n_tokens * 8, offset)).ids[:n_tokens]
-    if len(ids) < n_tokens:
-        raise ConfigError("n_tokens", n_tokens, f"the reference text has only {len(ids)} tokens from offset {offset}")
-    return torch.tensor([ids])
-
-
 @dataclass(frozen=True)
 class EvictionRow:
     """One cell of the perplexity-vs-budget table."""

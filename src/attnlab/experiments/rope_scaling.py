@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
+from attnlab.lens.losses import next_token_nll
 
 METHODS = ("none", "pi", "ntk", "yarn", "abf", "eabf")
 
@@ -93,11 +93,10 @@ def token_nll(model: nn.Module, tokens: Tensor, slice_len: int = 1024) -> Tensor
         pieces = []
         for start in range(0, tokens.shape[1] - 1, slice_len):
             stop = min(start + slice_len, tokens.shape[1] - 1)
-            logits = model.unembed(hidden[:, start:stop]).float()
-            pieces.append(F.cross_entropy(logits.transpose(1, 2), tokens[:, start + 1 : stop + 1], reduction="none"))
+            logits = model.unembed(hidden[:, start:stop]).float()  # positions start … stop − 1
+            pieces.append(next_token_nll(logits, tokens[:, start : stop + 1]))
         return torch.cat(pieces, dim=1)
-    logits = model(tokens).float()
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    return next_token_nll(model(tokens).float(), tokens)
 
 
 @dataclass(frozen=True)

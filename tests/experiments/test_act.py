@@ -8,7 +8,7 @@ import torch
 
 from attnlab.attention.core import repeat_kv
 from attnlab.errors import ConfigError
-from attnlab.lens.act import (
+from attnlab.experiments.act import (
     act_calibration,
     calibrate_pattern,
     check_calibratable,

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.lens.capture import patterns, run_with_cache
-from attnlab.lens.kv_eviction import (
+from attnlab.experiments.kv_eviction import (
     EvictingLayerCache,
     EvictionConfig,
     decode_with_eviction,
     eviction_table,
     keep_slots,
 )
+from attnlab.lens.capture import patterns, run_with_cache
 from attnlab.position.base import NoPE
 
 N = 20

@@ -1,0 +1,18 @@
+"""Paper experiments built on the lens (capture, metrics, interventions, pretrained loaders) and the training loop.
+
+One module per experiment, each citing its paper and, where one exists, the authors' code:
+
+- ``ablation``: head ablation (zero / mean) and head scaling on the copying probe (Olsson et al. 2022,
+  arXiv:2209.11895);
+- ``pear``: PEAR head re-weighting learned on a copying proxy (Tan et al. 2025, arXiv:2409.19745);
+- ``act``: ACT attention calibration of hidden sinks (Yu et al. 2024, arXiv:2406.15765);
+- ``kv_eviction``: StreamingLLM, H2O and a recent window under a KV-cache budget (arXiv:2309.17453,
+  arXiv:2306.14048);
+- ``rope_scaling``: PI, NTK, YaRN, ABF on SmolLM2 without fine-tuning;
+- ``sinks``: does the first-token sink emerge with softmax and with sigmoid attention (Gu et al. 2025,
+  arXiv:2410.10781);
+- ``text``: the real text they run on (``pydoc_data.topics``), ``tables``: their table cells.
+
+The dependency points one way: experiments import ``attnlab.lens`` and ``attnlab.train``; the lens never imports
+an experiment. Modules are imported on use (``attnlab.experiments.pear``), so importing this package is cheap.
+"""
