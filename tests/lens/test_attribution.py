@@ -23,6 +23,7 @@ from attnlab.lens.attribution import (
 )
 from attnlab.lens.capture import run_with_cache
 from attnlab.lens.patching import logit_diff
+from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
 from conftest import liven
@@ -52,7 +53,7 @@ def lm(norm: str = "layernorm", mlp: bool = True, **attention: Any) -> Transform
     return liven(TransformerLM(cfg)).eval().double()
 
 
-def run(model: TransformerLM) -> tuple[Tensor, dict[str, Tensor]]:
+def run(model: torch.nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
     return run_with_cache(model, TOKENS, attribution_names(model))
 
 
@@ -69,6 +70,30 @@ def test_attributions_sum_to_the_logit_difference(kind: str) -> None:
         assert attribution.bias.abs().min() > 1e-3  # the LayerNorm bias term is real and accounted for
     if MODELS[kind].get("position") == "learned":
         assert attribution.pos_embed.abs().min() > 1e-6
+
+
+def test_attributions_sum_to_the_logit_difference_in_a_llama_architecture() -> None:
+    # SmolLM2's architecture (RMSNorm, GQA with interleaved RoPE, SwiGLU, tied unembedding, no position
+    # embedding) with random weights: no GGUF file needed
+    spec = LlamaSpec(
+        n_layers=2,
+        d_model=32,
+        d_mlp=48,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=31,
+        rope_base=1e4,
+        rms_eps=1e-5,
+        context_length=64,
+    )
+    model = liven(LlamaLM(spec)).eval().double()
+    assert "hook_pos_embed" not in attribution_names(model)
+    logits, cache = run(model)
+    attribution = direct_logit_attribution(model, cache, CORRECT, WRONG)
+    torch.testing.assert_close(attribution.total(), logit_diff(logits, CORRECT, WRONG), rtol=0, atol=ATOL)
+    torch.testing.assert_close(attribution.rest, torch.zeros_like(attribution.rest), rtol=0, atol=ATOL)
+    assert attribution.mlps.abs().min() > 1e-6
+    torch.testing.assert_close(logit_lens(model, cache)[-1], logits[:, -1], rtol=0, atol=ATOL)
 
 
 def test_heads_and_bias_of_a_layer_add_up_to_its_attention_output() -> None:

@@ -103,7 +103,11 @@ def test_patching_every_head_restores_the_clean_logits_where_the_token_is_shared
 def test_each_batched_patch_equals_the_same_patch_made_by_hand(hook: str, per: str, attention: dict) -> None:
     model = lm(**attention)
     _, clean = run_with_cache(model, CLEAN, patching_names(model, hook))
+    _, corrupted = run_with_cache(model, CORRUPTED, patching_names(model, "resid_pre"))
     grid = activation_patching(model, CORRUPTED, clean, METRIC, hook, per, batch_size=7)
+    # resumed at each pass's lowest patched layer from the corrupted run's stream: the same values
+    resumed = activation_patching(model, CORRUPTED, clean, METRIC, hook, per, batch_size=7, base=corrupted)
+    torch.testing.assert_close(resumed, grid, rtol=0, atol=ATOL)
     for layer, name in enumerate(patching_names(model, hook)):
         for idx in itertools.product(*[range(n) for n in grid.shape[1:]]):
             # per position in a [B, H, T, ...] activation: every head at that time step (a pattern's query row)
@@ -151,7 +155,7 @@ def test_bad_requests_name_the_field() -> None:
     with pytest.raises(KeyError, match=r"blocks\.9"):
         run_with_patches(model, CORRUPTED, clean, [[Site("blocks.9.hook_resid_pre")]], METRIC)
     with pytest.raises(ConfigError, match="via="):
-        path_patching(model, CLEAN, clean, clean, [[]], [(2, 0)], METRIC, via="x")
+        path_patching(model, clean, clean, [[]], [(2, 0)], METRIC, via="x")
 
 
 # ------------------------------------------------------------------------------------------------ path patching
@@ -166,7 +170,7 @@ def caches(model: TransformerLM) -> tuple[Tensor, dict, dict]:
 def test_path_patching_with_no_sender_is_the_identity(receivers: list | None, via: str) -> None:
     model = lm(heads="gqa", heads_args={"n_kv_heads": 2})
     logits, reference, new = caches(model)
-    got = path_patching(model, CLEAN, reference, new, [[], [(0, 1)]], receivers, METRIC, via)
+    got = path_patching(model, reference, new, [[], [(0, 1)]], receivers, METRIC, via)
     torch.testing.assert_close(got[0], METRIC(logits[None])[0], rtol=0, atol=ATOL)
     assert (got[1] - got[0]).abs() > 1e-4  # a real sender moves it, so the identity is not vacuous
 
@@ -178,7 +182,7 @@ def test_path_patching_from_a_whole_layer_matches_patching_its_attention_output(
     model = lm(mlp=False)
     logits, reference, new = caches(model)
     receivers = [(2, 0), (2, 3)]
-    got = path_patching(model, CLEAN, reference, new, [[(1, h) for h in range(4)]], receivers, METRIC, via)[0]
+    got = path_patching(model, reference, new, [[(1, h) for h in range(4)]], receivers, METRIC, via)[0]
     _, new_out = run_with_cache(model, CORRUPTED, ["blocks.1.hook_attn_out"])
     inputs = [f"blocks.2.attn.hook_{c}" for c in via]
     new_attn_out = {"blocks.1.hook_attn_out": lambda _: new_out["blocks.1.hook_attn_out"]}
@@ -196,7 +200,7 @@ def test_path_patching_from_a_whole_layer_matches_patching_its_attention_output(
 def test_path_patching_to_the_logits_from_the_last_layer_is_patching_its_output() -> None:
     model = lm(mlp=False)
     _, reference, new = caches(model)
-    got = path_patching(model, CLEAN, reference, new, [[(2, h) for h in range(4)]], None, METRIC)[0]
+    got = path_patching(model, reference, new, [[(2, h) for h in range(4)]], None, METRIC)[0]
     _, new_out = run_with_cache(model, CORRUPTED, ["blocks.2.hook_attn_out"])
     expected = by_hand(model, CLEAN, new_out, "blocks.2.hook_attn_out", ())
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
@@ -205,9 +209,9 @@ def test_path_patching_to_the_logits_from_the_last_layer_is_patching_its_output(
 def test_path_patch_heads_marks_heads_with_no_path() -> None:
     model = lm()
     _, reference, new = caches(model)
-    grid = path_patch_heads(model, CLEAN, reference, new, [(1, 2)], METRIC, "k", batch_size=3)
+    grid = path_patch_heads(model, reference, new, [(1, 2)], METRIC, "k", batch_size=3)
     assert grid[1:].isnan().all() and not grid[0].isnan().any()
-    single = path_patching(model, CLEAN, reference, new, [[(0, 3)]], [(1, 2)], METRIC, "k")[0]
+    single = path_patching(model, reference, new, [[(0, 3)]], [(1, 2)], METRIC, "k")[0]
     torch.testing.assert_close(grid[0, 3], single, rtol=0, atol=ATOL)
 
 
@@ -298,5 +302,5 @@ def test_the_planted_name_mover_is_the_top_head_by_patching_and_by_attribution()
     assert attribution.heads[MOVER] > 0.5 * clean_value
     assert attribution.heads[MOVER] > 10 * others(attribution.heads).abs().max()
 
-    noised = path_patch_heads(model, clean, clean_cache, corrupted_cache, None, metric)  # the direct path only
+    noised = path_patch_heads(model, clean_cache, corrupted_cache, None, metric)  # the direct path only
     assert top_head(noised, torch.argmin) == MOVER and noised[MOVER] < 0

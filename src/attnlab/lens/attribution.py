@@ -46,6 +46,7 @@ from attnlab.lens.residual import (
     unembed_weight,
     z_name,
 )
+from attnlab.model.hooks import hook_points
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,14 @@ class Attribution:
 
 
 def attribution_names(model: nn.Module) -> list[str]:
-    """The hook points ``direct_logit_attribution`` reads (a ``run_with_cache`` records only those that fire)."""
+    """The hook points ``direct_logit_attribution`` and the logit lens read, those of them ``model`` has (a run
+    records only those that fire: no ``hook_pos_embed`` without absolute positions, no ``hook_mlp_out`` without
+    MLPs)."""
     layers = range(n_layers(model))
     names = ["hook_embed", "hook_pos_embed", final_resid_name(model)]
     names += [z_name(layer) for layer in layers] + [f"blocks.{layer}.hook_mlp_out" for layer in layers]
-    return names + [resid_pre_name(layer) for layer in layers]
+    points = hook_points(model)
+    return [name for name in names + [resid_pre_name(layer) for layer in layers] if name in points]
 
 
 def logit_direction(model: nn.Module, correct: Tensor, wrong: Tensor | None = None) -> Tensor:

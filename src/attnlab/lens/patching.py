@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.lens.residual import at_position, n_layers, require
+from attnlab.lens.residual import at_position, block_of, forward_from, n_layers, require, resid_pre_name
 from attnlab.model.hooks import hooks
 
 Metric = Callable[[Tensor], Tensor]  # logits [N, B, T, V] → [N] (or [N, ...]: one value or tensor per copy)
@@ -98,12 +98,15 @@ def run_with_patches(
     source: Mapping[str, Tensor],
     patch_sets: Sequence[Sequence[Site]],
     metric: Metric,
+    base: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """One forward pass of ``len(patch_sets)`` copies of ``tokens`` [B, T], copy i with ``source``'s activations
     written in at every site of ``patch_sets[i]``; returns ``metric`` of the logits, [len(patch_sets)].
 
     ``source`` holds the activations of the run patched from (e.g. ``run_with_cache(model, clean_tokens, names)``
-    with the same B); a site's activation must be there.
+    with the same B); a site's activation must be there. ``base``, the cache of the unpatched run on ``tokens``
+    with its ``blocks.{l}.hook_resid_pre``, lets the pass start at the lowest patched layer instead of the
+    embedding (the layers below compute what they computed there).
     """
     n, batch = len(patch_sets), tokens.shape[0]
     masks: dict[str, Tensor] = {}
@@ -125,8 +128,14 @@ def run_with_patches(
 
         return fn
 
+    layers = [block_of(name) for name in masks]
+    start = None if base is None or not layers or None in layers else min(layers)
     with hooks(model, {name: patch(name) for name in masks}):
-        logits = model(tokens.repeat(n, 1))  # [N·B, T, V], copy-major
+        if start is None:
+            logits = model(tokens.repeat(n, 1))  # [N·B, T, V], copy-major
+        else:
+            resid = require(base, resid_pre_name(start))
+            logits = forward_from(model, start, resid.repeat(n, *[1] * (resid.dim() - 1)))
     return metric(logits.view(n, batch, *logits.shape[1:]))
 
 
@@ -170,6 +179,7 @@ def activation_patching(
     hook: str = "z",
     per: str = "head",
     batch_size: int = 16,
+    base: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """The metric with each component of ``hook`` patched alone from ``source`` into the run on ``tokens``.
 
@@ -177,13 +187,14 @@ def activation_patching(
     vector at that position), ``"head_position"`` → [L, H, T], ``"layer"`` → [L] (the whole activation). ``hook``:
     ``z q k v pattern`` (per head; k and v have the key/value heads of GQA) or ``resid_pre resid_mid resid_post
     attn_out mlp_out``. ``batch_size`` patches share a forward pass (memory grows with it: the logits are
-    [batch_size · B, T, V]).
+    [batch_size · B, T, V]). ``base``: the cache of the unpatched run on ``tokens`` (its ``hook_resid_pre`` s), so
+    that each pass starts at its lowest patched layer (about half the work for a per-head sweep).
     """
     if batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be at least 1")
     grid, shape = patch_grid(model, source, hook, per)
     values = [
-        run_with_patches(model, tokens, source, grid[i : i + batch_size], metric)
+        run_with_patches(model, tokens, source, grid[i : i + batch_size], metric, base)
         for i in range(0, len(grid), batch_size)
     ]
     return torch.cat(values).view(shape)

@@ -16,6 +16,10 @@ With ``receivers=None`` the receiver is the logits: the reference's final residu
 through the final norm (recomputed) and the unembedding. An empty sender set changes nothing: the result is the
 reference run's metric (the identity the tests check). A sender at or above a receiver's layer has no path to it.
 ``result_s`` is head s's share of its layer's output projection (``attnlab.lens.residual.head_results``).
+
+Sender sets are batched: each is one copy of the reference along the batch axis, so a sweep over every head as
+the sender takes two forward passes per ``batch_size`` heads, and both start at the first receiver's layer from
+the reference stream (below it they would recompute the reference run). To the logits it takes no forward pass.
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.lens.interventions import check_heads
+from attnlab.lens.interventions import Head, check_heads
 from attnlab.lens.patching import Metric
-from attnlab.lens.residual import final_resid_name, head_results, n_layers, require, resid_pre_name, z_name
+from attnlab.lens.residual import (
+    final_resid_name,
+    forward_from,
+    head_results,
+    n_layers,
+    require,
+    resid_pre_name,
+    z_name,
+)
 from attnlab.model.hooks import capture, hooks
 
-Head = tuple[int, int]  # (layer, head)
 PATHS = ("q", "k", "v")
 
 
@@ -78,7 +89,6 @@ def _stream_change(coefs: Mapping[int, Tensor], deltas: Mapping[int, Tensor], be
 @torch.no_grad()
 def path_patching(
     model: nn.Module,
-    tokens: Tensor,
     reference: Mapping[str, Tensor],
     new: Mapping[str, Tensor],
     sender_sets: Sequence[Sequence[Head]],
@@ -88,22 +98,22 @@ def path_patching(
 ) -> Tensor:
     """The metric after patching each sender set's path into ``receivers``, [len(sender_sets)], in one batch.
 
-    ``tokens`` [B, T] is the reference input; ``reference`` and ``new`` are the caches of the reference and the
-    new input at ``path_patching_names(model)``; ``via``: which of the receivers' inputs (any of q, k, v) are
+    ``reference`` and ``new`` are the caches of the reference and the new input (same shape) at
+    ``path_patching_names(model)``; ``via``: which of the receivers' inputs (any of q, k, v) are
     recomputed from the patched stream; ``receivers=None``: the logits. See the module docstring.
     """
-    n, batch, total_layers = len(sender_sets), tokens.shape[0], n_layers(model)
+    final = require(reference, final_resid_name(model))  # [B, T, D]
+    n, batch, total_layers = len(sender_sets), final.shape[0], n_layers(model)
     if n == 0:
         raise ConfigError("sender_sets", "[]", "needs at least one sender set (an empty set [] is allowed)")
     sets = [check_heads(model, senders, field="senders") for senders in sender_sets]
     layers = sorted({layer for senders in sets for layer, _ in senders})
     deltas = _sender_deltas(model, reference, new, layers)
-    coefs = {layer: torch.zeros(n, deltas[layer].shape[2], device=tokens.device) for layer in layers}
+    coefs = {layer: torch.zeros(n, deltas[layer].shape[2], device=final.device) for layer in layers}
     for i, senders in enumerate(sets):
         for layer, head in senders:
             coefs[layer][i, head] = 1.0
     if receivers is None:
-        final = require(reference, final_resid_name(model))
         x = (final[None] + _stream_change(coefs, deltas, total_layers)).expand(n, *final.shape)  # [n, B, T, D]
         return metric(model.unembed(model.ln_f(x)))
     receivers = check_heads(model, receivers, field="receivers")
@@ -124,9 +134,11 @@ def path_patching(
     step1 = {resid_pre_name(layer): stream(layer) for layer in by_layer}
     for layer in by_layer:
         step1.update({f"blocks.{layer}.attn.hook_{c}": frozen_input(f"blocks.{layer}.attn.hook_{c}") for c in fixed})
-    repeated = _repeat(tokens, n)
+    # below the first receiver's layer both passes compute the reference run: start from its stream there
+    first = min(by_layer)
+    start = _repeat(require(reference, resid_pre_name(first)), n)
     with hooks(model, step1), capture(model, [z_name(layer) for layer in by_layer]) as patched_z:
-        model(repeated)
+        forward_from(model, first, start)
 
     def receiver_z(layer: int) -> Callable[[Tensor], Tensor]:
         heads = by_layer[layer]
@@ -139,14 +151,13 @@ def path_patching(
         return fn
 
     with hooks(model, {z_name(layer): receiver_z(layer) for layer in by_layer}):
-        logits = model(repeated)
+        logits = forward_from(model, first, start)
     return metric(logits.view(n, batch, *logits.shape[1:]))
 
 
 @torch.no_grad()
 def path_patch_heads(
     model: nn.Module,
-    tokens: Tensor,
     reference: Mapping[str, Tensor],
     new: Mapping[str, Tensor],
     receivers: Sequence[Head] | None,
@@ -164,7 +175,7 @@ def path_patch_heads(
     senders = [[(layer, head)] for layer in range(below) for head in range(n_heads)]
     out = torch.full((total_layers, n_heads), float("nan"), dtype=z.dtype)
     values = [
-        path_patching(model, tokens, reference, new, senders[i : i + batch_size], receivers, metric, via)
+        path_patching(model, reference, new, senders[i : i + batch_size], receivers, metric, via)
         for i in range(0, len(senders), batch_size)
     ]
     if values:

@@ -13,6 +13,7 @@ attribution of TransformerLens's ``ActivationCache.decompose_resid`` / ``apply_l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -42,6 +43,26 @@ def n_layers(model: nn.Module) -> int:
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
         raise ConfigError("model", type(model).__name__, "has no `blocks` list of decoder layers")
     return len(blocks)
+
+
+def forward_from(model: nn.Module, layer: int, resid_pre: Tensor) -> Tensor:
+    """The logits [B, T, V] of a run resumed at ``layer`` from its residual stream ``resid_pre`` [B, T, D]: the blocks
+    from ``layer`` on, the final norm and the unembedding (the rest of ``TransformerLM.forward`` and
+    ``LlamaLM.forward``). Hook points in those blocks fire as in a full run, ``blocks.{layer}.hook_resid_pre``
+    included; patching at layer l and above need not recompute the layers below it."""
+    x = resid_pre
+    for index in range(layer, n_layers(model)):
+        x = model.blocks[index](x, None, index)
+    return model.unembed(final_norm(model)(x))
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def block_of(name: str) -> int | None:
+    """The layer a hook point sits in (``blocks.{L}.…``), or None outside the blocks (``hook_embed``)."""
+    m = _BLOCK.match(name)
+    return None if m is None else int(m.group(1))
 
 
 def final_resid_name(model: nn.Module) -> str:
