@@ -197,6 +197,46 @@ def test_path_patching_from_a_whole_layer_matches_patching_its_attention_output(
     assert (got - METRIC(logits[None])[0]).abs() > 1e-4
 
 
+def test_path_patching_into_two_layers_gives_each_receiver_layer_its_own_stream() -> None:
+    # by hand: sender L0H1's change, from its slice of o_proj, added to each receiver layer's reference input; that
+    # layer's q, k frozen (via="v"); the receivers' z from those runs written into one reference run
+    model = lm(heads="gqa", heads_args={"n_kv_heads": 2})
+    _, reference, new = caches(model)
+    got = path_patching(model, reference, new, [[(0, 1)]], [(1, 2), (2, 0)], METRIC, "v")[0]
+    w_o = model.blocks[0].attn.heads.o_proj.weight[:, 8:16]  # head 1 of d_head 8
+    z_change = new["blocks.0.attn.hook_z"][:, 1] - reference["blocks.0.attn.hook_z"][:, 1]  # [B, T, 8]
+    change = z_change @ w_o.T  # [B, T, D]
+    received = {}
+    for layer, head in [(1, 2), (2, 0)]:
+        edits = {
+            f"blocks.{layer}.hook_resid_pre": lambda _, layer=layer: (
+                reference[f"blocks.{layer}.hook_resid_pre"] + change
+            )
+        }
+        for c in "qk":
+            name = f"blocks.{layer}.attn.hook_{c}"
+            edits[name] = lambda _, name=name: reference[name]
+        with torch.no_grad(), hooks(model, edits), capture(model, [f"blocks.{layer}.attn.hook_z"]) as z:
+            model(CLEAN)
+        received[(layer, head)] = z[f"blocks.{layer}.attn.hook_z"][:, head]
+
+    def receiver(layer: int, head: int) -> Callable[[Tensor], Tensor]:
+        def write(act: Tensor) -> Tensor:
+            out = act.clone()
+            out[:, head] = received[(layer, head)]
+            return out
+
+        return write
+
+    edits = {f"blocks.{layer}.attn.hook_z": receiver(layer, head) for layer, head in received}
+    with torch.no_grad(), hooks(model, edits):
+        expected = METRIC(model(CLEAN)[None])[0]
+    with torch.no_grad():
+        baseline = METRIC(model(CLEAN)[None])[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+    assert (got - baseline).abs() > 1e-4
+
+
 def test_path_patching_to_the_logits_from_the_last_layer_is_patching_its_output() -> None:
     model = lm(mlp=False)
     _, reference, new = caches(model)
