@@ -131,6 +131,8 @@ def test_a_position_whose_token_agrees_changes_nothing_at_the_first_layer() -> N
         run_with_patches(model, CORRUPTED, clean, both, METRIC)[0], clean_value, rtol=0, atol=ATOL
     )
     assert (clean_value - corrupted_value).abs() > 1e-3
+    chosen = activation_patching(model, CORRUPTED, clean, METRIC, "resid_pre", "position", positions=[5, -1, 2])
+    torch.testing.assert_close(chosen, grid[:, [5, T - 1, 2]], rtol=0, atol=ATOL)
 
 
 def test_logit_diff_reads_one_position_per_prompt() -> None:
@@ -150,6 +152,10 @@ def test_bad_requests_name_the_field() -> None:
         activation_patching(model, CORRUPTED, clean, METRIC, hook="resid")
     with pytest.raises(ConfigError, match="per="):
         activation_patching(model, CORRUPTED, clean, METRIC, hook="resid_pre", per="head")
+    with pytest.raises(ConfigError, match="positions="):
+        activation_patching(model, CORRUPTED, clean, METRIC, hook="z", per="head", positions=[1])
+    with pytest.raises(ConfigError, match="positions="):
+        activation_patching(model, CORRUPTED, clean, METRIC, hook="z", per="head_position", positions=[T])
     with pytest.raises(ConfigError, match=r"Site\.head"):
         run_with_patches(model, CORRUPTED, clean, [[Site("blocks.0.hook_resid_pre", head=1)]], METRIC)
     with pytest.raises(KeyError, match=r"blocks\.9"):

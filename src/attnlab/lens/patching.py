@@ -147,8 +147,13 @@ def patching_names(model: nn.Module, hook: str) -> list[str]:
     return [f"blocks.{layer}.{suffix}" for layer in range(n_layers(model))]
 
 
-def patch_grid(model: nn.Module, source: Mapping[str, Tensor], hook: str, per: str) -> tuple[list[list[Site]], tuple]:
-    """Every single-site patch of ``hook`` by ``per`` (a key of ``PER``), and the shape of the result grid."""
+def patch_grid(
+    model: nn.Module, source: Mapping[str, Tensor], hook: str, per: str, positions: Sequence[int] | None = None
+) -> tuple[list[list[Site]], tuple]:
+    """Every single-site patch of ``hook`` by ``per`` (a key of ``PER``), and the shape of the result grid.
+
+    ``positions`` (per position only): the time steps patched, in that order (None: all of them).
+    """
     if per not in PER:
         raise ConfigError("per", per, "not a patching granularity", list(PER))
     names = patching_names(model, hook)
@@ -156,6 +161,12 @@ def patch_grid(model: nn.Module, source: Mapping[str, Tensor], hook: str, per: s
     if hook in STREAM_HOOKS and per in ("head", "head_position"):
         raise ConfigError("per", per, f"{hook} is a [B, T, D] activation with no head axis", ["position", "layer"])
     n_heads, n_pos = (shape[1], shape[2]) if hook in HEAD_HOOKS else (0, shape[1])
+    steps = list(range(n_pos)) if positions is None else [int(t) for t in positions]
+    if positions is not None and (per not in ("position", "head_position") or not steps):
+        raise ConfigError("positions", positions, "selects time steps for per='position' or 'head_position'")
+    bad = [t for t in steps if not -n_pos <= t < n_pos]
+    if bad:
+        raise ConfigError("positions", bad, f"outside the {n_pos} positions", f"-{n_pos}..{n_pos - 1}")
     grid: list[list[Site]] = []
     for name in names:
         if per == "layer":
@@ -163,10 +174,10 @@ def patch_grid(model: nn.Module, source: Mapping[str, Tensor], hook: str, per: s
         elif per == "head":
             grid += [[Site(name, head=h)] for h in range(n_heads)]
         elif per == "position":
-            grid += [[Site(name, position=t)] for t in range(n_pos)]
+            grid += [[Site(name, position=t)] for t in steps]
         else:
-            grid += [[Site(name, head=h, position=t)] for h in range(n_heads) for t in range(n_pos)]
-    dims = {"layer": (), "head": (n_heads,), "position": (n_pos,), "head_position": (n_heads, n_pos)}[per]
+            grid += [[Site(name, head=h, position=t)] for h in range(n_heads) for t in steps]
+    dims = {"layer": (), "head": (n_heads,), "position": (len(steps),), "head_position": (n_heads, len(steps))}[per]
     return grid, (len(names), *dims)
 
 
@@ -180,6 +191,7 @@ def activation_patching(
     per: str = "head",
     batch_size: int = 16,
     base: Mapping[str, Tensor] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> Tensor:
     """The metric with each component of ``hook`` patched alone from ``source`` into the run on ``tokens``.
 
@@ -188,11 +200,13 @@ def activation_patching(
     ``z q k v pattern`` (per head; k and v have the key/value heads of GQA) or ``resid_pre resid_mid resid_post
     attn_out mlp_out``. ``batch_size`` patches share a forward pass (memory grows with it: the logits are
     [batch_size · B, T, V]). ``base``: the cache of the unpatched run on ``tokens`` (its ``hook_resid_pre`` s), so
-    that each pass starts at its lowest patched layer (about half the work for a per-head sweep).
+    that each pass starts at its lowest patched layer (about half the work for a per-head sweep). ``positions``:
+    patch only these time steps (per position; the last axis then follows their order), e.g. those from the
+    first token where the prompts differ on, since earlier positions carry the same activations in both runs.
     """
     if batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be at least 1")
-    grid, shape = patch_grid(model, source, hook, per)
+    grid, shape = patch_grid(model, source, hook, per, positions)
     values = [
         run_with_patches(model, tokens, source, grid[i : i + batch_size], metric, base)
         for i in range(0, len(grid), batch_size)
