@@ -11,20 +11,19 @@ GPU, the tests here skip and say so.
 Shapes are small and odd (T = 1, 7, 33, 70), with tiles of 16 so that every call has several query blocks and
 key tiles, partly masked tiles, padding rows and columns, and (with a window) tiles some rows see nothing of.
 
-Bounds. Each kernel computes in float32 what the reference computes in float64 on the same values. The forward
-error of a float32 sum or dot product of n terms is at most n·u·Σ|terms| with u = 2⁻²⁴ (Higham, *Accuracy and
-Stability of Numerical Algorithms*, 2nd ed., §3.1); every quantity here chains a dot product over the head
-dimension D (scores, dw = dO·v) with sums over at most Tk keys (outputs, row statistics, dk, dv) or Tq rows, so
-errors are bounded by (D + Tk + Tq)·u relative to the magnitudes involved, which are the tensors' own scale
-(weights are ≤ 1 in magnitude and rows of Cog, softmax, LSSA sum to at most 1). ``AMPLIFY`` multiplies that by
-how much a rule magnifies a score error: LSSA multiplies cosine scores by c = log d · log N ≤ log 32 · log 70 < 15,
-and LSSAR raises ReLU(N·A − 1), whose relative error is another factor N larger, to the power p = 15. The factor
-8 covers the few ulps of exp, log and sigmoid and the chain score → weight → output → gradient. bf16 inputs are
-rounded to 8 significant bits (u = 2⁻⁸) before they reach the kernel and when the weights and score gradients meet
-the second matrix product (as in FlashAttention), so the bf16 case is compared in RMS against the float64
-reference on the same bf16 values, within 4u; the backward's D_i = dO_i · o_i reads the output as stored, in bf16
-(as FlashAttention does), and LSSAR's score gradient multiplies that rounding (u/2) by its power p = 15, hence
-p·u/2 more there.
+Bounds. Each kernel computes in float32 what the reference computes in float64 on the same values. The forward error
+of a float32 sum or dot product of n terms is at most n·u·Σ|terms| with u = 2⁻²⁴ (Higham, *Accuracy and Stability of
+Numerical Algorithms*, 2nd ed., §3.1); every quantity here chains a dot product over the head dimension D (scores,
+dw = dO·v) with sums over at most Tk keys (outputs, row statistics, dk, dv) or Tq rows, so errors are bounded by (D
++ Tk + Tq)·u relative to the magnitudes involved, which are the tensors' own scale (weights are ≤ 1 in magnitude and
+rows of Cog, softmax, LSSA sum to at most 1). ``AMPLIFY`` multiplies that by how much a rule magnifies a score
+error: LSSA multiplies cosine scores by c = log d · log N ≤ log 32 · log 70 < 15, and LSSAR raises ReLU(N·A − 1),
+whose relative error is another factor N larger, to the power p = 15. The factor 8 covers the few ulps of exp, log
+and sigmoid and the chain score → weight → output → gradient. bf16 inputs are rounded to 8 significant bits (u =
+2⁻⁸) before they reach the kernel and when the weights and score gradients meet the second matrix product (as in
+FlashAttention), so the bf16 case is compared in RMS against the float64 reference on the same bf16 values, within
+4u (fp16: u = 2⁻¹¹); the backward's D_i = dO_i · o_i reads the output as stored, in bf16 (as FlashAttention does),
+and LSSAR's score gradient multiplies that rounding (u/2) by its power p = 15, hence p·u/2 more there.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ import torch
 
 from attnlab.attention import NORMALISERS, AttentionSite, attend_reference
 from attnlab.attention.fast.chunked import PointwiseRule, SoftmaxRule
-from attnlab.attention.fast.triton import attend_triton, available, kernel_spec, triton_attention
+from attnlab.attention.fast.triton import attend_triton, available, kernel_spec, supports, triton_attention
 
 # not imported here: triton must see TRITON_INTERPRET=1 when it is first imported (the ``kernels`` fixture)
 pytestmark = pytest.mark.skipif(
@@ -69,8 +68,9 @@ SHAPES = {
 }
 U32 = 2.0**-24
 U16 = 2.0**-8
+UF16 = 2.0**-11
 AMPLIFY = {"lssa": 15.0, "lssar": 15.0 * 15.0}
-BF16_EXTRA = {"lssar": 15.0 / 2}  # p·u/2: D = dO·o from the bf16 output, weighted by p in LSSAR's score gradient
+HALF_EXTRA = {"lssar": 15.0 / 2}  # p·u/2: D = dO·o from the bf16 output, weighted by p in LSSAR's score gradient
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +96,9 @@ def site(d_head: int) -> AttentionSite:
     return AttentionSite(d_model=4 * d_head, n_heads=4, seq_len=64)
 
 
-def normaliser(name: str, d_head: int) -> torch.nn.Module:
+def normaliser(name: str, d_head: int, **params: object) -> torch.nn.Module:
     entry = NORMALISERS.entry(name)
-    return entry.factory(entry.params(**ARGS.get(name, {})), site(d_head))
+    return entry.factory(entry.params(**{**ARGS.get(name, {}), **params}), site(d_head))
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -123,9 +123,10 @@ def compare(
     d_head: int = 16,
     batch: int = 1,
     dtype: torch.dtype = torch.float32,
+    params: dict[str, object] | None = None,
 ) -> None:
     """The kernel's output and q, k, v gradients against the float64 reference on the same values."""
-    norm = normaliser(name, d_head)
+    norm = normaliser(name, d_head, **(params or {}))
     q = torch.randn(batch, 4, t_q, d_head).to(dtype)
     k = torch.randn(batch, kv_heads, t_k, d_head).to(dtype)
     v = torch.randn(batch, kv_heads, t_k, d_head).to(dtype)
@@ -146,7 +147,8 @@ def compare(
     if dtype == torch.float32:
         bound, metric = 8 * (d_head + t_k + t_q) * U32 * AMPLIFY.get(name, 1.0), relative_error
     else:
-        bound, metric = (4 + BF16_EXTRA.get(name, 0.0)) * U16, rms_relative_error
+        unit = U16 if dtype == torch.bfloat16 else UF16
+        bound, metric = (4 + HALF_EXTRA.get(name, 0.0)) * unit, rms_relative_error
     for label, want, got, arg in zip(["out", "dq", "dk", "dv"], *results, [v, q, k, v], strict=True):
         assert got.dtype == arg.dtype and got.shape == want.shape, label
         error = metric(got, want)
@@ -170,6 +172,17 @@ def test_kernel_matches_reference_in_bfloat16(kernels: ModuleType, name: str) ->
     compare(name, 33, 33, True, None, 2, dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "lssar"])
+def test_kernel_matches_reference_in_float16(kernels: ModuleType, name: str) -> None:
+    compare(name, 33, 33, False, 6, 2, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("name", ["lssa", "lssar"])
+def test_softplus_kernels_without_cosines_or_length_scale(kernels: ModuleType, name: str) -> None:
+    """qk_norm off (scaled dot products, not normalised in the kernel) and length scaling off (c = 1)."""
+    compare(name, 33, 33, True, None, 2, params={"qk_norm": False, "length_scale": False})
+
+
 def test_softmax_kernel_matches_reference(kernels: ModuleType) -> None:
     """The unsigned softmax rule (Cog's kernel with the sign off) as well."""
     compare("softmax", *SHAPES["T33-window5-gqa"])
@@ -191,6 +204,7 @@ def test_unsupported_rules_and_inputs_are_one_line_errors(kernels: ModuleType) -
         triton_attention(SoftmaxRule(softcap=30.0), q, q, q)
     with pytest.raises(ValueError, match=r"rule=PointwiseRule.*kind='relu'"):
         kernel_spec(PointwiseRule("relu"))
+    assert not supports(PointwiseRule("relu")) and supports(PointwiseRule("sigmoid", bias=-2.0))
     with pytest.raises(ValueError, match=r"q.dtype=torch.float64 has no Triton kernel \(allowed: float32"):
         triton_attention(SoftmaxRule(signed=True), q.double(), q.double(), q.double())
     with pytest.raises(ValueError, match="block_m=24 must be a power of two >= 16"):
@@ -236,3 +250,29 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
     for rule in ("sigmoid", "lssar"):
         for kernel in ("attn_fwd", "attn_bwd_dq", "attn_bwd_dkdv"):
             assert any(line.startswith(f"{rule} {kernel} ") for line in lines), done.stdout
+
+
+def test_lssar_peaked_long_row_does_not_overflow(kernels: ModuleType) -> None:
+    """One key aligned with the query, 599 opposite: A ≈ 1 on one key, x = N·A − 1 ≈ 599 and x¹⁵ ≈ 5e41, beyond
+    float32; the kernel works in units of the row's largest x and matches the float64 reference."""
+    norm = normaliser("lssar", 64)
+    q = torch.randn(1, 1, 1, 64, dtype=torch.float64)
+    k = (-q).expand(1, 1, 600, 64).clone()
+    k[0, 0, 123] = q[0, 0, 0]
+    v = torch.randn(1, 1, 600, 64, dtype=torch.float64)
+    results = []
+    grad_out = None
+    for exact in (True, False):
+        args = [x.detach() if exact else x.detach().float() for x in (q, k, v)]
+        for x in args:
+            x.requires_grad_()
+        qp, kp, scale = norm.prepare(args[0], args[1], None)
+        if exact:
+            out = attend_reference(qp, kp, args[2], normaliser=norm, causal=False, scale=scale).out
+            grad_out = torch.randn_like(out)
+        else:
+            out = attend_triton(norm, qp, kp, args[2], causal=False, scale=scale).out
+        results.append((out, *torch.autograd.grad(out, args, grad_out.to(out.dtype))))
+    for label, want, got in zip(["out", "dq", "dk", "dv"], *results, strict=True):
+        error = relative_error(got, want)
+        assert error <= 8 * (64 + 600) * U32 * AMPLIFY["lssar"], f"{label}: {error:.2e}"

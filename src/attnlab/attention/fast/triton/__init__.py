@@ -26,7 +26,7 @@ from attnlab.attention.core import AttnOutput
 from attnlab.attention.fast.chunked import Rule, check_shapes
 from attnlab.attention.fast.triton.spec import KernelSpec, kernel_spec
 
-__all__ = ["KernelSpec", "attend_triton", "available", "kernel_spec", "triton_attention"]
+__all__ = ["KernelSpec", "attend_triton", "available", "kernel_spec", "supports", "triton_attention"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FUNCTION = "attnlab.attention.fast.triton.function"
@@ -54,6 +54,15 @@ def available(device: torch.device | str | None = None) -> str | None:
     if dev.type == "cpu":
         return "Triton runs on CPU tensors only under its interpreter (TRITON_INTERPRET=1 before triton's import)"
     return f"Triton has no backend for {dev.type} tensors"
+
+
+def supports(rule: Rule) -> bool:
+    """Whether a chunked rule has a Triton kernel (``kernel_spec`` says why not)."""
+    try:
+        kernel_spec(rule)
+    except ValueError:
+        return False
+    return True
 
 
 def triton_attention(

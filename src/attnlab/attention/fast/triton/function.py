@@ -79,22 +79,23 @@ def _strides(*xs: Tensor) -> list[int]:
 
 
 def attention_forward(spec: KernelSpec, launch: Launch, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, ...]:
-    """(out [B, Hq, Tq, Dv] in v's dtype, row statistic A, row statistic B [B, Hq, Tq] float32)."""
+    """(out [B, Hq, Tq, Dv] in v's dtype, and the rule's row statistics A, B, C [B, Hq, Tq] in float32)."""
     b, n_heads, t_q, _ = q.shape
     out = q.new_empty(b, n_heads, t_q, v.shape[-1], dtype=v.dtype)
     stat_a = q.new_empty(b, n_heads, t_q, dtype=torch.float32)
-    stat_b = torch.empty_like(stat_a)
+    stat_b, stat_c = torch.empty_like(stat_a), torch.empty_like(stat_a)
     tail, constexprs = _sizes(q, k, v, spec, launch)
     grid = (triton.cdiv(t_q, launch.block_m), b * n_heads)
-    kernels.attn_fwd[grid](q, k, v, out, stat_a, stat_b, *_strides(q, k, v, out), n_heads, *tail, **constexprs)
-    return out, stat_a, stat_b
+    stats = (stat_a, stat_b, stat_c)
+    kernels.attn_fwd[grid](q, k, v, out, *stats, *_strides(q, k, v, out), n_heads, *tail, **constexprs)
+    return out, *stats
 
 
 def attention_backward(
     spec: KernelSpec, launch: Launch, saved: tuple[Tensor, ...], d_out: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) in q's, k's and v's dtypes: the dq kernel first (it saves D and the row pass), then dk, dv."""
-    q, k, v, out, stat_a, stat_b = saved
+    q, k, v, out, stat_a, stat_b, stat_c = saved
     d_out = d_out.to(out.dtype).contiguous()  # the kernels read dO with o's strides (o is contiguous)
     b, n_heads, t_q, _ = q.shape
     n_kv, t_k = k.shape[1], k.shape[2]
@@ -102,7 +103,7 @@ def attention_backward(
     stat_d, stat_e = torch.empty_like(stat_a), torch.zeros_like(stat_a)
     tail, constexprs = _sizes(q, k, v, spec, launch)
     constexprs["P1_INT"] = spec.p1_int
-    stats = (stat_a, stat_b, stat_d, stat_e)
+    stats = (stat_a, stat_b, stat_c, stat_d, stat_e)
     grid_q = (triton.cdiv(t_q, launch.block_m), b * n_heads)
     kernels.attn_bwd_dq[grid_q](q, k, v, out, d_out, dq, *stats, *_strides(q, k, v, out), n_heads, *tail, **constexprs)
     grid_k = (triton.cdiv(t_k, launch.block_n), b * n_kv)
@@ -116,9 +117,9 @@ class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: KernelSpec, launch: Launch, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q, k, v = _dense(q), _dense(k), _dense(v)
-        out, stat_a, stat_b = attention_forward(spec, launch, q, k, v)
+        out, *stats = attention_forward(spec, launch, q, k, v)
         ctx.spec, ctx.launch = spec, launch
-        ctx.save_for_backward(q, k, v, out, stat_a, stat_b)
+        ctx.save_for_backward(q, k, v, out, *stats)
         return out
 
     @staticmethod

@@ -59,7 +59,7 @@ from attnlab.attention.fast.triton.softplus import (
 
 @triton.jit
 def rule_grads(
-    s, vis, dw, stat_a, stat_b, dd, e_sum, c, n, offset, p0, p1, p2,
+    s, vis, dw, stat_a, stat_b, stat_c, dd, e_sum, c, n, offset, p0, p1, p2,
     RULE: tl.constexpr, P_INT: tl.constexpr, P1_INT: tl.constexpr,
 ):  # fmt: skip
     """(w, ds, row-pass terms) of one tile for the rule: weights for dv, score gradients for dq and dk."""
@@ -76,7 +76,7 @@ def rule_grads(
         w, ds = lssa_grads(s, vis, dw, c, stat_a, dd)
         extra = ds
     elif RULE == LSSAR:
-        w, ds, extra = lssar_grads(s, vis, dw, c, n, stat_a, stat_b, offset, dd, e_sum, p2, P_INT, P1_INT)
+        w, ds, extra = lssar_grads(s, vis, dw, c, n, stat_a, stat_b, stat_c, offset, dd, e_sum, p2, P_INT, P1_INT)
     else:
         w, ds, extra = clipped_grads(s, vis, dw, stat_a, e_sum, p0, p1)
     return w, tl.where(vis, ds, 0.0), extra
@@ -93,7 +93,7 @@ def counts_and_terms(pos_q, t_k, window, p0, p3, CAUSAL: tl.constexpr, HAS_WINDO
 
 @triton.jit
 def attn_fwd(
-    Q, K, V, OUT, STAT_A, STAT_B,
+    Q, K, V, OUT, STAT_A, STAT_B, STAT_C,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_ot, s_od,
     n_heads, rep, t_q, t_k, d_head, d_value, scale, window, p0, p1, p2, p3,
     RULE: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, LENGTH_SCALE: tl.constexpr,
@@ -127,6 +127,8 @@ def attn_fwd(
     l_sum = tl.zeros([BLOCK_M], tl.float32)
     row_lse = l_sum
     u_den = l_sum
+    u_max = l_sum  # LSSAR: the row's largest u, for x_max
+    x_max = l_sum + 1.0
     if (RULE == CLIPPED) or (RULE == LSSAR):  # noqa: SIM109 (triton: no `in`)
         for start_n in range(lo, hi, BLOCK_N):
             s, vis = score_tile(
@@ -136,11 +138,15 @@ def attn_fwd(
             if RULE == CLIPPED:
                 m, l_sum = online_update(tl.where(vis, s, float("-inf")), m, l_sum)[2:]
             else:
-                l_sum += tl.sum(tl.where(vis, softplus(c[:, None] * s), 0.0), 1)
+                u = tl.where(vis, softplus(c[:, None] * s), 0.0)
+                l_sum += tl.sum(u, 1)
+                u_max = tl.maximum(u_max, tl.max(u, 1))
         if RULE == CLIPPED:
             row_lse = m + tl.log(tl.maximum(l_sum, 1e-30))  # l ≥ 1 on real rows (the max term is e⁰)
         else:
             u_den = l_sum + p1
+            x_max = tl.maximum(n * u_max / u_den - row_offset, 0.0)  # the row's largest x = N·A − O
+            x_max = tl.where(x_max > 0, x_max, 1.0)  # a row of r = 0 (equal scores): any scale
 
     acc = tl.zeros([BLOCK_M, BLOCK_E], tl.float32)
     m = tl.full([BLOCK_M], NEG_BIG, tl.float32)
@@ -162,7 +168,7 @@ def attn_fwd(
             w = lssa_terms(s, vis, c)[0]
             den += tl.sum(w, 1)
         elif RULE == LSSAR:
-            w = lssar_weights(s, vis, c, n, u_den, row_offset, p2, P_INT)
+            w = lssar_weights(s, vis, c, n, u_den, row_offset, x_max, p2, P_INT)
             den += tl.sum(w, 1)
         else:
             w = clipped_weights(s, vis, row_lse, p0, p1)[2]
@@ -178,18 +184,19 @@ def attn_fwd(
         acc = acc / stat_a[:, None]
     elif RULE == LSSAR:
         stat_a = u_den
-        stat_b = den + p1  # R = Σr + ε
+        stat_b = den + tl.exp2(tl.minimum(tl.log2(p1) - p2 * tl.log2(x_max), 100.0))  # R / x_maxᵖ
         acc = acc / stat_b[:, None]
     elif RULE == CLIPPED:
         stat_a = row_lse
     store_tile(OUT + b * s_ob + h * s_oh, acc, rows, t_q, vdims, d_value, s_ot, s_od)
     tl.store(STAT_A + pid_bh * t_q + rows, stat_a, mask=row_ok)
     tl.store(STAT_B + pid_bh * t_q + rows, stat_b, mask=row_ok)
+    tl.store(STAT_C + pid_bh * t_q + rows, x_max, mask=row_ok)
 
 
 @triton.jit
 def attn_bwd_dq(
-    Q, K, V, OUT, DO, DQ, STAT_A, STAT_B, STAT_D, STAT_E,
+    Q, K, V, OUT, DO, DQ, STAT_A, STAT_B, STAT_C, STAT_D, STAT_E,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_ot, s_od,
     n_heads, rep, t_q, t_k, d_head, d_value, scale, window, p0, p1, p2, p3,
     RULE: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, LENGTH_SCALE: tl.constexpr,
@@ -217,6 +224,7 @@ def attn_bwd_dq(
     tl.store(STAT_D + pid_bh * t_q + rows, dd, mask=row_ok)
     stat_a = tl.load(STAT_A + pid_bh * t_q + rows, mask=row_ok, other=1.0)
     stat_b = tl.load(STAT_B + pid_bh * t_q + rows, mask=row_ok, other=1.0)
+    stat_c = tl.load(STAT_C + pid_bh * t_q + rows, mask=row_ok, other=1.0)
     k_base = K + b * s_kb + hk * s_kh
     v_base = V + b * s_vb + hk * s_vh
     lo, hi = key_range(
@@ -235,7 +243,7 @@ def attn_bwd_dq(
             v = load_tile(v_base, keys, t_k, vdims, d_value, s_vt, s_vd)
             dw = mm(d_o, tl.trans(v), PRECISION, UPCAST)
             terms = rule_grads(
-                s, vis, dw, stat_a, stat_b, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT
+                s, vis, dw, stat_a, stat_b, stat_c, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT
             )[2]
             e_sum += tl.sum(tl.where(vis, terms, 0.0), 1)
         tl.store(STAT_E + pid_bh * t_q + rows, e_sum, mask=row_ok)
@@ -248,7 +256,9 @@ def attn_bwd_dq(
         )  # fmt: skip
         v = load_tile(v_base, keys, t_k, vdims, d_value, s_vt, s_vd)
         dw = mm(d_o, tl.trans(v), PRECISION, UPCAST)
-        ds = rule_grads(s, vis, dw, stat_a, stat_b, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT)[1]
+        ds = rule_grads(
+            s, vis, dw, stat_a, stat_b, stat_c, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT
+        )[1]
         dq += mm(ds.to(k.dtype), k, PRECISION, UPCAST)
     dq = dq * scale
     if QK_NORM:  # ∂L/∂q̂ → ∂L/∂q
@@ -258,7 +268,7 @@ def attn_bwd_dq(
 
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, STAT_A, STAT_B, STAT_D, STAT_E,
+    Q, K, V, DO, DK, DV, STAT_A, STAT_B, STAT_C, STAT_D, STAT_E,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_ot, s_od,
     n_kv_heads, rep, t_q, t_k, d_head, d_value, scale, window, p0, p1, p2, p3,
     RULE: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, LENGTH_SCALE: tl.constexpr,
@@ -297,6 +307,7 @@ def attn_bwd_dkdv(
             d_o = load_tile(DO + b * s_ob + h * s_oh, rows, t_q, vdims, d_value, s_ot, s_od)
             stat_a = tl.load(STAT_A + row_base + rows, mask=row_ok, other=1.0)
             stat_b = tl.load(STAT_B + row_base + rows, mask=row_ok, other=1.0)
+            stat_c = tl.load(STAT_C + row_base + rows, mask=row_ok, other=1.0)
             dd = tl.load(STAT_D + row_base + rows, mask=row_ok, other=0.0)
             e_sum = tl.load(STAT_E + row_base + rows, mask=row_ok, other=0.0)
             n, c, row_offset = counts_and_terms(pos_q, t_k, window, p0, p3, CAUSAL, HAS_WINDOW, LENGTH_SCALE)
@@ -304,7 +315,7 @@ def attn_bwd_dkdv(
             vis = visible(pos_q, row_ok, keys, t_k, window, CAUSAL, HAS_WINDOW)
             dw = mm(d_o, tl.trans(v), PRECISION, UPCAST)
             w, ds = rule_grads(
-                s, vis, dw, stat_a, stat_b, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT
+                s, vis, dw, stat_a, stat_b, stat_c, dd, e_sum, c, n, row_offset, p0, p1, p2, RULE, P_INT, P1_INT
             )[:2]
             dv += mm(tl.trans(w.to(d_o.dtype)), d_o, PRECISION, UPCAST)
             dk += mm(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)

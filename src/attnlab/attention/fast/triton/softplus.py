@@ -9,6 +9,12 @@ Per row i with N_i visible keys and c_i = log(d)·log(N_i) (1 without length sca
   R = Σ_j r + ε, w = r / R; U and R are saved. Backward: y = ReLU(x)^(p−1)·(dw − D) (0 where x ≤ 0), a row pass
   for S = Σ_j N·A·y / N (N·A = ReLU(x) + O wherever y ≠ 0), then ds = σ(c s)·(y − S)·p·c·N / (R·U)
   (``chunked.ReweightedSoftplusRule``, whose docstring derives it).
+
+x ≤ N − O, so r = xᵖ overflows float32 once N^p > 3.4e38 (N ≳ 370 keys at p = 15; float16 already at N ≈ 3)
+where a row is peaked. The kernels therefore work in units of the row's largest x (found in the forward's
+first pass from the largest u, and saved): r' = (x / x_max)ᵖ ≤ 1, R' = Σ r' + ε / x_maxᵖ, and in the backward
+y' = (x / x_max)^(p−1)·(dw − D), S' = Σ_j (x + O)·y' / N and ds = σ(c s)·(y' − S')·p·c·N / (x_max·R'·U): the same
+numbers as the formulas above, without intermediate overflow.
 """
 
 from __future__ import annotations
@@ -46,25 +52,28 @@ def lssa_grads(s, vis, dw, c, u_den, dd):
 
 @triton.jit
 def lssar_excess(s, vis, c, n, u_den, offset):
-    """ReLU(x) = ReLU(N·u/U − O) of a tile (0 where hidden, as u = 0 and O ≥ 0)."""
+    """x⁺ = ReLU(N·u/U − O) of a tile (0 where hidden, as u = 0 and O ≥ 0)."""
     u = tl.where(vis, softplus(c[:, None] * s), 0.0)
     return tl.maximum(u * (n / u_den)[:, None] - offset[:, None], 0.0)
 
 
 @triton.jit
-def lssar_weights(s, vis, c, n, u_den, offset, p, P_INT: tl.constexpr):
-    """r = ReLU(x)^p of a tile (not yet divided by R)."""
-    return power(lssar_excess(s, vis, c, n, u_den, offset), p, P_INT)
+def lssar_weights(s, vis, c, n, u_den, offset, x_max, p, P_INT: tl.constexpr):
+    """r / x_maxᵖ = (x⁺ / x_max)ᵖ ≤ 1 of a tile (not yet divided by the row sum)."""
+    return power(lssar_excess(s, vis, c, n, u_den, offset) / x_max[:, None], p, P_INT)
 
 
 @triton.jit
-def lssar_grads(s, vis, dw, c, n, u_den, r_den, offset, dd, s_sum, p, P_INT: tl.constexpr, P1_INT: tl.constexpr):
-    """(w, ds, S-terms) of an LSSAR tile; the S-terms (N·A·y / N, summed over j by the row pass) ignore ``s_sum``."""
+def lssar_grads(
+    s, vis, dw, c, n, u_den, r_den, x_max, offset, dd, s_sum, p, P_INT: tl.constexpr, P1_INT: tl.constexpr
+):  # fmt: skip
+    """(w, ds, S-terms) of an LSSAR tile in units of the row's x_max (``r_den`` = R / x_maxᵖ, ``s_sum`` =
+    S / x_max^(p−1)); the S-terms, summed over j by the row pass, ignore ``s_sum``."""
     pos = lssar_excess(s, vis, c, n, u_den, offset)
-    w = power(pos, p, P_INT) / r_den[:, None]
-    slope = tl.where(pos > 0, power(pos, p - 1.0, P1_INT), 0.0)
-    y = slope * (dw - dd[:, None])
+    xi = pos / x_max[:, None]
+    w = power(xi, p, P_INT) / r_den[:, None]
+    y = tl.where(xi > 0, power(xi, p - 1.0, P1_INT), 0.0) * (dw - dd[:, None])
     sig = tl.where(vis, tl.sigmoid(c[:, None] * s), 0.0)
-    factor = p * c * n / (r_den * u_den)
+    factor = p * c * n / (x_max * r_den * u_den)
     ds = sig * (y - s_sum[:, None]) * factor[:, None]
     return w, ds, (pos + offset[:, None]) * y / n[:, None]
