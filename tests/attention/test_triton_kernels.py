@@ -11,26 +11,14 @@ GPU, the tests here skip and say so.
 Shapes are small and odd (T = 1, 7, 33, 70), with tiles of 16 so that every call has several query blocks and
 key tiles, partly masked tiles, padding rows and columns, and (with a window) tiles some rows see nothing of.
 
-Bounds. Each kernel computes in float32 what the reference computes in float64 on the same values. The forward error
-of a float32 sum or dot product of n terms is at most n·u·Σ|terms| with u = 2⁻²⁴ (Higham, *Accuracy and Stability of
-Numerical Algorithms*, 2nd ed., §3.1); every quantity here chains a dot product over the head dimension D (scores,
-dw = dO·v) with sums over at most Tk keys (outputs, row statistics, dk, dv) or Tq rows, so errors are bounded by (D
-+ Tk + Tq)·u relative to the magnitudes involved, which are the tensors' own scale (weights are ≤ 1 in magnitude and
-rows of Cog, softmax, LSSA sum to at most 1). ``AMPLIFY`` multiplies that by how much a rule magnifies a score
-error: LSSA multiplies cosine scores by c = log d · log N ≤ log 32 · log 70 < 15, and LSSAR raises ReLU(N·A − 1),
-whose relative error is another factor N larger, to the power p = 15. The factor 8 covers the few ulps of exp, log
-and sigmoid and the chain score → weight → output → gradient. bf16 inputs are rounded to 8 significant bits (u =
-2⁻⁸) before they reach the kernel and when the weights and score gradients meet the second matrix product (as in
-FlashAttention), so the bf16 case is compared in RMS against the float64 reference on the same bf16 values, within
-4u (fp16: u = 2⁻¹¹); the backward's D_i = dO_i · o_i reads the output as stored, in bf16 (as FlashAttention does),
-and LSSAR's score gradient multiplies that rounding (u/2) by its power p = 15, hence p·u/2 more there.
+Bounds: ``attnlab.attention.fast.triton.check.compare`` (the comparison itself, which a GPU's check runs too)
+derives them from the dtype, the reduction lengths and the rule.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -41,9 +29,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from attnlab.attention import NORMALISERS, AttentionSite, attend_reference
 from attnlab.attention.fast.chunked import PointwiseRule, SoftmaxRule
-from attnlab.attention.fast.triton import attend_triton, available, kernel_spec, supports, triton_attention
+from attnlab.attention.fast.triton import attend_triton, available, check, kernel_spec, supports, triton_attention
 
 # not imported here: triton must see TRITON_INTERPRET=1 when it is first imported (the ``kernels`` fixture)
 pytestmark = pytest.mark.skipif(
@@ -52,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 
 FUNCTION = "attnlab.attention.fast.triton.function"
 BLOCK = 16  # query rows and key columns per tile
-RULES = ["sigmoid", "cog", "lssa", "clipped_softmax", "lssar"]
+RULES = list(check.RULES)
 # clipped softmax clips at both ends with these scores; everything else: the registry's defaults
 ARGS = {"clipped_softmax": {"gamma": -0.1, "zeta": 1.1}}
 # (t_q, t_k, causal, window, kv heads) with 4 query heads: odd lengths, one token, decoding (Tq < Tk), cross
@@ -66,11 +53,6 @@ SHAPES = {
     "T33-window5-gqa": (33, 33, True, 5, 2),
     "T33-full-window4": (33, 33, False, 4, 4),
 }
-U32 = 2.0**-24
-U16 = 2.0**-8
-UF16 = 2.0**-11
-AMPLIFY = {"lssa": 15.0, "lssar": 15.0 * 15.0}
-HALF_EXTRA = {"lssar": 15.0 / 2}  # p·u/2: D = dO·o from the bf16 output, weighted by p in LSSAR's score gradient
 
 
 @pytest.fixture(scope="module")
@@ -92,67 +74,11 @@ def kernels() -> Iterator[ModuleType]:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def site(d_head: int) -> AttentionSite:
-    return AttentionSite(d_model=4 * d_head, n_heads=4, seq_len=64)
-
-
-def normaliser(name: str, d_head: int, **params: object) -> torch.nn.Module:
-    entry = NORMALISERS.entry(name)
-    return entry.factory(entry.params(**{**ARGS.get(name, {}), **params}), site(d_head))
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |a − e| / max(max |e|, 1): the error relative to the tensor's scale, or to the inputs' (q, k, v and dO
-    are N(0, 1)) for a tensor that cancels far below it (Cog's dq at T = 1 is exactly 0)."""
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp(min=1.0)).item()
-
-
-def rms_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    a, e = actual.double(), expected.double()
-    return ((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp(min=1e-30)).item()
-
-
-def compare(
-    name: str,
-    t_q: int,
-    t_k: int,
-    causal: bool,
-    window: int | None,
-    kv_heads: int,
-    *,
-    d_head: int = 16,
-    batch: int = 1,
-    dtype: torch.dtype = torch.float32,
-    params: dict[str, object] | None = None,
-) -> None:
-    """The kernel's output and q, k, v gradients against the float64 reference on the same values."""
-    norm = normaliser(name, d_head, **(params or {}))
-    q = torch.randn(batch, 4, t_q, d_head).to(dtype)
-    k = torch.randn(batch, kv_heads, t_k, d_head).to(dtype)
-    v = torch.randn(batch, kv_heads, t_k, d_head).to(dtype)
-    results = []
-    grad_out = None
-    for exact in (True, False):
-        args = [x.detach().double() if exact else x.detach() for x in (q, k, v)]
-        for x in args:
-            x.requires_grad_()
-        qp, kp, scale = norm.prepare(args[0], args[1], None)
-        if exact:
-            out = attend_reference(qp, kp, args[2], normaliser=norm, causal=causal, window=window, scale=scale).out
-            grad_out = torch.randn_like(out)
-        else:
-            tiles = {"block_m": BLOCK, "block_n": BLOCK}
-            out = attend_triton(norm, qp, kp, args[2], causal=causal, window=window, scale=scale, **tiles).out
-        results.append((out, *torch.autograd.grad(out, args, grad_out.to(out.dtype))))
-    if dtype == torch.float32:
-        bound, metric = 8 * (d_head + t_k + t_q) * U32 * AMPLIFY.get(name, 1.0), relative_error
-    else:
-        unit = U16 if dtype == torch.bfloat16 else UF16
-        bound, metric = (4 + HALF_EXTRA.get(name, 0.0)) * unit, rms_relative_error
-    for label, want, got, arg in zip(["out", "dq", "dk", "dv"], *results, [v, q, k, v], strict=True):
-        assert got.dtype == arg.dtype and got.shape == want.shape, label
-        error = metric(got, want)
-        assert error <= bound, f"{label}: {error:.2e} > {bound:.2e}"
+def compare(name: str, *shape: object, params: dict[str, object] | None = None, **options: object) -> None:
+    """``check.compare`` under the interpreter, with tiles of ``BLOCK``: every error within its bound."""
+    params = {**ARGS.get(name, {}), **(params or {})}
+    for c in check.compare(name, *shape, block=BLOCK, params=params, **options):  # type: ignore[arg-type]
+        assert c.ok, f"{c.label}: {c.error:.2e} > {c.bound:.2e}"
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -189,13 +115,21 @@ def test_softmax_kernel_matches_reference(kernels: ModuleType) -> None:
 
 
 def test_sigmoid_matches_reference_at_one_tile_of_64(kernels: ModuleType) -> None:
-    """The GPU's default tile (64 × 64), one query block and one key tile per head."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 37, 16, dtype=torch.float64) for _ in range(3))
-    norm = normaliser("sigmoid", 16)
-    got = triton_attention(norm.chunked_rule(), q.float(), k.float(), v.float())
-    want = attend_reference(q, k, v, normaliser=norm).out
-    assert relative_error(got, want) <= 8 * (16 + 37) * U32
+    """The GPU's default tile (64 × 64): one query block and one key tile per head."""
+    for c in check.compare("sigmoid", 37, 37, True, None, 2):
+        assert c.ok, f"{c.label}: {c.error:.2e} > {c.bound:.2e}"
+
+
+def test_lssar_peaked_long_row_does_not_overflow(kernels: ModuleType) -> None:
+    """One key aligned with the query, 599 opposite: A ≈ 1 on one key, x = N·A − 1 ≈ 599 and x¹⁵ ≈ 5e41, beyond
+    float32 (the float32 reference gives NaN there); the kernel works in units of the row's largest x and matches
+    the float64 reference."""
+    q = torch.randn(1, 4, 1, 64, dtype=torch.float64)
+    k = (-q[:, :1]).expand(1, 1, 600, 64).clone()
+    k[0, 0, 123] = q[0, 0, 0]
+    v = torch.randn(1, 1, 600, 64, dtype=torch.float64)
+    for c in check.compare("lssar", 1, 600, False, None, 1, d_head=64, inputs=(q, k, v)):
+        assert c.ok, f"{c.label}: {c.error:.2e} > {c.bound:.2e}"
 
 
 def test_unsupported_rules_and_inputs_are_one_line_errors(kernels: ModuleType) -> None:
@@ -219,16 +153,25 @@ def test_available_says_why_not(kernels: ModuleType) -> None:
 
 
 def test_lssa_scores_are_cosines_whatever_the_norms(kernels: ModuleType) -> None:
-    """LSSA's q, k are l2-normalised before the kernel: scaling a query row or a key changes nothing."""
-    norm = normaliser("lssa", 16)
+    """LSSA normalises q, k in the kernel: scaling a query row or a key changes nothing (up to rounding)."""
+    norm = check.normaliser("lssa", 16)
     q, k, v = (torch.randn(1, 4, 9, 16) for _ in range(3))
     scaled_q, scaled_k = q.clone(), k.clone()
     scaled_q[0, 1, 3] *= 1e3
     scaled_k[0, 2, 5] *= 1e-3
     pairs = ((q, k), (scaled_q, scaled_k))
     outs = [attend_triton(norm, *norm.prepare(a, b, None)[:2], v, scale=1.0).out for a, b in pairs]
-    assert relative_error(outs[1], outs[0]) <= 8 * (16 + 9) * U32 * AMPLIFY["lssa"]
-    assert math.isfinite(outs[0].abs().sum().item())
+    bound = 8 * (16 + 9 + 9) * check.UNIT[torch.float32] * check.amplification(norm, 9)
+    assert check.relative_error(outs[1], outs[0]) <= bound
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the compiled kernels are checked on a GPU")
+def test_compiled_kernels_match_reference_on_cuda() -> None:
+    """On a GPU: the compiled kernels (a process without TRITON_INTERPRET) through ``check``'s command."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "attnlab.attention.fast.triton.check", "--device", "cuda"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 COMPILE = """
@@ -250,29 +193,3 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
     for rule in ("sigmoid", "lssar"):
         for kernel in ("attn_fwd", "attn_bwd_dq", "attn_bwd_dkdv"):
             assert any(line.startswith(f"{rule} {kernel} ") for line in lines), done.stdout
-
-
-def test_lssar_peaked_long_row_does_not_overflow(kernels: ModuleType) -> None:
-    """One key aligned with the query, 599 opposite: A ≈ 1 on one key, x = N·A − 1 ≈ 599 and x¹⁵ ≈ 5e41, beyond
-    float32; the kernel works in units of the row's largest x and matches the float64 reference."""
-    norm = normaliser("lssar", 64)
-    q = torch.randn(1, 1, 1, 64, dtype=torch.float64)
-    k = (-q).expand(1, 1, 600, 64).clone()
-    k[0, 0, 123] = q[0, 0, 0]
-    v = torch.randn(1, 1, 600, 64, dtype=torch.float64)
-    results = []
-    grad_out = None
-    for exact in (True, False):
-        args = [x.detach() if exact else x.detach().float() for x in (q, k, v)]
-        for x in args:
-            x.requires_grad_()
-        qp, kp, scale = norm.prepare(args[0], args[1], None)
-        if exact:
-            out = attend_reference(qp, kp, args[2], normaliser=norm, causal=False, scale=scale).out
-            grad_out = torch.randn_like(out)
-        else:
-            out = attend_triton(norm, qp, kp, args[2], causal=False, scale=scale).out
-        results.append((out, *torch.autograd.grad(out, args, grad_out.to(out.dtype))))
-    for label, want, got in zip(["out", "dq", "dk", "dv"], *results, strict=True):
-        error = relative_error(got, want)
-        assert error <= 8 * (64 + 600) * U32 * AMPLIFY["lssar"], f"{label}: {error:.2e}"
