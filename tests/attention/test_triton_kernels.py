@@ -30,7 +30,15 @@ import pytest
 import torch
 
 from attnlab.attention.fast.chunked import PointwiseRule, SoftmaxRule
-from attnlab.attention.fast.triton import attend_triton, available, check, kernel_spec, supports, triton_attention
+from attnlab.attention.fast.triton import (
+    attend_triton,
+    available,
+    check,
+    default_block,
+    kernel_spec,
+    supports,
+    triton_attention,
+)
 
 # not imported here: triton must see TRITON_INTERPRET=1 when it is first imported (the ``kernels`` fixture)
 pytestmark = pytest.mark.skipif(
@@ -145,6 +153,15 @@ def test_unsupported_rules_and_inputs_are_one_line_errors(kernels: ModuleType) -
         triton_attention(SoftmaxRule(signed=True), q, q, q, block_m=24)
     with pytest.raises(ValueError, match="window=0 must be a positive number of keys"):
         triton_attention(SoftmaxRule(signed=True), q, q, q, window=0)
+
+
+def test_default_tiles_narrow_for_wide_rows() -> None:
+    """Tiles of 64 up to 256-byte rows (bf16 at D = 128, float32 at D = 64), 32 beyond (shared memory)."""
+    x16, x32 = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16), torch.empty(1, 1, 1, 128)
+    assert default_block(x16, x16, qk_norm=False) == 64
+    assert default_block(x32, x32, qk_norm=False) == 32
+    assert default_block(x16, x16, qk_norm=True) == 32  # LSSA normalises q, k to float32 in the kernel
+    assert default_block(x32[..., :64], x32[..., :64], qk_norm=False) == 64
 
 
 def test_available_says_why_not(kernels: ModuleType) -> None:

@@ -26,7 +26,7 @@ from attnlab.attention.core import AttnOutput
 from attnlab.attention.fast.chunked import Rule, check_shapes
 from attnlab.attention.fast.triton.spec import KernelSpec, kernel_spec
 
-__all__ = ["KernelSpec", "attend_triton", "available", "kernel_spec", "supports", "triton_attention"]
+__all__ = ["KernelSpec", "attend_triton", "available", "default_block", "kernel_spec", "supports", "triton_attention"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FUNCTION = "attnlab.attention.fast.triton.function"
@@ -56,6 +56,14 @@ def available(device: torch.device | str | None = None) -> str | None:
     return f"Triton has no backend for {dev.type} tensors"
 
 
+def default_block(q: Tensor, v: Tensor, qk_norm: bool) -> int:
+    """Query rows and key columns per tile: 64, or 32 where a tile's rows are wider than 256 bytes (float32 or
+    in-kernel normalised operands beyond D = 64, any dtype beyond D = 128), which keeps the backward's shared memory
+    (about 200 KB for float32 at D = 128 with tiles of 64, compiled for sm_90) within an A100's 164 KB."""
+    width = max(q.shape[-1], v.shape[-1]) * (4 if q.dtype == torch.float32 or qk_norm else 2)
+    return 64 if width <= 256 else 32
+
+
 def supports(rule: Rule) -> bool:
     """Whether a chunked rule has a Triton kernel (``kernel_spec`` says why not)."""
     try:
@@ -75,8 +83,8 @@ def triton_attention(
     scale: float | None = None,
     window: int | None = None,
     qk_norm: bool = False,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> Tensor:
     """out [B, Hq, Tq, Dv] of a chunked ``rule`` (``normaliser.chunked_rule()``) on q [B, Hq, Tq, D],
     k [B, Hkv, Tk, D], v [B, Hkv, Tk, Dv], in v's dtype; differentiable in q, k and v.
@@ -84,7 +92,7 @@ def triton_attention(
     Conventions of ``attend_reference``: scale 1/√D by default, queries are the last Tq positions, ``window``:
     sliding window of that many keys. ``qk_norm``: scores on F.normalize(q), F.normalize(k) (LSSA's cosine scores),
     normalised in float32 inside the kernels; gradients reach the raw q, k. ``block_m`` / ``block_n``: query rows /
-    key columns per tile (powers of two ≥ 16).
+    key columns per tile (powers of two ≥ 16; default: ``default_block``).
     """
     spec = kernel_spec(rule)
     check_shapes(q, k, v, causal)
@@ -95,6 +103,8 @@ def triton_attention(
         raise ValueError(f"q, k, v dtypes must match; got {q.dtype}, {k.dtype}, {v.dtype}")
     if window is not None and window <= 0:
         raise ValueError(f"window={window} must be a positive number of keys")
+    block = default_block(q, v, qk_norm)
+    block_m, block_n = (block if b is None else b for b in (block_m, block_n))
     for name, size in (("block_m", block_m), ("block_n", block_n)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name}={size} must be a power of two >= 16")
@@ -116,8 +126,8 @@ def attend_triton(
     causal: bool = True,
     scale: float | None = None,
     window: int | None = None,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> AttnOutput:
     """A normaliser (one with a chunked backend) on its Triton kernel, as ``NormaliserBase.attend_chunked`` runs it
     on the chunked one: q, k straight from ``normaliser.prepare`` (LSSA normalises their raw sources itself)."""

@@ -85,7 +85,7 @@ def compare(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     params: dict[str, object] | None = None,
-    block: int = 64,
+    block: int | None = None,
     inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Check]:
     """The kernel's output and q, k, v gradients on ``device`` against the float64 reference on the same values.

@@ -38,7 +38,7 @@ class Launch:
     window: int | None
     scale: float
     qk_norm: bool = False  # l2-normalise q and k in the kernels (LSSA's cosine scores)
-    block_m: int = 64
+    block_m: int = 64  # ``default_block`` chooses these for a call
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
