@@ -155,6 +155,24 @@ def test_unsupported_rules_and_inputs_are_one_line_errors(kernels: ModuleType) -
         triton_attention(SoftmaxRule(signed=True), q, q, q, window=0)
 
 
+def test_strided_inputs_equal_contiguous_ones(kernels: ModuleType) -> None:
+    """A transposed view ([B, T, H, D] → [B, H, T, D]) runs on its strides, a broadcast (stride 0) key head is
+    copied first; both give exactly the contiguous call's output and gradients."""
+    rule = check.normaliser("cog", 16).chunked_rule()
+    q_leaf = torch.randn(1, 9, 4, 16, requires_grad=True)
+    k_leaf = torch.randn(1, 1, 9, 16, requires_grad=True)
+    v = torch.randn(1, 2, 9, 16, requires_grad=True)
+    runs = []
+    for contiguous in (False, True):
+        q, k = q_leaf.transpose(1, 2), k_leaf.expand(1, 2, 9, 16)
+        if contiguous:
+            q, k = q.contiguous(), k.contiguous()
+        out = triton_attention(rule, q, k, v, block_m=BLOCK, block_n=BLOCK)
+        runs.append((out, *torch.autograd.grad(out, (q_leaf, k_leaf, v), torch.ones_like(out))))
+    for got, want in zip(*runs, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_default_tiles_narrow_for_wide_rows() -> None:
     """Tiles of 64 up to 256-byte rows (bf16 at D = 128, float32 at D = 64), 32 beyond (shared memory)."""
     x16, x32 = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16), torch.empty(1, 1, 1, 128)

@@ -45,8 +45,14 @@ class Launch:
 
 
 def _dense(x: Tensor) -> Tensor:
-    """x itself when ``empty_like(x)`` has its strides (so its gradient buffer shares the kernel's strides)."""
-    return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
+    """x itself when its elements tile one block of memory in some order of its dimensions (a transposed view, say),
+    which ``empty_like`` reproduces, so that its gradient buffer has its strides; else a contiguous copy."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(x.stride(), x.shape, strict=True) if n != 1):
+        if stride != expected:
+            return x.contiguous()
+        expected *= size
+    return x
 
 
 def _sizes(q: Tensor, k: Tensor, v: Tensor, spec: KernelSpec, launch: Launch) -> tuple[list[Any], dict[str, Any]]:
