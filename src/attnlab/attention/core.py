@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from attnlab.common import ScoreMod, compute_dtype
+from attnlab.types import ScoreMod, compute_dtype
 
 __all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype"]
 
@@ -25,6 +25,7 @@ class AttnOutput(NamedTuple):
     out: Tensor  # [B, H, Tq, Dv]
     scores: Tensor | None  # [B, H, Tq, Tk] before the normaliser, -inf where masked (None on fused paths)
     weights: Tensor | None  # [B, H, Tq, Tk] after it; may be negative (signed) or not sum to 1
+    sink_mass: Tensor | None = None  # [B, H, Tq] weight on extra keys a heads module adds (sinks), detached
 
 
 class Normaliser(Protocol):

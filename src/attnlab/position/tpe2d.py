@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.common import compute_dtype
 from attnlab.position.base import POSITIONS, PositionEncoding
 from attnlab.position.rope import apply_rotary, rope_angles, rope_inv_freq
+from attnlab.types import compute_dtype
 
 if TYPE_CHECKING:
     from attnlab.attention.core import AttnOutput, Normaliser
