@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from attnlab.attention.core import build_mask, repeat_kv
+from attnlab.attention.fast import sdpa_flash
 from attnlab.attention.fast.sdpa_flash import (
-    CPU_FLASH,
     NEG_INF,
     check_inputs,
     flash_cpu,
@@ -92,7 +92,7 @@ def augmented_sdpa(
         mask = symmetric_alibi_mask(alibi.slopes.to(q.device), t_q, t_k, causal, window, dtype)[None]
     elif alibi is not None:  # −m·|i − j| = m·(j − i) on every key a causal query sees: two (four) columns
         qc, kc = alibi_columns(alibi.slopes.to(q.device), h, t_q, t_k, dtype)
-    if CPU_FLASH and q.device.type == "cpu":
+    if sdpa_flash.CPU_FLASH and q.device.type == "cpu":
         z: Tensor | None = None
         sink_v: Tensor | None = None
         if sink_logits is not None:
