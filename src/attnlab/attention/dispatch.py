@@ -281,10 +281,23 @@ RULES: tuple[Rule, ...] = (
         "kernel attention's quadratic reference (its weights are not normaliser(scores))",
     ),
     Rule(
+        "weights-wanted",
         "reference",
+        lambda c: c.wants_weights,
+        "a hook reads the scores or weights: the dense reference returns them",
+    ),
+    Rule(
+        "backend-reference",
+        "reference",
+        lambda c: c.backend == "reference",
+        "backend reference: the dense spec",
+    ),
+    Rule(
+        "no-faster-path",
         "reference",
         lambda c: True,
-        "the dense reference: a hook reads the weights, backend reference, or no faster path serves the call",
+        "no faster path serves this call on backend auto / sdpa (a normaliser SDPA cannot run, or a score_mod "
+        "without a typed bias): the dense reference",
     ),
 )
 
