@@ -8,13 +8,16 @@
   and the compiled kernels (``attnlab.attention.fast.native``). A score_mod without such a value is applied
   only by the paths that call it (reference, chunked tiles, flex).
 - ``LatentKV``: a latent key/value (MLA / CLLA) handed from ``project`` to ``extend_cache`` and between layers.
-- ``compute_dtype``: the dtype attention arithmetic runs in.
+- ``AttnOutput`` and ``Normaliser``: what every attention computation returns, and the normaliser's call
+  signature (positions that compute attention themselves, 2D-TPE, use them too);
+- ``compute_dtype``: the dtype attention arithmetic runs in; ``repeat_kv``: the grouped-query layout (query head h
+  reads key/value head h // (H / Hkv)).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -26,6 +29,26 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 def compute_dtype(x: Tensor) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32 (softmax in bf16 loses rows)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """[B, Hkv, T, D] → [B, Hkv * n_rep, T, D]; query head h uses key/value head h // n_rep (GQA)."""
+    if n_rep == 1:
+        return x
+    return x.repeat_interleave(n_rep, dim=1)
+
+
+class AttnOutput(NamedTuple):
+    out: Tensor  # [B, H, Tq, Dv]
+    scores: Tensor | None  # [B, H, Tq, Tk] before the normaliser, -inf where masked (None on fused paths)
+    weights: Tensor | None  # [B, H, Tq, Tk] after it; may be negative (signed) or not sum to 1
+    sink_mass: Tensor | None = None  # [B, H, Tq] weight on extra keys a heads module adds (sinks), detached
+
+
+class Normaliser(Protocol):
+    """Scores → weights. ``mask`` is boolean, True where a key is visible, broadcastable to scores."""
+
+    def __call__(self, scores: Tensor, mask: Tensor | None) -> Tensor: ...
 
 
 class AlibiBias(NamedTuple):

@@ -11,27 +11,12 @@ Layout at every attention boundary: ``[B, H, T, D]``. When there are fewer queri
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
-
 import torch
 from torch import Tensor
 
-from attnlab.types import ScoreMod, compute_dtype
+from attnlab.types import AttnOutput, Normaliser, ScoreMod, compute_dtype, repeat_kv
 
-__all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype"]
-
-
-class AttnOutput(NamedTuple):
-    out: Tensor  # [B, H, Tq, Dv]
-    scores: Tensor | None  # [B, H, Tq, Tk] before the normaliser, -inf where masked (None on fused paths)
-    weights: Tensor | None  # [B, H, Tq, Tk] after it; may be negative (signed) or not sum to 1
-    sink_mass: Tensor | None = None  # [B, H, Tq] weight on extra keys a heads module adds (sinks), detached
-
-
-class Normaliser(Protocol):
-    """Scores → weights. ``mask`` is boolean, True where a key is visible, broadcastable to scores."""
-
-    def __call__(self, scores: Tensor, mask: Tensor | None) -> Tensor: ...
+__all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype", "repeat_kv"]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None, window: int | None = None) -> Tensor:
@@ -65,13 +50,6 @@ def visible_counts(mask: Tensor | None, t_k: int, like: Tensor) -> Tensor:
     if mask is None:
         return torch.full((1, 1), float(t_k), dtype=like.dtype, device=like.device)
     return mask.sum(-1, keepdim=True).to(like.dtype)
-
-
-def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """[B, Hkv, T, D] → [B, Hkv * n_rep, T, D]; query head h uses key/value head h // n_rep (GQA)."""
-    if n_rep == 1:
-        return x
-    return x.repeat_interleave(n_rep, dim=1)
 
 
 def index_grids(b: int, h: int, t_q: int, t_k: int, device: torch.device) -> tuple[Tensor, ...]:
