@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_import_contracts_hold() -> None:
     lint = Path(sys.executable).with_name("lint-imports")  # import-linter, a dev dependency
     result = subprocess.run(
-        [str(lint), "--no-cache", "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [str(lint), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
