@@ -108,11 +108,6 @@ def relative_bias_fits(c: Call) -> bool:
     return c.device == "cpu" and (banded or small)
 
 
-def sdpa_form_of_bias(c: Call) -> bool:
-    """The position's typed bias has an exact SDPA form for this call."""
-    return c.bias == "alibi" or (c.bias == "relative" and relative_bias_fits(c))
-
-
 def kernels_run(c: Call) -> bool:
     """The compiled kernels compute this call and are built (asked last: the first ask builds them)."""
     return c.device == "cpu" and c.tile_rule and c.native_rule and c.native_available()

@@ -18,8 +18,8 @@ restores unscaled RoPE in the first two layers. Here L is the site's training le
 Llama-2's hard-coded 4096, unless ``entropy_length`` is set. Unverified: in the released code, ``apply_eabf``
 sets an instance attribute ``self_attn.apply_rotary_pos_emb`` but the patched attention forward
 (``patch/flash_attn_monkey_patch.py``) calls the module-level ``modeling_llama.apply_rotary_pos_emb``, so the
-first-two-layers exemption may not take effect in that code path; the card and the paper's entropy analysis
-give 2, which is the default here (set ``unscaled_layers=0`` to scale every layer).
+first-two-layers exemption may not take effect in that code path; the paper's entropy analysis
+gives 2, which is the default here (set ``unscaled_layers=0`` to scale every layer).
 
 Capabilities: λ_m depends only on the query's own absolute position, so KV-cache decoding equals the full pass.
 Without entropy scaling, scores depend on m − n only; with it, they also depend on m once m + 1 > L (a shift of

@@ -24,7 +24,7 @@ does *not* equal a full forward pass over the same tokens (it is what HF does). 
 the largest one). HF is stateful — it keeps the largest base seen until a sequence shorter than L resets it —
 whereas this reference is a pure function of the positions it is given (the same within one growing sequence).
 
-Source: the card (1e) and HF ``_compute_dynamic_ntk_parameters`` / ``_dynamic_frequency_update``, read in code.
+Source: the paper and HF ``_compute_dynamic_ntk_parameters`` / ``_dynamic_frequency_update``, read in code.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ after the table are text. Each token m gets one index per traversal order j:
 
 so tokens inside a cell stay contiguous and text after the table has the same index in both orders.
 
-The paper's attention (card 3, from the authors' ``TPE-Llama/modeling_llama.py``), which the entry computes in
+The paper's attention (the authors' ``TPE-Llama/modeling_llama.py``), which the entry computes in
 its ``attend`` (the layer hands it unrotated q, k, v and the layer input x; ``rotate`` is the identity): for each
 order j, RoPE at p_j on q and k and attention with the layer's normaliser gives o_j; a router per head and token
 mixes them,
@@ -21,7 +21,7 @@ with x_m^h the h-th d-slice of the layer input and W1, W2 ∈ R^{4d×d}, W3 ∈ 
 sizes are from the method description, UNVERIFIED in the released code). ``hook_pattern`` shows Σ_j r_j A_j.
 In training the module's ``aux_loss`` is the router entropy penalty λ · mean_{b, h, m in table} H(r_m^h)
 (λ = ``entropy_weight``, 1 in the authors' code), divided by the number of layers so that the model's summed
-loss is λ times the mean over layers too (how the code aggregates layers is not in the card).
+loss is λ times the mean over layers too (how the authors' code aggregates layers was not checked).
 
 Masks (``mask``; non-causal sites attend to every key in both orders, a ``window`` counts in the mask's index):
 

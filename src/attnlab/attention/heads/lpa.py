@@ -13,7 +13,7 @@ Source followed: TsinghuaC3I/LPA ``architecture/lpa_setting2.py`` (the LLaMA-sty
 setting 1's bias on the first factor is not implemented. Parameter names: ``q_down`` (A_q), ``q_up`` (B_q),
 … and ``o_down`` (A_o), ``o_proj`` (B_o) — the last factor keeps MHA's name so the model's residual-writer
 initialisation (std / √(2·n_layers) on ``o_proj.weight``) applies to it. Unverified here: the paper's
-initialisation of the factors (the card warns that two default-initialised factors give a product of small
+initialisation of the factors (two default-initialised factors give a product of small
 variance; TransformerLM re-initialises every Linear with std 0.02, which makes it smaller still).
 """
 

@@ -22,8 +22,8 @@ Backends: the reference above (weights a, returned to the hooks); ``recurrent`` 
 plus a softmax over the last ``window`` keys) and ``chunked`` (chunked Taylor scan, banded window softmax
 per chunk). The window is relative, so there is no cross-attention.
 
-Source: the Taylor map, its 1 + s + s²/2 identity and the layer layout from the authors' code as read in
-card 9 (HazyResearch/based ``linear_attention.py`` TaylorExp, ``based-360m.yaml``); denominator ε 1e-12.
+Source: the Taylor map, its 1 + s + s²/2 identity and the layer layout from the authors' code
+(HazyResearch/based ``linear_attention.py`` TaylorExp, ``based-360m.yaml``); denominator ε 1e-12.
 """
 
 from __future__ import annotations

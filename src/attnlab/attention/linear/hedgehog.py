@@ -12,7 +12,7 @@ as the module's ``aux_loss`` in training mode, with q, k detached so only the fe
 ``Hedgehog.distillation_loss(q, k)`` gives it for any q, k. With grouped keys (GQA) each key/value head
 takes the key map of the first query head of its group.
 
-Source: the authors' code as summarised in card 8 (HazyResearch/based ``hedgehog.py`` "SoftmaxDim" feature
+Source: the authors' code (HazyResearch/based ``hedgehog.py`` "SoftmaxDim" feature
 map, untied einsum maps copied from one init; lolcats ``feature_map.py``). Unverified: the paper's own map may
 be the elementwise [exp(z), exp(−z)] variant; the exact init (we offer nn.Linear's uniform, or identity).
 """

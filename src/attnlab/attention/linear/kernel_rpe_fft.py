@@ -16,7 +16,7 @@ training length. Rows are non-negative and sum to 1. Backends: ``reference`` (de
 is relative, so no cross-attention; ``scale``, when given, multiplies q̂ before φ.
 
 Verification status: **unverified** beyond the abstract (FFT on the Toeplitz RPE, O(T log T), stability from
-RPE) and card 12 [memory]; no authors' code was found. Unverified details: the exact normalisation of q, k
+RPE); no authors' code was found. Unverified details: the exact normalisation of q, k
 (plain L2 here), whether c is exp(b) or b itself, orthogonal vs iid features (orthogonal by default, as in
 Performer), and the clamp at max_len. Performer: Choromanski et al. 2021, arXiv:2009.14794.
 """

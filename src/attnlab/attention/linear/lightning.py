@@ -11,7 +11,7 @@ sum to 1; the decay and the output norm are what keep the output bounded. The no
 three backends apply it; ``output_norm="none"`` removes it), because the heads module applies Wo right after
 and has no norm of its own. Default: over all heads of a token, as the authors' TNL module normalises the
 concatenated heads (``nn.LayerNorm(embed_dim)`` in lightning-attention's ``examples/module/tnl_attn.py``, a
-SimpleRMSNorm in the card's account); ``"per_head"`` normalises over d_head. TNL's SiLU on q, k, v and its
+SimpleRMSNorm in other accounts); ``"per_head"`` normalises over d_head. TNL's SiLU on q, k, v and its
 sigmoid output gate belong to the heads axis (``heads="gated"`` is the gate) and are not applied here.
 
 Backends: ``reference`` (dense D), ``recurrent`` (S_t = λ S_{t−1} + k_t v_tᵀ), ``chunked`` (the Lightning-2
@@ -19,7 +19,7 @@ tiling: intra-chunk left product with block-local decay, inter-chunk state). Non
 symmetric decay λ^{|i−j|} (an attnlab extension; the papers are causal). The decay is relative, so no cross.
 
 Source: lightning-attention's torch reference and ``tnl_attn.py`` (slopes, depth factor, norm placement),
-read for card 10 and re-read here; ``decay=False`` sets every slope to 0 (TNL's no-decay ablation).
+read in code; ``decay=False`` sets every slope to 0 (TNL's no-decay ablation).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Rows are non-negative and sum to 1 (row-stochastic). Backends: ``reference`` (th
 the weights), ``recurrent`` (the RNN), ``chunked`` (quadratic within chunks, state between them); the fast
 paths compute the global sums when non-causal, so they serve cross-attention too.
 
-Source: the formulas of the paper as transcribed in the implementation cards (card 14); ε = 1e-12 (the Based
+Source: the formulas of the paper; ε = 1e-12 (the Based
 code's value) rather than fast-transformers' 1e-6, so rows sum to 1 to float precision.
 """
 
