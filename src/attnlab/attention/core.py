@@ -68,6 +68,17 @@ def apply_score_mod(scores: Tensor, score_mod: ScoreMod) -> Tensor:
     return score_mod(scores, *index_grids(b, h, t_q, t_k, scores.device))
 
 
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, causal: bool, same_kv_heads: bool = False) -> None:
+    """The shape contract of every attention path, as one-line errors: [B, H, T, D] tensors, query heads a
+    multiple of key/value heads (``same_kv_heads``: and as many value heads as key heads), Tq ≤ Tk when causal."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] != 0 or (same_kv_heads and k.shape[1] != v.shape[1]):
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
+
+
 def attend_reference(
     q: Tensor,
     k: Tensor,
@@ -85,13 +96,8 @@ def attend_reference(
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_qkv(q, k, v, causal)
     n_q_heads, n_kv_heads = q.shape[1], k.shape[1]
-    if n_q_heads % n_kv_heads != 0:
-        raise ValueError(f"query heads ({n_q_heads}) must be a multiple of key/value heads ({n_kv_heads})")
-    if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
     k = repeat_kv(k, n_q_heads // n_kv_heads)
     v = repeat_kv(v, n_q_heads // n_kv_heads)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.attention.core import AttnOutput
+from attnlab.attention.core import AttnOutput, check_qkv
 from attnlab.attention.fast import native as native_kernels
 from attnlab.attention.fast.rule_clipped import ClippedSoftmaxRule
 from attnlab.attention.fast.rule_pointwise import PointwiseRule
@@ -126,12 +126,7 @@ class ChunkedAttention(torch.autograd.Function):
 
 def check_shapes(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
     """The same shape contract as ``attend_reference``, as one-line errors."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
+    check_qkv(q, k, v, causal)
 
 
 def make_options(

@@ -1,6 +1,6 @@
 """ALiBi (Press et al. 2022, arXiv:2108.12409) through PyTorch's fused SDPA kernel, exactly.
 
-the bias m_h·(j − i) is rank two, m_h·j·1 + 1·(−m_h·i), so
+The bias m_h·(j − i) is rank two, m_h·j·1 + 1·(−m_h·i), so
 q'_i = [m_h, −m_h·i | ŝ·q_i], k'_j = [j, 1 | k_j] and SDPA with ``scale=1`` gives q'·k' = ŝ q·k + m_h (j − i).
 The bias columns come *first*: the kernel's matrix product accumulates the head dimension in order, so
 m_h·j − m_h·i is formed before q·k is added. With m_h·j and m_h·i exact in floating point the difference is

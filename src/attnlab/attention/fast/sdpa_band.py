@@ -1,6 +1,6 @@
 """The banded form of a learned relative bias (T5) with Tq = Tk and no window, through the CPU flash op pair.
 
-T5 givesT5 gives every offset r = j − i ≤ −W (W = 113 for 32 buckets, max_distance 128) one bucket,
+T5 gives every offset r = j − i ≤ −W (W = 113 for 32 buckets, max_distance 128) one bucket,
 so those far keys carry one constant c_h per head and are a plain causal flash call on shifted sequences
 (queries W…T against keys 0…T − W; non-causal attention adds the mirror image on reversed sequences), its
 log-sum-exp raised by c_h. The band −W < r < W goes through the same op with the query blocks folded into its

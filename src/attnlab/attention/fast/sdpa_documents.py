@@ -1,8 +1,7 @@
 """Document masks (packed sequences) through PyTorch's SDPA, one call per run length.
 
-document id is its own SDPA call (runs of equal length, from every batch row, in one batched call): the
-total work is at most that of one causal SDPA call.
-- Soft-capping c·tanh(s/c) is not expressible: SDPA applies no function to the scores.
+Attention never crosses a document, so each contiguous run of one document id is its own SDPA call (runs of equal
+length, from every batch row, in one batched call): the total work is at most that of one causal SDPA call.
 """
 
 from __future__ import annotations

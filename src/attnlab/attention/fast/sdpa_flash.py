@@ -9,7 +9,7 @@ on augmented inputs, ``[a | b]`` being extra columns beside ŝq and k: ``Augment
 
 Numerics: ALiBi puts most scores far below their row maximum, and their exponentials underflow into denormals,
 which slow the kernel several times; ``no_denormals`` flushes them in the calling thread (``flushing_denormals``
-reads the setting back). The CPU flash kernel needs q, k and v of one head dim: ``head_width`' pads with zeros.
+reads the setting back). The CPU flash kernel needs q, k and v of one head dim: ``head_width`` pads with zeros.
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.attention.core import build_mask, repeat_kv
+from attnlab.attention.core import build_mask, check_qkv, repeat_kv
 from attnlab.types import compute_dtype
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[1] % k.shape[1] != 0 or k.shape[1] != v.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
+    """``attend_reference``'s shape contract, with as many value heads as key heads (the SDPA forms index both)."""
+    check_qkv(q, k, v, causal, same_kv_heads=True)
 
 
 def visibility(t_q: int, t_k: int, n_sinks: int, causal: bool, window: int | None, device: torch.device) -> Any:
