@@ -12,14 +12,17 @@ Entropy-aware ABF (``entropy_scaling=True``): after RoPE, every layer from ``uns
 so attention logits grow like log of the position beyond the training length L, keeping attention entropy near
 its training-length value (the scale is λ, not λ², since keys are not scaled).
 
-Source: the authors' code ``GAIR-NLP/Entropy-ABF:patch/EABF.py`` (read): ``scale = log(position_ids + 1) /
-log(4096)`` clamped below at 1, multiplied into ``q_embed`` only; base 500000; ``apply_eabf(model, count=2)``
-restores unscaled RoPE in the first two layers. Here L is the site's training length (``seq_len``) rather than
-Llama-2's hard-coded 4096, unless ``entropy_length`` is set. Unverified: in the released code, ``apply_eabf``
-sets an instance attribute ``self_attn.apply_rotary_pos_emb`` but the patched attention forward
-(``patch/flash_attn_monkey_patch.py``) calls the module-level ``modeling_llama.apply_rotary_pos_emb``, so the
-first-two-layers exemption may not take effect in that code path; the paper's entropy analysis
-gives 2, which is the default here (set ``unscaled_layers=0`` to scale every layer).
+Source: the authors' code, GAIR-NLP/Entropy-ABF ``patch/EABF.py`` (read in the repository):
+``apply_rotary_pos_emb_scale`` computes ``scale = log(position_ids + 1) / log(4096)``, clamped below at 1, and
+multiplies it into ``q_embed`` only; the "eabf" rotary embedding uses base 500000; ``apply_eabf(model,
+count=2)`` is meant to restore unscaled RoPE in the first two layers. Here L is the site's training length
+(``seq_len``) rather than Llama-2's hard-coded 4096, unless ``entropy_length`` is set. Checked in the same
+repository: ``apply_eabf`` only sets an instance attribute ``layers[i].self_attn.apply_rotary_pos_emb``, while
+the patched attention forward (``patch/flash_attn_monkey_patch.py``) calls the module-level
+``modeling_llama.apply_rotary_pos_emb``, which ``EABF.py`` replaces with the scaled version for every layer;
+so in that code path the first-two-layers exemption does not take effect. ``count=2`` is still the authors'
+stated intent (the paper's own argument for two layers is unverified here, against arXiv:2401.07004), and 2
+is the default here (set ``unscaled_layers=0`` to scale every layer, as the released code path does).
 
 Capabilities: λ_m depends only on the query's own absolute position, so KV-cache decoding equals the full pass.
 Without entropy scaling, scores depend on m − n only; with it, they also depend on m once m + 1 > L (a shift of

@@ -24,7 +24,12 @@ does *not* equal a full forward pass over the same tokens (it is what HF does). 
 the largest one). HF is stateful — it keeps the largest base seen until a sequence shorter than L resets it —
 whereas this reference is a pure function of the positions it is given (the same within one growing sequence).
 
-Source: the paper and HF ``_compute_dynamic_ntk_parameters`` / ``_dynamic_frequency_update``, read in code.
+Source: the formulas above (YaRN, arXiv:2309.00071, §3, which restates bloc97's and emozilla's methods) and
+Hugging Face transformers ``src/transformers/modeling_rope_utils.py``: ``_compute_dynamic_ntk_parameters``
+(base · (α·n/L − (α − 1))^{d/(d−2)}) and the dynamic update of the rotary embedding (``dynamic_rope_update``
+there; ``_dynamic_frequency_update`` of the rotary-embedding classes in older releases: recompute when n
+grows past the cached length, reset to the original frequencies when a sequence shorter than L follows),
+read in the code.
 """
 
 from __future__ import annotations

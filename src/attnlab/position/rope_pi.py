@@ -8,7 +8,9 @@ it reads L′ = s · L tokens. Implemented as θ_i / s (Hugging Face ``rope_type
 angle. The paper then fine-tunes ~1000 steps at L′; without fine-tuning the highest frequencies are compressed
 too and local resolution suffers.
 
-Source: the paper and HF ``_compute_linear_scaling_rope_parameters``. Scores
+Source: the paper's formula above (arXiv:2306.15595, §2.3) and Hugging Face transformers
+``src/transformers/modeling_rope_utils.py`` ``_compute_linear_scaling_rope_parameters`` (``inv_freq /=
+factor``, read in the code). Scores
 depend on m − n only; the cache holds keys rotated at their own position, so KV-cache decoding is exact.
 """
 

@@ -10,18 +10,23 @@ after the table are text. Each token m gets one index per traversal order j:
 
 so tokens inside a cell stay contiguous and text after the table has the same index in both orders.
 
-The paper's attention (the authors' ``TPE-Llama/modeling_llama.py``), which the entry computes in
+The paper's attention (as in the authors' code, JinaLeejnl/2D-TPE ``TPE-Llama/modeling_llama.py``,
+``LlamaAttention.forward``, read in the repository), which the entry computes in
 its ``attend`` (the layer hands it unrotated q, k, v and the layer input x; ``rotate`` is the identity): for each
 order j, RoPE at p_j on q and k and attention with the layer's normaliser gives o_j; a router per head and token
 mixes them,
 
     r_m^h = softmax(W3 (SiLU(W1 x_m^h) ⊙ W2 x_m^h)) ∈ Δ²,     o_m^h = Σ_j r_{m,j}^h o_{m,j}^h
 
-with x_m^h the h-th d-slice of the layer input and W1, W2 ∈ R^{4d×d}, W3 ∈ R^{2×4d} shared by the heads (these
-sizes are from the method description, UNVERIFIED in the released code). ``hook_pattern`` shows Σ_j r_j A_j.
+with x_m^h the h-th d-slice of the layer input and W1, W2 ∈ R^{4d×d}, W3 ∈ R^{2×4d} shared by the heads. The
+router's form, ``gate_3(act_fn(gate_1(x)) * gate_2(x))`` on the per-head view of the layer input, is the
+released code's; its sizes are UNVERIFIED: that ``LlamaAttention`` uses ``gate_1``, ``gate_2``, ``gate_3``,
+``act_fn`` and ``expert_nums`` but its ``__init__`` never defines them, so the 4d hidden size is taken from the
+paper's method description (arXiv:2409.19700, to be checked there). ``hook_pattern`` shows Σ_j r_j A_j.
 In training the module's ``aux_loss`` is the router entropy penalty λ · mean_{b, h, m in table} H(r_m^h)
-(λ = ``entropy_weight``, 1 in the authors' code), divided by the number of layers so that the model's summed
-loss is λ times the mean over layers too (how the authors' code aggregates layers was not checked).
+(λ = ``entropy_weight``; the code's ``config.lamda``, 1 when unset), divided by the number of layers so that
+the model's summed loss is λ times the mean over layers, as in the code (``LlamaModel.forward`` takes
+``torch.mean`` of the layers' entropies, and ``LlamaForCausalLM`` adds ``lamda * entropy`` to the loss).
 
 Masks (``mask``; non-causal sites attend to every key in both orders, a ``window`` counts in the mask's index):
 
@@ -56,7 +61,7 @@ from attnlab.position.base import POSITIONS, PositionEncoding
 from attnlab.position.rope import apply_rotary, rope_angles, rope_inv_freq
 from attnlab.types import AttnOutput, Normaliser, compute_dtype, repeat_kv
 
-ROUTER_EXPANSION = 4  # hidden size 4d (W1, W2 ∈ R^{4d×d}): from the method description, UNVERIFIED in code
+ROUTER_EXPANSION = 4  # hidden size 4d (W1, W2 ∈ R^{4d×d}): the paper's description; the released code omits it
 
 
 class TPE2DParams(BaseModel):

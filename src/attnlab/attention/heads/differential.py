@@ -12,7 +12,9 @@ on irrelevant keys:
     o_i      = RMSNorm(W_i v_i) · (1 − λ_init)               one RMSNorm over 2d (eps 1e-5, learned gain) per head
     out      = concat_i(o_i) W_o
 
-How heads are halved (halve the head count or the head dim, not both): the site keeps
+How heads are halved (the head count or the head dim, not both: halving both would quarter the width and
+the parameter count, and the comparison with the baseline Transformer would no longer be like for like;
+the authors' code passes "num_heads set to half of Transformer's num_heads"): the site keeps
 d_model = D and its n_heads = H, the baseline Transformer's head count. Differential attention uses H/2
 heads; each has two q/k halves of size d = D/H (the baseline head dim) and a value of size 2d. So q, k and
 v are D wide and the parameter count equals MHA's, as in the authors' code (``num_heads`` = baseline / 2,

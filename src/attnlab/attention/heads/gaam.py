@@ -1,6 +1,7 @@
 """Gaussian adaptive attention, GAAM (Ioannides, Chadha, Elkins, "Gaussian Adaptive Attention is All You
 Need: Robust Contextual Representations Across Multiple Modalities", 2024, arXiv:2401.11143; later versions
-call it DAAM, "Density Adaptive Attention"; both titles are recalled, not checked offline).
+whose abstract names the mechanism DAAM, the "Multi-Head Density Adaptive Attention Mechanism"; title,
+authors and abstract checked against the arXiv listing of 2401.11143).
 
 GAAM does not mix tokens. It is a feature-recalibration gate: each value is scaled by how typical it is
 under Gaussians fitted, on the fly, to the statistics of its own feature along one axis. Here it gates each
@@ -15,7 +16,8 @@ attention head's output z_h [B, T, d] along time, per feature, before the output
 
 V_t = all positions for a non-causal site (exactly the authors' module with ``norm_axis`` = time), and the
 prefix s ≤ t for a causal site: the gate of position t is the authors' gate computed on z_1 … z_t and read
-at its last position, so no future token leaks in (sequence statistics are not causal).
+at its last position, so no future token leaks in (statistics over the whole sequence are not causal: the
+mean and variance at position t would include later tokens).
 This costs O(T²·d) per head (the normalising sum is over pairs s ≤ t with t's statistics), like materialising
 the attention matrix d times. δ_g and c_g are per head (the authors have one GaussianAdaptiveAttention module,
 with its own δ, c ∈ R^G, per head); they are shared by the head's d features and positions.
@@ -24,7 +26,7 @@ Source followed: gioannides/Gaussian-Adaptive-Attention ``gaussian_adaptive_atte
 (HEAD 145d1bc), read line by line: the *product* over G Gaussians including 1/√(2π c²) (not the README's
 weighted mixture), unbiased variance + ε (1e-8), normalisation by ``sum.clamp(min=eps)`` along the statistics
 axis, δ initialised to 0 and c to exp(N(0, 1)). Our changes: c goes through softplus (initialised so that
-softplus(ĉ) = exp(N(0, 1))), which keeps it positive (c → 0 blows the density up); the variance
+softplus(ĉ) = exp(N(0, 1))), which keeps it positive (as c → 0 the density 1/√(2π c²) blows up); the variance
 divides by max(n − 1, 1) so a one-element window (the first causal position) gives σ² = ε instead of NaN;
 the prefix statistics for causal sites; the padding-value masking is dropped (attnlab has no padding). The
 authors split the input into heads *along the statistics axis*; here heads are attnlab's attention heads
@@ -35,9 +37,10 @@ attention output, per head, is our choice.
 KV cache: not supported. The gate of a new token needs the past attention outputs z_s, which the cache does
 not keep, so the capability record says ``kv_cache=False`` and ``TransformerLM.new_cache`` rejects the model.
 
-Unverified: the paper body was not read; the claimed gains (up to ~+20% accuracy over attention baselines in
-speech, vision and text classification) are not reproduced. A product of Gaussians in one variable is one
-Gaussian, so G > 1 adds little.
+Unverified: the paper body was not read; the claimed gains (the abstract's "up to approximately +20% (abs.)
+in accuracy" over attention baselines in speech, vision and text classification) are not reproduced. A
+product of Gaussians in one variable is one Gaussian (the exponents add: a sum of quadratics in z is one
+quadratic), so G > 1 adds little.
 """
 
 from __future__ import annotations

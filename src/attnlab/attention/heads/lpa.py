@@ -12,9 +12,12 @@ low-rank FFN hurts). With r = D and B = I, LPA is MHA with weights A.
 Source followed: TsinghuaC3I/LPA ``architecture/lpa_setting2.py`` (the LLaMA-style setting: RoPE, no biases);
 setting 1's bias on the first factor is not implemented. Parameter names: ``q_down`` (A_q), ``q_up`` (B_q),
 … and ``o_down`` (A_o), ``o_proj`` (B_o) — the last factor keeps MHA's name so the model's residual-writer
-initialisation (std / √(2·n_layers) on ``o_proj.weight``) applies to it. Unverified here: the paper's
-initialisation of the factors (two default-initialised factors give a product of small
-variance; TransformerLM re-initialises every Linear with std 0.02, which makes it smaller still).
+initialisation (std / √(2·n_layers) on ``o_proj.weight``) applies to it. The released code builds each
+projection as ``nn.Sequential(nn.Linear(…, attn_lowdim, bias=False), nn.Linear(attn_lowdim, …, bias=False))``
+and sets no initialisation of its own, so both factors get nn.Linear's default (checked in
+``lpa_setting2.py``); what the paper's text says about it is unverified here (arXiv:2411.02063). Two
+independently initialised factors give a product of small variance (the variances multiply, times the inner
+size r); TransformerLM re-initialises every Linear with std 0.02, which makes it smaller still.
 """
 
 from __future__ import annotations

@@ -15,19 +15,25 @@ rotates only the last d_R channels of q and k with the layer's position encoding
 (d_c + d_R) elements per token per layer (``kv_bytes_per_token``), against 2·H·d_head for MHA.
 
 **CLLA**, cross-layer latent attention ("Lossless KV Cache Compression to 2%", Yang et al. (Tencent) 2024,
-arXiv:2410.15252): MLA whose latent (c_t and the un-rotated k^R_t) is computed only by the first layer of each group
-of ``share_every`` consecutive layers; the other layers of the group read it from ``AttentionSite.shared`` (a
-``LayerShare``: the group's ``LatentKV`` by group index) and apply their own W_UK, W_UV (they have no W_DKV, W_KR).
-This needs the layers to run in order within one forward pass, as TransformerLM runs them; a layer that finds no
-latent from its group's first layer raises. The stored latent can be fake-quantised to ``quant_bits`` (int8 / int4,
-symmetric, one scale per token, straight-through gradient), and the KV cache then holds the integer codes and
-scales, so a cached decode and a full pass see the same dequantised latent.
+arXiv:2410.15252): MLA whose latent (c_t and the un-rotated k^R_t) is computed only by the first layer of
+each group of ``share_every`` consecutive layers; the other layers of the group read it from
+``AttentionSite.shared`` (a ``LayerShare``: the group's ``LatentKV`` by group index) and apply their own
+W_UK, W_UV (they have no W_DKV, W_KR). This needs the layers
+to run in order within one forward pass, as TransformerLM runs them; a layer that finds no latent from its
+group's first layer raises. The stored latent can be fake-quantised to ``quant_bits`` (int8 / int4,
+symmetric, one scale per token, straight-through gradient), and the KV cache then holds the integer codes
+and scales, so a cached decode and a full pass see the same dequantised latent.
 
-Sources: MLA follows the paper's §2.1 equations with the conventions of the authors' model code
-(deepseek-ai/DeepSeek-V2 on the Hugging Face hub, ``modeling_deepseek.py``): RMSNorm on both latents, q/k head
-layout [nope | rope], softmax scale (d_nope + d_R)^−½. CLLA has no public code: the layer grouping, what is shared
-and the quantiser are a reconstruction from the paper's abstract, UNVERIFIED in every detail (group size, bit
-width, per-token vs per-channel scale, whether k^R is quantised — here it is not).
+Sources: MLA follows the paper's §2.1 equations (arXiv:2405.04434) with the conventions of Hugging Face
+transformers' DeepSeek-V2 attention (huggingface/transformers
+``src/transformers/models/deepseek_v2/modeling_deepseek_v2.py``, ``DeepseekV2Attention``), checked in the
+code: an RMSNorm on each latent (``q_a_layernorm`` over the q latent, ``kv_a_layernorm`` over c), the q/k head
+layout [nope | rope] (``query_states = cat(q_pass, q_rot)``, ``key_states = cat(k_pass, k_rot)``, the rotated
+key shared by all heads), softmax scale ``qk_head_dim ** -0.5`` = (d_nope + d_R)^−½. CLLA has no public
+code: the layer grouping, what is shared and the quantiser are a reconstruction from the abstract of
+arXiv:2410.15252 (which names "attention head/dimension reduction, layer sharing, and quantization"),
+UNVERIFIED in every detail against the paper body (group size, bit width, per-token vs per-channel scale,
+whether k^R is quantised — here it is not).
 
 Incremental decoding caches the latent, not the full k and v (``extend_cache``, attnlab's LayerKVCache hook):
 

@@ -17,10 +17,11 @@ Source followed: hermansh-id/rcmha ``rcmha/attention.py`` (labml-based): q, k pr
 bias; ``nn.Conv1d(d, d, 3, groups=d, padding=2)`` with the last two outputs trimmed; ``key_pos_embeddings``
 (2P, H, d), ``key_pos_bias`` (2P, H), ``query_pos_bias`` (H, d), zeros; output Linear with bias; P = 4096.
 The row ↔ distance mapping P + (j − i) was read off the source's ``shift_right`` trick by evaluating it;
-here the table is gathered densely instead. Unverified: the released ``main.py`` builds labml's plain
-relative attention, not this class, so the paper's numbers may not come from this code; Transformer-XL's
-memory segment is not implemented. Use ``position="nope"``: another position encoding (RoPE) would be
-applied on top of the relative scores.
+here the table is gathered densely instead. Checked in the repository: the released ``main.py`` builds its
+model with ``labml_nn.transformers.xl.RelativeMultiHeadAttention`` (labml's plain relative attention), not
+this class (``rcmha/model.py`` imports the repository's class only for a type annotation), so the paper's
+numbers may not come from this code; Transformer-XL's memory segment is not implemented. Use
+``position="nope"``: another position encoding (RoPE) would be applied on top of the relative scores.
 
 Capabilities: no KV cache (decoding is rejected at config time). The convolution of a new token needs the
 last K − 1 projected inputs of q, k and v; attnlab's LayerKVCache stores only (rotated) k and v, and

@@ -22,8 +22,11 @@ Backends: the reference above (weights a, returned to the hooks); ``recurrent`` 
 plus a softmax over the last ``window`` keys) and ``chunked`` (chunked Taylor scan, banded window softmax
 per chunk). The window is relative, so there is no cross-attention.
 
-Source: the Taylor map, its 1 + s + s²/2 identity and the layer layout from the authors' code
-(HazyResearch/based ``linear_attention.py`` TaylorExp, ``based-360m.yaml``); denominator ε 1e-12.
+Source: the authors' code, HazyResearch/based ``based/models/mixers/linear_attention.py``: ``TaylorExp``
+returns [1, x/d_f^¼, vec(xxᵀ)/(√2·√d_f)] (the map above), ``LinearAttention`` defaults to ``feature_dim=16``
+and ``eps=1e-12`` (the denominator's ε here); and ``train/configs/experiment/reference/based-360m.yaml`` for
+the layer layout (Taylor linear attention at layers 1, 6, 11, 16, 21, ``SlidingAttention`` with
+``window_size: 256`` at 2, 7, 12, 17, 22, ``BaseConv`` elsewhere), both read in the repository.
 """
 
 from __future__ import annotations

@@ -12,9 +12,14 @@ as the module's ``aux_loss`` in training mode, with q, k detached so only the fe
 ``Hedgehog.distillation_loss(q, k)`` gives it for any q, k. With grouped keys (GQA) each key/value head
 takes the key map of the first query head of its group.
 
-Source: the authors' code (HazyResearch/based ``hedgehog.py`` "SoftmaxDim" feature
-map, untied einsum maps copied from one init; lolcats ``feature_map.py``). Unverified: the paper's own map may
-be the elementwise [exp(z), exp(−z)] variant; the exact init (we offer nn.Linear's uniform, or identity).
+Source: the authors' code, HazyResearch/based ``based/models/mixers/hedgehog.py``, read in the repository:
+``SoftmaxDim`` is [softmax(x), softmax(−x)] over the feature dimension, clamped at ``eps`` (1e-12 there; 1e-6
+here, ``feature_eps``); the maps are ``UntiedHeadEinsumMLP`` (one d_head × d_f matrix per head, kaiming-
+uniform init) and the key map is a ``copy.deepcopy`` of the query map, so both start from one init; the
+mixer's ``use_norm`` is False (no denominator). HazyResearch/lolcats ``src/model/feature_map.py`` has the same
+``SoftmaxDim``. Unverified: the paper's own map (arXiv:2402.04347, §4) was not read here; it may be the
+elementwise [exp(z), exp(−z)] form rather than this softmax form. The init offered here is nn.Linear's
+uniform, or identity.
 """
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ training length. Rows are non-negative and sum to 1. Backends: ``reference`` (de
 ``fft``; the Toeplitz structure is not a decay, so there is no recurrent state and no chunked scan. The RPE
 is relative, so no cross-attention; ``scale``, when given, multiplies q̂ before φ.
 
-Verification status: **unverified** beyond the abstract (FFT on the Toeplitz RPE, O(T log T), stability from
-RPE); no authors' code was found. Unverified details: the exact normalisation of q, k
-(plain L2 here), whether c is exp(b) or b itself, orthogonal vs iid features (orthogonal by default, as in
-Performer), and the clamp at max_len. Performer: Choromanski et al. 2021, arXiv:2009.14794.
+Verification status: **unverified** beyond the paper's abstract (FFT on the Toeplitz RPE, O(T log T),
+stability from RPE); the paper body (arXiv:2106.12566) was not read, and a code search found no authors'
+code, only third-party re-implementations. Unverified details, each to be checked against the paper's
+method section: the exact normalisation of q, k (plain L2 here), whether c is exp(b) or b itself, orthogonal
+vs iid features (orthogonal by default, as in Performer), and the clamp at max_len. Performer: Choromanski
+et al. 2021, arXiv:2009.14794.
 """
 
 from __future__ import annotations

@@ -10,16 +10,19 @@ No softmax, no 1/√d (``scale``, when given, multiplies q), no denominator: wei
 sum to 1; the decay and the output norm are what keep the output bounded. The norm lives in ``attend`` (all
 three backends apply it; ``output_norm="none"`` removes it), because the heads module applies Wo right after
 and has no norm of its own. Default: over all heads of a token, as the authors' TNL module normalises the
-concatenated heads (``nn.LayerNorm(embed_dim)`` in lightning-attention's ``examples/module/tnl_attn.py``, a
-SimpleRMSNorm in other accounts); ``"per_head"`` normalises over d_head. TNL's SiLU on q, k, v and its
-sigmoid output gate belong to the heads axis (``heads="gated"`` is the gate) and are not applied here.
+concatenated heads (``nn.LayerNorm(embed_dim)`` in lightning-attention's ``examples/module/tnl_attn.py``;
+the TransNormerLLM paper's SimpleRMSNorm, unverified here against arXiv:2307.14995); ``"per_head"``
+normalises over d_head. TNL's SiLU on q, k, v and its sigmoid output gate belong to the heads axis
+(``heads="gated"`` is the gate) and are not applied here.
 
 Backends: ``reference`` (dense D), ``recurrent`` (S_t = λ S_{t−1} + k_t v_tᵀ), ``chunked`` (the Lightning-2
 tiling: intra-chunk left product with block-local decay, inter-chunk state). Non-causal use takes the
 symmetric decay λ^{|i−j|} (an attnlab extension; the papers are causal). The decay is relative, so no cross.
 
-Source: lightning-attention's torch reference and ``tnl_attn.py`` (slopes, depth factor, norm placement),
-read in code; ``decay=False`` sets every slope to 0 (TNL's no-decay ablation).
+Source: OpenNLPLab/lightning-attention, ``lightning_attn/ops/torch/linear_attention.py`` (the torch
+reference), ``lightning_attn/utils/utils.py`` (``_build_slope_tensor``, the ALiBi slopes) and
+``examples/module/tnl_attn.py`` (depth factor, norm placement), read in the repository; ``decay=False`` sets
+every slope to 0 (TNL's no-decay ablation).
 """
 
 from __future__ import annotations

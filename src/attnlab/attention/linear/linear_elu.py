@@ -10,8 +10,11 @@ Rows are non-negative and sum to 1 (row-stochastic). Backends: ``reference`` (th
 the weights), ``recurrent`` (the RNN), ``chunked`` (quadratic within chunks, state between them); the fast
 paths compute the global sums when non-causal, so they serve cross-attention too.
 
-Source: the formulas of the paper; ε = 1e-12 (the Based
-code's value) rather than fast-transformers' 1e-6, so rows sum to 1 to float precision.
+Source: the paper's linear attention with φ = elu + 1 (§3.2) and its RNN form (§3.4), checked against the
+authors' code, idiap/fast-transformers ``fast_transformers/attention/linear_attention.py`` (``LinearAttention``,
+``elu_feature_map``; ``causal_linear_attention.py`` for the causal form). ε = 1e-12 (HazyResearch/based
+``based/models/mixers/linear_attention.py``'s default) rather than fast-transformers' ``eps=1e-6``, so rows
+sum to 1 to float precision. The section numbers are unverified here (check against arXiv:2006.16236).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ so it is not registered as row-stochastic.
 Verification status: the two-stage design, softplus + l1 normalisation, a length-dependent ("invariance
 entropy") scale and a re-weighting step are in the paper's abstract. The exact forms above (the product
 log d · log N_i on cosine scores, ReLU(N·A − O)^p, the zero offset on three rows, p = 15 as the headline
-setting, ε = 1e-8) come from third-party summaries and reviews of the paper that agree with each other; the
-paper body and the authors' code (iminfine/freeattn) could not be read offline. Every constant is a
+setting, ε = 1e-8) come from third-party summaries and reviews of the paper that agree with each other; they
+are unverified against the paper body (arXiv:2501.13428, method section) and the authors' code, which the
+paper's v2 gives as github.com/iminfine/freeatten (neither could be read here). Every constant is a
 parameter so the form can be pinned once the paper is checked.
 
 Backends: ``chunked`` (``attnlab.attention.fast.chunked``): both are pointwise in the score once the row's N_i
