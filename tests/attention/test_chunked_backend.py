@@ -79,7 +79,7 @@ def compare(
             grad_out = torch.randn_like(out)
             grads.append(torch.autograd.grad(out, args_64 if truth else args, grad_out))
         else:
-            out = norm.attend_chunked(qp, kp, v, **kwargs).out
+            out = norm.attend_chunked(qp, kp, v, **kwargs, raw_qk=(q_r, k_r)).out
             grads.append(torch.autograd.grad(out, args, grad_out.to(out.dtype)))
         outs.append(out)
     assert outs[1].dtype == v.dtype and outs[1].shape == outs[0].shape
@@ -161,7 +161,7 @@ def test_chunked_gradients_match_finite_differences(
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         qp, kp, scale = norm.prepare(q, k, None)
-        return norm.attend_chunked(qp, kp, v, causal=causal, window=window, scale=scale).out
+        return norm.attend_chunked(qp, kp, v, causal=causal, window=window, scale=scale, raw_qk=(q, k)).out
 
     assert torch.autograd.gradcheck(attend, (q, k, v))
 
@@ -193,26 +193,24 @@ def test_qk_norm_in_the_kernel_matches_f_normalize_on_tiny_and_zero_rows(name: s
 
 @pytest.mark.parametrize("name", ["lssa", "lssar"])
 def test_lssa_chunked_keeps_no_normalised_copy_for_the_backward(name: str) -> None:
-    """prepare's F.normalize(q), F.normalize(k) are not saved: the kernel saves the raw q, k and normalises itself.
-
-    A pair that is not prepare's own (copied, or changed in place since) is attended as given.
-    """
+    """Given the q, k from before prepare (``raw_qk``, as the layer hands them over), the kernel saves the raw q, k
+    and normalises them itself: prepare's F.normalize(q), F.normalize(k) are not saved. Without them, the prepared
+    pair is attended as given."""
     q, k, v = inputs(13, 13, 2)
     norm = normaliser(name)
     qp, kp, scale = norm.prepare(q, k, None)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale, raw_qk=(q, k)).out
     pointers = {t.untyped_storage().data_ptr() for t in saved}
     assert {q.data_ptr(), k.data_ptr()} <= pointers
     assert not {qp.data_ptr(), kp.data_ptr()} & pointers
     expected = attend_reference(qp, kp, v, normaliser=norm, causal=True, scale=scale).out
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    copied = norm.attend_chunked(qp.clone(), kp.clone(), v, causal=True, scale=scale).out
-    torch.testing.assert_close(copied, expected, atol=1e-5, rtol=1e-5)
-    qp, kp, scale = norm.prepare(q, k, None)
+    as_given = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+    torch.testing.assert_close(as_given, expected, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        qp[:, :, 3] *= 2.0  # no longer a unit vector: the kernel must attend this q, not F.normalize(q)
+        qp[:, :, 3] *= 2.0  # no longer a unit vector: without raw_qk the kernel attends this q, not F.normalize(q)
     changed = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
     torch.testing.assert_close(changed, attend_reference(qp, kp, v, normaliser=norm, causal=True, scale=scale).out)
     assert not torch.allclose(changed, expected)
@@ -243,7 +241,7 @@ def test_chunked_never_builds_a_t_by_t_tensor(name: str, monkeypatch: pytest.Mon
     norm = normaliser(name, AttentionSite(d_model=16, n_heads=2, seq_len=t))
     with LargestTensor() as probe:
         qp, kp, scale = norm.prepare(q, k, None)  # as the layer calls it (LSSA: the kernel normalises q, k)
-        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+        out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale, raw_qk=(q, k)).out
         out.sum().backward()
     tile, qkv = b * h * 16 * 32, b * h * t * 8
     assert probe.largest <= max(tile, qkv), f"a tensor of {probe.largest} elements (one T×T head: {t * t})"
@@ -283,7 +281,7 @@ def test_softcap_bounds_the_logits_and_disables_sdpa() -> None:
     torch.testing.assert_close(capped(scores, None), expected)
     assert not torch.allclose(norm(scores, None), expected)
     module = build_attention(AttentionConfig(normaliser_args={"softcap": 2.0}), SITE)
-    assert not module.use_fused()
+    assert module.choose_path(t_q=13).path in ("native", "reference")  # SDPA cannot soft-cap
     compare_softcap = chunked.SoftmaxRule(softcap=2.0)
     q, k, v = inputs(13, 13, 4, scale=3.0)
     got = chunked_attention(q, k, v, compare_softcap)[0]
@@ -328,7 +326,7 @@ def test_lssar_gradients_with_a_power_at_most_one(power: float, whole_rows: int)
         qp, kp, scale = norm.prepare(q, k, None)
         kwargs = dict(causal=True, scale=scale)
         attend = attend_reference(qp, kp, v, normaliser=norm, **kwargs) if path == "reference" else None
-        out = attend.out if attend is not None else norm.attend_chunked(qp, kp, v, **kwargs).out
+        out = attend.out if attend is not None else norm.attend_chunked(qp, kp, v, **kwargs, raw_qk=(q, k)).out
         results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
     for label, got, want in zip(["out", "q", "k", "v"], results[1], results[0], strict=True):
         assert relative_error(got, want) <= 1e-4, f"{label}: {relative_error(got, want):.2e}"

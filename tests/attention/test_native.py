@@ -55,7 +55,8 @@ def run_both(norm, q, k, v, *, causal, window=None, position=None, dtype_ref=Non
         qp, kp, scale = norm.prepare(args[0], args[1], None)
         kwargs = dict(causal=causal, window=window, scale=scale, score_mod=pos.score_mod() if pos else None)
         if path == "native":
-            out = norm.attend_chunked(qp, kp, args[2], **kwargs).out
+            bias = pos.score_bias() if pos else None
+            out = norm.attend_chunked(qp, kp, args[2], **kwargs, bias=bias, raw_qk=(args[0], args[1])).out
             assert "Native" in out.grad_fn.name()
             grad_out = torch.randn_like(out)
         else:
@@ -139,7 +140,9 @@ def test_native_gradients_match_finite_differences(name, args, pos, causal, wind
     def attend(q, k, v, *_):
         qp, kp, scale = norm.prepare(q, k, None)
         mod = position.score_mod() if position is not None else None
-        out = norm.attend_chunked(qp, kp, v, causal=causal, window=window, scale=scale, score_mod=mod).out
+        bias = position.score_bias() if position is not None else None
+        kwargs = dict(causal=causal, window=window, scale=scale, score_mod=mod, bias=bias, raw_qk=(q, k))
+        out = norm.attend_chunked(qp, kp, v, **kwargs).out
         calls.append(out.grad_fn.name())
         return out
 
@@ -203,7 +206,7 @@ def test_disabled_kernels_fall_back_to_the_pytorch_form(monkeypatch: pytest.Monk
     norm = norm_of("lssar")
     q, k, v = (torch.randn(1, 4, 30, 16, requires_grad=True) for _ in range(3))
     qp, kp, scale = norm.prepare(q, k, None)
-    out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale).out
+    out = norm.attend_chunked(qp, kp, v, causal=True, scale=scale, raw_qk=(q, k)).out
     assert "Native" not in out.grad_fn.name()
 
 
@@ -231,7 +234,7 @@ def test_softplus_blocks_that_see_no_key_give_zero_rows(name: str) -> None:
     v = torch.randn(1, 4, 4, 16).requires_grad_()
     grad_out = torch.randn(1, 4, 80, 16)
     qp, kp, scale = norm.prepare(q, k, None)
-    out = norm.attend_chunked(qp, kp, v, causal=False, window=2, scale=scale).out
+    out = norm.attend_chunked(qp, kp, v, causal=False, window=2, scale=scale, raw_qk=(q, k)).out
     assert "Native" in out.grad_fn.name()
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
     assert torch.equal(out[:, :, :75], torch.zeros_like(out[:, :, :75]))

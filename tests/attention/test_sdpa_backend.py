@@ -40,7 +40,7 @@ def twin_modules(site: AttentionSite, dtype: torch.dtype, **cfg) -> tuple[torch.
     fused = build_attention(AttentionConfig(backend="sdpa", **cfg), site).to(dtype)
     reference = build_attention(AttentionConfig(backend="reference", **cfg), site).to(dtype)
     reference.load_state_dict(fused.state_dict())
-    assert fused.use_fused() and not reference.use_fused()
+    assert fused.choose_path(t_q=8).path == "sdpa" and reference.choose_path(t_q=8).path == "reference"
     return fused, reference
 
 
@@ -90,16 +90,16 @@ def test_sdpa_function_matches_attend_reference_with_gqa(causal: bool, t_q: int,
 
 def test_auto_backend_uses_sdpa_for_softmax_with_rope() -> None:
     module = build_attention(AttentionConfig(position="rope"), AttentionSite(d_model=16, n_heads=4))
-    assert module.cfg.backend == "auto" and module.use_fused()
+    assert module.cfg.backend == "auto" and module.choose_path(t_q=8).path == "sdpa"
 
 
 def test_capturing_the_pattern_switches_the_layer_to_the_reference(make_lm) -> None:
     model = make_lm(normaliser="softmax", position="rope")
     tokens = torch.randint(0, 31, (2, 9))
-    assert model.blocks[0].attn.use_fused()
+    assert model.blocks[0].attn.choose_path(t_q=9).path == "sdpa"
     plain = model(tokens)
     with capture(model, ["blocks.0.attn.hook_pattern"]) as cache:
-        assert not model.blocks[0].attn.use_fused()
+        assert model.blocks[0].attn.choose_path(t_q=9).path == "reference"
         captured = model(tokens)
     assert cache["blocks.0.attn.hook_pattern"].shape == (2, 4, 9, 9)
     torch.testing.assert_close(captured, plain, atol=1e-5, rtol=1e-5)
@@ -109,20 +109,20 @@ def test_capturing_the_pattern_switches_the_layer_to_the_reference(make_lm) -> N
 def test_auto_runs_a_short_window_on_the_chunked_path(t: int, chunked: bool, monkeypatch) -> None:
     """Backend auto on CPU: a window of w keys over at least 4·w keys goes to the chunked path (no [T, T] mask),
     shorter sequences to SDPA; both equal the reference, outputs and gradients."""
-    from attnlab.attention.normalisers.base import NormaliserBase
+    from attnlab.attention.normalisers.tiled import TiledNormaliser
 
     site = AttentionSite(d_model=16, n_heads=4, causal=True)
     auto = build_attention(AttentionConfig(backend="auto", window=4), site)
     reference = build_attention(AttentionConfig(backend="reference", window=4), site)
     reference.load_state_dict(auto.state_dict())
     calls: list[int] = []
-    original = NormaliserBase.attend_chunked
+    original = TiledNormaliser.attend_chunked
 
     def spy(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(NormaliserBase, "attend_chunked", spy)
+    monkeypatch.setattr(TiledNormaliser, "attend_chunked", spy)
     x = torch.randn(2, t, 16, requires_grad=True)
     out = auto(x)
     assert bool(calls) is chunked

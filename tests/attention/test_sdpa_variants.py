@@ -3,11 +3,14 @@ equal attnlab's reference: outputs and every gradient (q, k, v, sink logits / ve
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from attnlab.attention import HEADS, NORMALISERS, AttentionSite, attend_reference
-from attnlab.attention.core import causal_mask
+from attnlab.attention import HEADS, NORMALISERS, AttentionSite, attend_reference, dispatch
+from attnlab.attention.core import causal_mask, repeat_kv
+from attnlab.attention.fast import sdpa_band, sdpa_flash, sdpa_relative
 from attnlab.attention.fast import sdpa_variants as sv
 from attnlab.model.hooks import capture
 from attnlab.position.alibi import ALiBi
@@ -70,7 +73,7 @@ SHAPES = [  # (Tq, Tk, H_kv)
 def cpu_flash(request, monkeypatch) -> bool:
     """Both constructions: on CPU the flash op pair (sinks merged by log-sum-exp), and the one SDPA call on
     augmented inputs (sinks as prepended keys) that other devices use, run here on CPU."""
-    monkeypatch.setattr(sv, "CPU_FLASH", request.param)
+    monkeypatch.setattr(sdpa_flash, "CPU_FLASH", request.param)
     return request.param
 
 
@@ -83,13 +86,12 @@ def test_position_biases_through_sdpa_equal_the_reference(kind, causal, window, 
         pytest.skip("non-causal attention has no KV cache")
     pos = position(kind, causal)
     mod = pos.score_mod()
-    assert sv.has_sdpa_form(mod, torch.zeros(1))
     q, k, v, d_out = inputs(2, N_HEADS, h_kv, t_q, t_k, 16, torch.float32)
     params = [q, k, v, *([pos.bias] if kind == "t5" else [])]
-    kwargs = dict(score_mod=mod, causal=causal, window=window)
+    kwargs = dict(causal=causal, window=window)
     compare(
-        lambda: sv.softmax_sdpa(q, k, v, **kwargs),
-        lambda: attend_reference(q, k, v, normaliser=softmax(), **kwargs).out,
+        lambda: sv.softmax_sdpa(q, k, v, bias=pos.score_bias(), **kwargs),
+        lambda: attend_reference(q, k, v, normaliser=softmax(), score_mod=mod, **kwargs).out,
         params,
         d_out,
         1e-4,
@@ -102,9 +104,10 @@ def test_causal_alibi_stays_exact_at_long_lengths(n_heads: int) -> None:
     as the dense reference's (checked on the last 64 rows at T = 4096 against float64)."""
     t = 4096
     q, k, v, _ = inputs(1, n_heads, n_heads, t, t, 16, torch.float32)
-    mod = position("alibi", True, n_heads).score_mod()
+    pos = position("alibi", True, n_heads)
+    mod = pos.score_mod()
     with torch.no_grad():
-        out = sv.softmax_sdpa(q, k, v, score_mod=mod)[:, :, -64:]
+        out = sv.softmax_sdpa(q, k, v, bias=pos.score_bias())[:, :, -64:]
         q64, k64, v64 = q[:, :, -64:].double(), k.double(), v.double()
         ref = attend_reference(q64, k64, v64, normaliser=softmax(), score_mod=mod).out
     assert_relative(out, ref, 1e-5, "output")
@@ -128,27 +131,29 @@ def test_sinks_through_sdpa_equal_the_sinks_head(kind, n_sinks, window, alibi, t
         heads.sink_v.data.normal_()
         sinks = dict(sink_keys=heads.sink_k, sink_values=heads.sink_v)
         params = [heads.sink_k, heads.sink_v]
-    mod = position("alibi", True).score_mod() if alibi else None
+    pos = position("alibi", True) if alibi else None
+    mod = pos.score_mod() if pos else None
+    bias = pos.score_bias() if pos else None
     q, k, v, d_out = inputs(2, N_HEADS, h_kv, t_q, t_k, 16, torch.float32)
     kwargs = dict(causal=True, window=window)
     ref_mass: list[torch.Tensor] = []
 
     def reference() -> torch.Tensor:
         res = heads.attend(q, k, v, normaliser=softmax(), score_mod=mod, **kwargs)
-        ref_mass.append(heads.last_sink_mass)
+        ref_mass.append(res.sink_mass)
         return res.out
 
     fast_mass: list[torch.Tensor] = []
 
     def fast() -> torch.Tensor:
-        out, mass = sv.sinks_sdpa(q, k, v, **sinks, alibi=mod.sdpa_form if mod else None, **kwargs)
+        out, mass = sv.sinks_sdpa(q, k, v, **sinks, alibi=bias, **kwargs)
         fast_mass.append(mass)
         return out
 
     compare(fast, reference, [q, k, v, *params], d_out, 1e-4)
     assert_relative(fast_mass[0], ref_mass[0], 1e-4, "sink mass")
     # the head's own fused path (what the layer calls on backend auto / sdpa) is the same computation
-    res = heads.attend_sdpa(q, k, v, normaliser=softmax(), score_mod=mod, **kwargs)
+    res = heads.attend_sdpa(q, k, v, normaliser=softmax(), bias=bias, **kwargs)
     assert res.weights is None
     assert_relative(res.out, fast(), 1e-6, "attend_sdpa")
 
@@ -181,7 +186,7 @@ def test_position_biases_in_bf16(kind: str) -> None:
     params = [q, k, v, *([pos.bias] if kind == "t5" else [])]
     mod = pos.score_mod()
     compare(
-        lambda: sv.softmax_sdpa(q, k, v, score_mod=mod),
+        lambda: sv.softmax_sdpa(q, k, v, bias=pos.score_bias()),
         lambda: attend_reference(q, k, v, normaliser=softmax(), score_mod=mod).out,
         params,
         d_out,
@@ -195,11 +200,10 @@ def test_gradcheck_in_float64(kind: str, causal: bool, cpu_flash: bool) -> None:
     q, k, v, _ = inputs(1, 2, 1, 6, 6, 4, torch.float64)
     if kind in ("alibi", "t5"):
         pos = position(kind, causal, n_heads=2).double()
-        mod = pos.score_mod()
         extra = [pos.bias] if kind == "t5" else []
 
         def fn(*ts):
-            return sv.softmax_sdpa(ts[0], ts[1], ts[2], score_mod=mod, causal=causal, window=4)
+            return sv.softmax_sdpa(ts[0], ts[1], ts[2], bias=pos.score_bias(), causal=causal, window=4)
 
     else:
         extra = (
@@ -255,8 +259,6 @@ def test_document_ids_must_be_contiguous_runs_and_shapes_checked() -> None:
         sv.alibi_sdpa(q, k[:, :, :2], v[:, :, :2], torch.ones(2))
     with pytest.raises(ValueError, match="slopes"):
         sv.alibi_sdpa(q, k, v, torch.ones(3))
-    with pytest.raises(ValueError, match="no exact SDPA form"):
-        sv.softmax_sdpa(q, k, v, score_mod=lambda s, b, h, i, j: s * 2)
 
 
 @pytest.mark.parametrize("kind", ["alibi", "t5"])
@@ -268,7 +270,7 @@ def test_value_head_dim_may_differ_from_the_key_head_dim(kind: str) -> None:
     d_out = torch.randn(1, N_HEADS, 9, 8)
     mod = pos.score_mod()
     compare(
-        lambda: sv.softmax_sdpa(q, k, v, score_mod=mod),
+        lambda: sv.softmax_sdpa(q, k, v, bias=pos.score_bias()),
         lambda: attend_reference(q, k, v, normaliser=softmax(), score_mod=mod).out,
         [q, k, v, *([pos.bias] if kind == "t5" else [])],
         d_out,
@@ -276,13 +278,12 @@ def test_value_head_dim_may_differ_from_the_key_head_dim(kind: str) -> None:
     )
 
 
-def test_softcap_and_other_score_mods_fall_back_to_the_reference() -> None:
+def test_the_sdpa_form_refuses_soft_capping() -> None:
+    """SDPA cannot soft-cap: the method refuses (the dispatch table never sends soft-capping there)."""
     q, k, v, _ = inputs(1, 2, 2, 5, 5, 8, torch.float32)
-    capped = softmax(softcap=5.0).attend_sdpa(q, k, v, score_mod=None)
-    assert capped.weights is not None  # the reference ran
-    odd = softmax().attend_sdpa(q, k, v, score_mod=lambda s, b, h, i, j: s * 2)
-    assert odd.weights is not None
-    plain = softmax().attend_sdpa(q, k, v, score_mod=position("alibi", True, 2).score_mod())
+    with pytest.raises(ValueError, match="soft-cap"):
+        softmax(softcap=5.0).attend_sdpa(q, k, v)
+    plain = softmax().attend_sdpa(q, k, v, bias=position("alibi", True, 2).score_bias())
     assert plain.weights is None
 
 
@@ -328,36 +329,33 @@ def test_the_fused_layer_path_gives_no_pattern_but_the_sink_mass(make_lm) -> Non
     attn.heads.attend = counted
     model(torch.randint(0, 31, (2, 8)))
     assert not calls  # attend_sdpa, not the reference attend
-    assert attn.heads.last_sink_mass.shape == (2, 4, 8)
+    with capture(model, ["blocks.0.attn.hook_sink_mass"]) as cache:
+        model(torch.randint(0, 31, (2, 8)))
+    assert not calls and cache["blocks.0.attn.hook_sink_mass"].shape == (2, 4, 8)
     with capture(model, ["blocks.0.attn.hook_pattern"]):
         model(torch.randint(0, 31, (2, 8)))
     assert calls  # weights wanted: the reference
 
 
-def test_a_t5_bias_too_large_to_materialise_goes_to_the_chunked_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_t5_bias_too_large_to_materialise_goes_to_the_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above RELATIVE_BIAS_MAX_ELEMENTS the [H, Tq, Tk] bias of a windowed or KV-cache call is not built: the
-    O(T)-memory chunked path runs. Tq = Tk without a window is banded (O(T) memory) at any length."""
-    pos = position("t5", causal=True)
-    norm = softmax()
+    dispatch table sends it to the O(T)-memory tiles. Tq = Tk without a window is banded (O(T) memory) at any
+    length."""
+    call = dispatch.Call(backend="sdpa", t_q=24, t_k=24, n_heads=N_HEADS, window=5, score_mod=True, bias="relative")
+    assert dispatch.relative_bias_fits(call)
+    assert dispatch.choose(call).path == "sdpa_relative"
+    monkeypatch.setattr(sdpa_relative, "RELATIVE_BIAS_MAX_ELEMENTS", N_HEADS * 20 * 24 - 1)
+    assert not dispatch.relative_bias_fits(call)
+    assert not dispatch.relative_bias_fits(replace(call, t_q=20, window=None))  # KV cache
+    assert dispatch.relative_bias_fits(replace(call, window=None))  # banded
+    monkeypatch.setattr(sdpa_band, "BANDED", False)
+    assert not dispatch.relative_bias_fits(replace(call, window=None))
+    assert dispatch.choose(dispatch.with_kernels(call, False)).path == "chunked"
+    assert dispatch.choose(dispatch.with_kernels(call, True)).path == "native"
+    pos, norm = position("t5", causal=True), softmax()
     q, k, v, d_out = inputs(1, N_HEADS, N_HEADS, 24, 24, 16, torch.float32)
-    assert sv.has_sdpa_form(pos.score_mod(), q, 24, window=5)
-    monkeypatch.setattr(sv, "RELATIVE_BIAS_MAX_ELEMENTS", N_HEADS * 20 * 24 - 1)
-    assert not sv.has_sdpa_form(pos.score_mod(), q, 24, window=5)
-    assert not sv.has_sdpa_form(pos.score_mod(), q[:, :, :20], 24)  # KV cache
-    assert sv.has_sdpa_form(pos.score_mod(), q, 24)  # banded
-    monkeypatch.setattr(sv, "BANDED", False)
-    assert not sv.has_sdpa_form(pos.score_mod(), q, 24)
-    calls: list[int] = []
-    original = type(norm).attend_chunked
-
-    def spy(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(norm), "attend_chunked", spy)
-    got = norm.attend_sdpa(q, k, v, score_mod=pos.score_mod(), causal=True).out
+    got = norm.attend_chunked(q, k, v, score_mod=pos.score_mod(), bias=pos.score_bias(), native=False).out
     want = attend_reference(q, k, v, normaliser=norm, score_mod=pos.score_mod(), causal=True).out
-    assert calls == [1]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     g_got = torch.autograd.grad(got, [q, pos.bias], d_out)
     g_want = torch.autograd.grad(want, [q, pos.bias], d_out)
@@ -373,7 +371,7 @@ def test_the_denormal_setting_of_the_caller_is_restored(flushing: bool) -> None:
         assert sv.flushing_denormals() is flushing
         pos = position("alibi", causal=True)
         q, k, v, _ = inputs(1, N_HEADS, N_HEADS, 9, 9, 16, torch.float32)
-        sv.softmax_sdpa(q, k, v, score_mod=pos.score_mod(), causal=True).sum().backward()
+        sv.softmax_sdpa(q, k, v, bias=pos.score_bias(), causal=True).sum().backward()
         assert sv.flushing_denormals() is flushing
     finally:
         torch.set_flush_denormal(False)
@@ -393,20 +391,20 @@ def test_banded_relative_bias_equals_the_dense_bias(causal: bool, t: int, h_kv: 
     """The banded T5 path (far keys through a shifted causal flash call, the band through the flash op on
     overlapping key windows, table gradient from the band's dS and the far sides' mass) equals the dense bias:
     outputs and the gradients of q, k, v and the table, with far keys on one or both sides."""
-    monkeypatch.setattr(sv, "BAND_QUERIES", 4)  # many blocks and edge blocks at small T
-    monkeypatch.setattr(sv, "BAND_CALL_BLOCKS", 3)  # the band's flash calls split into runs of blocks
+    monkeypatch.setattr(sdpa_band, "BAND_QUERIES", 4)  # many blocks and edge blocks at small T
+    monkeypatch.setattr(sdpa_band, "BAND_CALL_BLOCKS", 3)  # the band's flash calls split into runs of blocks
     bucket = small_buckets(not causal)
     table = torch.randn(8, N_HEADS, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     table.requires_grad_()
     q, k, v, d_out = inputs(2, N_HEADS, h_kv, t, t, 8, torch.float64)
-    plan = sv._BandPlan(bucket, t, causal, 0.3, q.device)
+    plan = sdpa_band.BandPlan(bucket, t, causal, 0.3, q.device)
     if t > 6:
         assert plan.bucket_left is not None and (causal or plan.bucket_right is not None)
 
     def dense() -> torch.Tensor:
         r = torch.arange(t)[None, :] - torch.arange(t)[:, None]
         bias = table[bucket(r)].permute(2, 0, 1)  # [H, T, T]
-        kk, vv = (sv.repeat_kv(x, N_HEADS // h_kv) for x in (k, v))
+        kk, vv = (repeat_kv(x, N_HEADS // h_kv) for x in (k, v))
         s = (q @ kk.transpose(-1, -2)) * 0.3 + bias
         if causal:
             s = s.masked_fill(r > 0, float("-inf"))
@@ -423,7 +421,7 @@ def test_banded_relative_bias_equals_the_dense_bias(causal: bool, t: int, h_kv: 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_banded_relative_bias_gradcheck_and_bf16(causal: bool, monkeypatch) -> None:
-    monkeypatch.setattr(sv, "BAND_QUERIES", 4)
+    monkeypatch.setattr(sdpa_band, "BAND_QUERIES", 4)
     bucket = small_buckets(not causal)
     table = torch.randn(8, 2, dtype=torch.float64, requires_grad=True)
     q, k, v, _ = inputs(1, 2, 1, 15, 15, 4, torch.float64)
@@ -431,7 +429,7 @@ def test_banded_relative_bias_gradcheck_and_bf16(causal: bool, monkeypatch) -> N
     assert torch.autograd.gradcheck(fn, (q, k, v, table))
     qb, kb, vb = (x.detach().bfloat16() for x in (q, k, v))
     out = sv.relative_bias_sdpa(qb, kb, vb, table.detach().bfloat16(), bucket, causal=causal)
-    monkeypatch.setattr(sv, "BANDED", False)
+    monkeypatch.setattr(sdpa_band, "BANDED", False)
     ref = sv.relative_bias_sdpa(q, k, v, table, bucket, causal=causal)
     assert out.dtype == torch.bfloat16
     assert_relative(out, ref, 3e-2, "bf16 output")

@@ -11,7 +11,7 @@ GPU, the tests here skip and say so.
 Shapes are small and odd (T = 1, 7, 33, 70), with tiles of 16 so that every call has several query blocks and
 key tiles, partly masked tiles, padding rows and columns, and (with a window) tiles some rows see nothing of.
 
-Bounds: ``attnlab.attention.fast.triton.check.compare`` (the comparison itself, which a GPU's check runs too)
+Bounds: ``attnlab.benchmarks.triton_check.compare`` (the comparison itself, which a GPU's check runs too)
 derives them from the dtype, the reduction lengths and the rule.
 """
 
@@ -33,12 +33,12 @@ from attnlab.attention.fast.chunked import PointwiseRule, SoftmaxRule
 from attnlab.attention.fast.triton import (
     attend_triton,
     available,
-    check,
     default_block,
     kernel_spec,
     supports,
     triton_attention,
 )
+from attnlab.benchmarks import triton_check as check
 
 # not imported here: triton must see TRITON_INTERPRET=1 when it is first imported (the ``kernels`` fixture)
 pytestmark = pytest.mark.skipif(
@@ -204,7 +204,7 @@ def test_lssa_scores_are_cosines_whatever_the_norms(kernels: ModuleType) -> None
 def test_compiled_kernels_match_reference_on_cuda() -> None:
     """On a GPU: the compiled kernels (a process without TRITON_INTERPRET) through ``check``'s command."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "attnlab.attention.fast.triton.check", "--device", "cuda"]
+    command = [sys.executable, "-m", "attnlab.benchmarks.triton_check", "--device", "cuda"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

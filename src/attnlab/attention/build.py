@@ -1,37 +1,37 @@
 """``build_attention``: an ``AttentionConfig`` and a site → an attention module.
 
 The module composes the four axes: heads project q, k, v; the position encoding rotates q, k or
-modifies scores; the normaliser turns scores into weights; the backend computes it. Fused backends
-never return weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the layer
-falls back to the reference (as transformers falls back to eager attention for ``output_attentions``).
-On backend auto, a sliding window much shorter than the keys runs on the normaliser's chunked path on CPU
-(``window_goes_chunked``): SDPA would materialise the [Tq, Tk] mask and compute every tile. Softmax with
-soft-capping, ALiBi or T5 runs on the compiled CPU kernels on backend auto (``native_auto``), when they build.
+modifies scores; the normaliser turns scores into weights; a path computes it. Which path is decided in one
+place, ``attnlab.attention.dispatch``: ``Attention.forward`` describes its call once (``describe``), asks
+``dispatch.choose`` and runs the path it names (``run_path``); each path only computes. Fused paths never return
+weights, so whenever a hook reads ``hook_attn_scores`` or ``hook_pattern`` the table sends the layer to a path
+that does (as transformers falls back to eager attention for ``output_attentions``).
 
 Extension points, each optional, found by duck typing so the module never names a mechanism:
 
 - ``heads.rotate(position, q, k, positions)``: a heads module that rotates only part of q, k (MLA's
   decoupled RoPE key) does it itself;
-- ``heads.extend_cache(cache, k, v) -> (k_all, v_all)``: heads that cache something other than k and v
-  (MLA / CLLA keep the latent) store it in the ``LayerKVCache`` and rebuild the full keys and values;
+- ``heads.project(x, context) -> Projection``: q, k, v and, in ``Projection.latent``, whatever the heads'
+  ``extend_cache(cache, k, v, latent) -> (k_all, v_all)`` needs (MLA / CLLA keep the latent in the
+  ``LayerKVCache`` and rebuild the full keys and values);
 - ``heads.attend(q, k, v, *, normaliser, score_mod, causal, scale, window) -> AttnOutput``: heads that
   change the attention computation itself (differential pairs, talking heads, sink tokens);
-  ``heads.attend_sdpa(...)`` (same signature): their fused form, used instead on backend auto / sdpa when no
-  hook reads the weights;
+  ``heads.attend_sdpa(q, k, v, *, normaliser, bias, causal, scale, window)``: their fused form (path
+  ``heads_sdpa``); a heads module's own hook points (MoH's gate, MLA's latent, the sink mass) are hoisted to the
+  layer's names;
 - ``normaliser.attend(...)``: same signature, for mechanisms whose weights are not a function of q·k
   scores (kernel / linear attention: the quadratic reference);
 - ``normaliser.attend_<backend>(...)``: a fast path declared in the normaliser's capability ``backends``
-  (``chunked``, ``recurrent``), returning an AttnOutput whose scores and weights may be None;
-  ``attend_sdpa`` is called on backend auto / sdpa when there is a score_mod (softmax: ALiBi, T5 via SDPA);
-- ``normaliser.native_auto(score_mod) -> bool``: backend auto on CPU calls ``attend_chunked`` instead (softmax's
-  soft-capping, ALiBi and T5 on the compiled kernels of ``attnlab.attention.fast.native``);
-- ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position encoding that owns
-  the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal orders); q, k
-  arrive unrotated and ``start`` is the absolute position of the first query.
+  (``chunked``, ``recurrent``, ``fft``, ``flex``, ``sdpa``), returning an AttnOutput whose scores and weights may
+  be None; score normalisers computed in tiles derive from ``TiledNormaliser``;
+- ``position.score_bias()``: the score_mod's bias as a typed value (``attnlab.types``) for the paths that apply
+  it themselves; ``position.attend(q, k, v, *, x, start, normaliser, causal, scale, window)``: a position
+  encoding that owns the computation and reads the layer input ``x`` (2D-TPE's per-head router over traversal
+  orders); q, k arrive unrotated and ``start`` is the absolute position of the first query.
 - ``cache.extend_rotated(position, q, k, v) -> (q, k_all, v_all)``: a KV cache that keeps keys *before*
-  rotation and chooses every key's position itself (StreamingLLM's positions within an evicted cache,
-  ``attnlab.lens.kv_eviction``) appends the new k, v and returns the rotated queries and all rotated keys;
-  the default ``LayerKVCache`` has no such method and caches keys after rotation.
+  rotation and chooses every key's position itself (StreamingLLM's positions within an evicted cache)
+  appends the new k, v and returns the rotated queries and all rotated keys; the default ``LayerKVCache`` has
+  no such method and caches keys after rotation.
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.attention import dispatch
 from attnlab.attention.config import AttentionConfig, AttentionSite
 from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, build_mask, repeat_kv
+from attnlab.attention.fast import native
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
-from attnlab.model.hooks import HookPoint
+from attnlab.attention.normalisers.tiled import TiledNormaliser
+from attnlab.hook_points import HookPoint
 from attnlab.position import POSITIONS
 from attnlab.position.base import NoPE, PositionEncoding
+from attnlab.types import AlibiBias, PositionBias, RelativeBias
 
 
 class LayerKVCache:
@@ -122,6 +126,7 @@ class Attention(nn.Module):
         norm_name = cfg.normaliser_at(site)
         norm = NORMALISERS.entry(norm_name)
         norm_args = cfg.normaliser_args if norm_name == cfg.normaliser else {}
+        self.normaliser_name = norm_name
         self.normaliser = norm.factory(norm.params.model_validate(norm_args), site)
         # an instance may opt out of its entry's sdpa backend (softmax with soft-capping, which SDPA cannot apply)
         self.sdpa_ok = "sdpa" in norm.capabilities.backends and getattr(self.normaliser, "sdpa_ok", True)
@@ -143,61 +148,109 @@ class Attention(nn.Module):
     def wants_weights(self) -> bool:
         return self.hook_attn_scores.active or self.hook_pattern.active
 
-    def use_fused(self) -> bool:
-        if self.cfg.backend not in ("auto", "sdpa") or not self.sdpa_ok or self.wants_weights():
-            return False
-        return self.position.score_mod() is None and not hasattr(self.heads, "attend")
-
-    def window_goes_chunked(self, k: Tensor) -> bool:
-        """Backend auto, fused softmax, a sliding window and a CPU tensor with at least ``WINDOW_CHUNKED_KEYS``
-        windows of keys: the chunked path (it skips the tiles outside the window: O(T·window) time and memory)
-        instead of SDPA with a materialised [Tq, Tk] mask (measured at T = 2048, window 256: 0.9× plain causal
-        SDPA's time instead of 2.1×, and at T = 8192 0.9× its memory instead of 4.2×)."""
-        window = self.cfg.window
-        return (
-            self.cfg.backend == "auto"
-            and window is not None
-            and k.device.type == "cpu"
-            and k.shape[2] >= WINDOW_CHUNKED_KEYS * window
-            and hasattr(self.normaliser, "attend_chunked")
-            and self.use_fused()
+    def describe(
+        self,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        t_q: int,
+        t_k: int,
+        score_mod: ScoreMod | None,
+        bias: PositionBias | None,
+    ) -> dispatch.Call:
+        """This layer's call as the dispatch table reads it (see ``attnlab.attention.dispatch.Call``)."""
+        norm, backend = self.normaliser, self.cfg.backend
+        n_heads = self.site.n_heads
+        tile_rule = isinstance(norm, TiledNormaliser)
+        native_rule = tile_rule and native.covers(
+            norm.chunked_rule(),
+            device=device,
+            dtype=dtype,
+            n_heads=n_heads,
+            score_mod=score_mod is not None,
+            bias=bias,
+            qk_norm=norm.normalises_in_kernel(),
         )
-
-    def native_auto(self, q: Tensor, score_mod: ScoreMod | None) -> bool:
-        """Backend auto on CPU, no hook reading the weights, and a normaliser whose variant the compiled kernels
-        run faster than its SDPA form or reference (softmax with soft-capping, ALiBi or T5: ``native_auto``)."""
-        return (
-            self.cfg.backend == "auto"
-            and q.device.type == "cpu"
-            and not self.wants_weights()
-            and hasattr(self.normaliser, "native_auto")
-            and self.normaliser.native_auto(score_mod)
-        )
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> AttnOutput:
-        """Dispatch to the computation this layer's entries declare (see the module docstring)."""
-        kwargs = dict(
-            normaliser=self.normaliser,
-            score_mod=self.position.score_mod(),
-            causal=causal,
-            scale=scale,
+        kind = "alibi" if isinstance(bias, AlibiBias) else "relative" if isinstance(bias, RelativeBias) else None
+        return dispatch.Call(
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            t_q=t_q,
+            t_k=t_k,
+            n_heads=n_heads,
+            causal=self.site.causal and not self.site.cross,
+            cross=self.site.cross,
             window=self.cfg.window,
+            wants_weights=self.wants_weights(),
+            normaliser=self.normaliser_name,
+            sdpa_ok=self.sdpa_ok,
+            sdpa_forms=hasattr(norm, "attend_sdpa"),
+            softcap=getattr(norm, "softcap", None) is not None,
+            tile_rule=tile_rule,
+            native_rule=native_rule,
+            normaliser_attends=hasattr(norm, "attend"),
+            backend_method=hasattr(norm, f"attend_{backend}"),
+            heads_attend=hasattr(self.heads, "attend"),
+            heads_sdpa=hasattr(self.heads, "attend_sdpa"),
+            position_attends=hasattr(self.position, "attend"),
+            score_mod=score_mod is not None,
+            bias=kind,
+            native_available=native.available,
         )
-        fused = self.cfg.backend in ("auto", "sdpa") and self.sdpa_ok and not self.wants_weights()
-        if hasattr(self.heads, "attend"):
-            if fused and hasattr(self.heads, "attend_sdpa"):  # e.g. sinks as SDPA over [sinks ⧺ keys]
-                return self.heads.attend_sdpa(q, k, v, **kwargs)
-            return self.heads.attend(q, k, v, **kwargs)
-        if self.native_auto(q, kwargs["score_mod"]):  # soft-capping, ALiBi, T5 on CPU: the compiled kernels
-            return self.normaliser.attend_chunked(q, k, v, **kwargs)
-        if fused and kwargs["score_mod"] is not None and hasattr(self.normaliser, "attend_sdpa"):
-            return self.normaliser.attend_sdpa(q, k, v, **kwargs)  # exact SDPA forms of ALiBi / T5
-        backend = self.cfg.backend
-        if backend not in ("auto", "reference", "sdpa") and not self.wants_weights():
-            return getattr(self.normaliser, f"attend_{backend}")(q, k, v, **kwargs)
-        if hasattr(self.normaliser, "attend"):
-            return self.normaliser.attend(q, k, v, **kwargs)
-        return attend_reference(q, k, v, **kwargs)
+
+    def choose_path(
+        self, *, t_q: int, t_k: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> dispatch.Choice:
+        """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq)."""
+        call = self.describe(
+            device=device,
+            dtype=dtype,
+            t_q=t_q,
+            t_k=t_q if t_k is None else t_k,
+            score_mod=self.position.score_mod(),
+            bias=self.position.score_bias(),
+        )
+        return dispatch.choose(call)
+
+    def run_path(
+        self,
+        path: str,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        x: Tensor,
+        start: int,
+        raw_qk: tuple[Tensor, Tensor],
+        causal: bool,
+        scale: float | None,
+        score_mod: ScoreMod | None,
+        bias: PositionBias | None,
+    ) -> AttnOutput:
+        """Attention on ``path`` (``dispatch.choose``'s choice: each path serves the calls it is chosen for)."""
+        norm, window = self.normaliser, self.cfg.window
+        common = dict(normaliser=norm, causal=causal, scale=scale, window=window)
+        if path == "position":
+            return self.position.attend(q, k, v, x=x, start=start, **common)
+        if path == "sdpa":
+            return AttnOutput(sdpa(q, k, v, causal=causal, scale=scale, window=window), None, None)
+        if path in ("sdpa_alibi", "sdpa_relative"):
+            return norm.attend_sdpa(q, k, v, bias=bias, **common)
+        if path in ("native", "chunked"):
+            tiles = dict(score_mod=score_mod, bias=bias, raw_qk=raw_qk, native=path == "native")
+            return norm.attend_chunked(q, k, v, **common, **tiles)
+        if path == "heads_sdpa":
+            return self.heads.attend_sdpa(q, k, v, bias=bias, **common)
+        if path == "heads":
+            return self.heads.attend(q, k, v, score_mod=score_mod, **common)
+        if path in ("flex", "kernel_chunked", "recurrent", "fft"):
+            return getattr(norm, f"attend_{self.cfg.backend}")(q, k, v, score_mod=score_mod, **common)
+        if path == "normaliser":
+            return norm.attend(q, k, v, score_mod=score_mod, **common)
+        if path == "reference":
+            return attend_reference(q, k, v, score_mod=score_mod, **common)
+        raise ValueError(f"path={path!r}: unknown (allowed: {', '.join(dispatch.PATHS)})")
 
     def output_from_pattern(self, weights: Tensor, v: Tensor) -> Tensor:
         """``z = weights @ v`` for a pattern a ``hook_pattern`` hook replaced (ACT, pattern patching).
@@ -218,8 +271,8 @@ class Attention(nn.Module):
         """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention."""
         if self.site.cross and context is None:
             raise ValueError("cross-attention needs a context tensor [B, S, D]")
-        q, k, v = self.heads.project(x, context)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        projection = self.heads.project(x, context)
+        q, k, v = self.hook_q(projection.q), self.hook_k(projection.k), self.hook_v(projection.v)
         start = cache.length if (cache is not None and not self.site.cross) else 0
         if cache is not None and not self.site.cross and hasattr(cache, "extend_rotated"):
             # the cache rotates: q at the positions it assigns, and every cached key (hook_rot_k sees them all)
@@ -234,50 +287,33 @@ class Attention(nn.Module):
             q, k = self.hook_rot_q(q), self.hook_rot_k(k)
             if cache is not None and not self.site.cross:
                 if hasattr(self.heads, "extend_cache"):
-                    k, v = self.heads.extend_cache(cache, k, v)
+                    k, v = self.heads.extend_cache(cache, k, v, projection.latent)
                 else:
                     k, v = cache.append(k, v)
+        raw_qk = (q, k)  # before prepare: the tiles of LSSA normalise these themselves
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
+        score_mod, bias = self.position.score_mod(), self.position.score_bias()
+        call = self.describe(
+            device=q.device.type, dtype=q.dtype, t_q=q.shape[2], t_k=k.shape[2], score_mod=score_mod, bias=bias
+        )
+        path = dispatch.choose(call).path
         causal = self.site.causal and not self.site.cross
-        if hasattr(self.position, "attend"):
-            # A position that owns the computation (2D-TPE: two traversal orders mixed by a router reading the
-            # layer input). Its rotate() is the identity, so q, k and the cache hold unrotated vectors.
-            res = self.position.attend(
-                q,
-                k,
-                v,
-                x=x,
-                start=start,
-                normaliser=self.normaliser,
-                causal=causal,
-                scale=scale,
-                window=self.cfg.window,
-            )
+        res = self.run_path(
+            path, q, k, v, x=x, start=start, raw_qk=raw_qk, causal=causal, scale=scale, score_mod=score_mod, bias=bias
+        )
+        z = res.out
+        if path == "position":  # a position's own computation shows its pattern; edits reach hook_z only
             if res.weights is not None:
                 self.hook_pattern(res.weights)
-            return self.heads.combine(self.hook_z(res.out), x)
-        if self.window_goes_chunked(k):
-            z = self.normaliser.attend_chunked(
-                q, k, v, normaliser=self.normaliser, causal=causal, scale=scale, window=self.cfg.window
-            ).out
-        elif self.use_fused():
-            z = sdpa(q, k, v, causal=causal, scale=scale, window=self.cfg.window)
         else:
-            res = self.attend(q, k, v, causal, scale)
             if res.scores is not None:
                 self.hook_attn_scores(res.scores)
-            z = res.out
             if res.weights is not None:
                 weights = self.hook_pattern(res.weights)
                 if weights is not res.weights:  # a hook replaced the pattern: the output must follow it
                     z = self.output_from_pattern(weights, v)
         z = self.hook_z(z)  # [B, H, T, d]
         return self.heads.combine(z, x)
-
-
-WINDOW_CHUNKED_KEYS = (
-    4  # backend auto on CPU: a window of w keys runs chunked from 4·w keys on (see window_goes_chunked)
-)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None, window: int | None = None) -> Tensor:

@@ -13,8 +13,25 @@ from attnlab.attention.normalisers import NORMALISERS
 from attnlab.config import StrictModel, validate_args
 from attnlab.errors import ConfigError
 from attnlab.position import POSITIONS
+from attnlab.types import LatentKV
 
 GENERIC_BACKENDS = ("auto", "reference")
+
+
+@dataclass
+class LayerShare:
+    """What the layers of one model hand each other (CLLA: the latent KV of a group of layers, by group index).
+
+    ``latents``: the first layer's latent of the tokens of the current forward pass, read by the group's later
+    layers; ``cached``: during cached decoding, the latent of every cached token. The group's last reader removes
+    its entry, so nothing outlives a pass (an empty share is falsy).
+    """
+
+    latents: dict[int, LatentKV] = field(default_factory=dict)
+    cached: dict[int, LatentKV] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.latents or self.cached)
 
 
 @dataclass(frozen=True)
@@ -28,9 +45,9 @@ class AttentionSite:
     layer_idx: int = 0
     n_layers: int = 1
     seq_len: int | None = None  # training length: sigmoid's −log n, clipped softmax's α/T, learned tables
-    # One dict per model, the same object in every layer's site: where cross-layer mechanisms (CLLA's shared
+    # One per model, the same object in every layer's site: where cross-layer mechanisms (CLLA's shared
     # latent KV) meet. Not part of the site's identity.
-    shared: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    shared: LayerShare = field(default_factory=LayerShare, compare=False, hash=False, repr=False)
 
     @property
     def d_head(self) -> int:

@@ -11,26 +11,12 @@ Layout at every attention boundary: ``[B, H, T, D]``. When there are fewer queri
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
-
 import torch
 from torch import Tensor
 
-from attnlab.common import ScoreMod, compute_dtype
+from attnlab.types import AttnOutput, Normaliser, ScoreMod, compute_dtype, repeat_kv
 
-__all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype"]
-
-
-class AttnOutput(NamedTuple):
-    out: Tensor  # [B, H, Tq, Dv]
-    scores: Tensor | None  # [B, H, Tq, Tk] before the normaliser, -inf where masked (None on fused paths)
-    weights: Tensor | None  # [B, H, Tq, Tk] after it; may be negative (signed) or not sum to 1
-
-
-class Normaliser(Protocol):
-    """Scores → weights. ``mask`` is boolean, True where a key is visible, broadcastable to scores."""
-
-    def __call__(self, scores: Tensor, mask: Tensor | None) -> Tensor: ...
+__all__ = ["AttnOutput", "Normaliser", "ScoreMod", "attend_reference", "compute_dtype", "repeat_kv"]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None, window: int | None = None) -> Tensor:
@@ -66,13 +52,6 @@ def visible_counts(mask: Tensor | None, t_k: int, like: Tensor) -> Tensor:
     return mask.sum(-1, keepdim=True).to(like.dtype)
 
 
-def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """[B, Hkv, T, D] → [B, Hkv * n_rep, T, D]; query head h uses key/value head h // n_rep (GQA)."""
-    if n_rep == 1:
-        return x
-    return x.repeat_interleave(n_rep, dim=1)
-
-
 def index_grids(b: int, h: int, t_q: int, t_k: int, device: torch.device) -> tuple[Tensor, ...]:
     """Broadcastable (b, h, q_idx, kv_idx) index tensors for a score_mod over [B, H, Tq, Tk]."""
     offset = t_k - t_q
@@ -87,6 +66,17 @@ def index_grids(b: int, h: int, t_q: int, t_k: int, device: torch.device) -> tup
 def apply_score_mod(scores: Tensor, score_mod: ScoreMod) -> Tensor:
     b, h, t_q, t_k = scores.shape
     return score_mod(scores, *index_grids(b, h, t_q, t_k, scores.device))
+
+
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, causal: bool, same_kv_heads: bool = False) -> None:
+    """The shape contract of every attention path, as one-line errors: [B, H, T, D] tensors, query heads a
+    multiple of key/value heads (``same_kv_heads``: and as many value heads as key heads), Tq ≤ Tk when causal."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] != 0 or (same_kv_heads and k.shape[1] != v.shape[1]):
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
 
 
 def attend_reference(
@@ -106,13 +96,8 @@ def attend_reference(
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_qkv(q, k, v, causal)
     n_q_heads, n_kv_heads = q.shape[1], k.shape[1]
-    if n_q_heads % n_kv_heads != 0:
-        raise ValueError(f"query heads ({n_q_heads}) must be a multiple of key/value heads ({n_kv_heads})")
-    if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
     k = repeat_kv(k, n_q_heads // n_kv_heads)
     v = repeat_kv(v, n_q_heads // n_kv_heads)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -30,7 +30,8 @@ def parse_attention(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError("attention", text, f"not JSON ({err.msg} at column {err.colno})", '{"normaliser": "sigmoid"}')
+        problem = f"not JSON ({err.msg} at column {err.colno})"
+        raise ConfigError("attention", text, problem, '{"normaliser": "sigmoid"}') from None
     if not isinstance(value, dict):
         raise ConfigError("attention", text, "not a JSON object", '{"normaliser": "sigmoid", "position": "alibi"}')
     return value

@@ -11,6 +11,7 @@ import typer
 
 from attnlab.cli.data import data_app
 from attnlab.cli.experiments import experiments_app
+from attnlab.cli.explain import explain_app
 from attnlab.cli.inspect import inspect_app
 from attnlab.cli.intervene import intervene_app
 from attnlab.cli.speed import speed_app
@@ -20,6 +21,7 @@ from attnlab.cli.zoo import zoo_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention mechanisms.")
 
 app.add_typer(zoo_app)  # zoo, docs
+app.add_typer(explain_app)  # explain
 app.add_typer(sweeps_app)  # run, demo, presets, leaderboard, report, export
 app.add_typer(inspect_app)  # inspect
 app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")

@@ -26,15 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, KVCache, LayerKVCache, build_attention, build_input_position
+from attnlab.attention.config import LayerShare
+from attnlab.hook_points import HookPoint
 from attnlab.model.config import ModelConfig
-from attnlab.model.hooks import HookPoint
 from attnlab.model.transformer import MLP, Block, TransformerLM, embed_positions, make_norm
 
 
 class DecoderBlock(nn.Module):
     """x ← x + SelfAttn(LN(x)); x ← x + CrossAttn(LN(x), memory); x ← x + MLP(LN(x)) (pre-norm)."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, shared: dict, cross_shared: dict):
+    def __init__(self, cfg: ModelConfig, layer: int, shared: LayerShare, cross_shared: LayerShare):
         super().__init__()
         self.ln1 = make_norm(cfg.norm, cfg.d_model)
         self.attn: Attention = build_attention(
@@ -82,10 +83,8 @@ class EncoderDecoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = build_input_position(cfg.attention, cfg.site(0))  # absolute encodings only, else None
         self.dec_pos = build_input_position(cfg.attention, cfg.decoder_site(0))
-        # One shared dict per stack (see AttentionSite.shared); cross layers get their own.
-        enc_shared: dict = {}
-        dec_shared: dict = {}
-        cross_shared: dict = {}
+        # One share per stack (see AttentionSite.shared); cross layers get their own.
+        enc_shared, dec_shared, cross_shared = LayerShare(), LayerShare(), LayerShare()
         self.encoder = nn.ModuleList(Block(cfg, layer, enc_shared) for layer in range(cfg.n_layers))
         self.ln_enc = make_norm(cfg.norm, cfg.d_model)
         self.decoder = nn.ModuleList(

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, KVCache, build_attention, build_input_position
+from attnlab.attention.config import LayerShare
 from attnlab.errors import ConfigError
+from attnlab.hook_points import HookPoint
 from attnlab.model.config import ModelConfig
-from attnlab.model.hooks import HookPoint
 from attnlab.position.base import PositionEncoding
 
 
@@ -57,7 +58,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, shared: dict | None = None):
+    def __init__(self, cfg: ModelConfig, layer: int, shared: LayerShare | None = None):
         super().__init__()
         self.ln1 = make_norm(cfg.norm, cfg.d_model)
         site = cfg.site(layer) if shared is None else dataclasses.replace(cfg.site(layer), shared=shared)
@@ -110,7 +111,7 @@ class TransformerLM(CausalLM):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = build_input_position(cfg.attention, cfg.site(0))  # absolute encodings only, else None
-        shared: dict = {}  # one per model: cross-layer mechanisms meet here (see AttentionSite.shared)
+        shared = LayerShare()  # one per model: cross-layer mechanisms meet here (see AttentionSite.shared)
         self.blocks = nn.ModuleList(Block(cfg, layer, shared) for layer in range(cfg.n_layers))
         self.ln_f = make_norm(cfg.norm, cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

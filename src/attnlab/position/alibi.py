@@ -6,27 +6,20 @@ arXiv:2108.12409).
 For H not a power of two: n = 2^⌊log₂ H⌋, slopes(n) followed by every other slope of slopes(2n), up to H
 (the authors' fairseq code). Non-causal attention uses the symmetric bias −m_h · |i − j|.
 
-The score_mod carries ``sdpa_form`` (an ``AlibiForm``: the slopes and whether the bias is symmetric), from which
-``attnlab.attention.fast.sdpa_variants`` applies the same bias inside PyTorch's fused SDPA kernel.
+``score_bias()`` hands the same bias over as data (``attnlab.types.AlibiBias``: the slopes and whether it is symmetric),
+from which ``attnlab.attention.fast.sdpa`` applies it inside PyTorch's fused SDPA kernel and
+``attnlab.attention.fast.native`` inside the compiled CPU kernels.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from attnlab.common import ScoreMod
 from attnlab.position.base import POSITIONS, NoParams, PositionEncoding
-
-
-class AlibiForm(NamedTuple):
-    """ALiBi as data, for paths that apply it themselves: bias −m_h·(i − j), or −m_h·|i − j| if ``symmetric``."""
-
-    slopes: Tensor  # [H]
-    symmetric: bool
+from attnlab.types import AlibiBias, ScoreMod
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
@@ -65,5 +58,7 @@ class ALiBi(PositionEncoding):
                 distance = distance.abs()
             return score - slopes.to(score.dtype)[h] * distance.to(score.dtype)
 
-        alibi.sdpa_form = AlibiForm(slopes, not causal)  # type: ignore[attr-defined]
         return alibi
+
+    def score_bias(self) -> AlibiBias:
+        return AlibiBias(self.slopes, not self.causal)

@@ -39,10 +39,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.common import compute_dtype
 from attnlab.position._training_length import training_length
 from attnlab.position.base import POSITIONS, PositionEncoding
 from attnlab.position.rope import rope_inv_freq
+from attnlab.types import compute_dtype
 
 
 class FoPEParams(BaseModel):

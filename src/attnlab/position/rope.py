@@ -14,8 +14,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from attnlab.common import compute_dtype
 from attnlab.position.base import POSITIONS, PositionEncoding
+from attnlab.types import compute_dtype
 
 
 class RoPEParams(BaseModel):

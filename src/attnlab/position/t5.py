@@ -20,36 +20,28 @@ the scaled scores; T5 computes the bias in the first layer and reuses it in ever
 its own table (initialised N(0, d_model^{−1/2}) as in HF). The bias depends on j − i only, so KV-cache decoding
 is exact; it is relative, so cross-attention is not supported.
 
-The score_mod carries ``sdpa_form`` (a ``RelativeBiasForm``: the table and the bucket function), from which
-``attnlab.attention.fast.sdpa_variants`` runs the bias through PyTorch's fused SDPA kernel with the table's gradient.
+``score_bias()`` hands the same bias over as data (``attnlab.types.RelativeBias``: the table and the bucket function),
+from which ``attnlab.attention.fast.sdpa`` runs it through PyTorch's fused SDPA kernel with the table's gradient
+and ``attnlab.attention.fast.native`` through the compiled CPU kernels.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.common import ScoreMod
 from attnlab.position.base import POSITIONS, PositionEncoding
+from attnlab.types import RelativeBias, ScoreMod
 
 
 class T5Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_buckets: int = Field(32, ge=2)
     max_distance: int = Field(128, ge=2)
-
-
-class RelativeBiasForm(NamedTuple):
-    """A learned bias of the relative position as data: s_ij += table[bucket(j − i), h]."""
-
-    table: Tensor  # [num_buckets, H]
-    bucket: Callable[[Tensor], Tensor]  # relative positions j − i (long) → bucket indices (long)
 
 
 def relative_position_bucket(
@@ -97,11 +89,13 @@ class T5RelativeBias(PositionEncoding):
             bucket = relative_position_bucket(kv_idx - q_idx, bidirectional, num_buckets, max_distance)
             return score + table[bucket, h].to(score.dtype)
 
+        return t5_bias
+
+    def score_bias(self) -> RelativeBias:
         bucket_of = functools.partial(
             relative_position_bucket,
-            bidirectional=bidirectional,
-            num_buckets=num_buckets,
-            max_distance=max_distance,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
         )
-        t5_bias.sdpa_form = RelativeBiasForm(table, bucket_of)  # type: ignore[attr-defined]
-        return t5_bias
+        return RelativeBias(self.bias, bucket_of)

@@ -50,19 +50,16 @@ pairing is not meaningful (config-time rejection belongs in ``AttentionConfig.ch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.common import compute_dtype
 from attnlab.position.base import POSITIONS, PositionEncoding
 from attnlab.position.rope import apply_rotary, rope_angles, rope_inv_freq
-
-if TYPE_CHECKING:
-    from attnlab.attention.core import AttnOutput, Normaliser
+from attnlab.types import AttnOutput, Normaliser, compute_dtype, repeat_kv
 
 ROUTER_EXPANSION = 4  # hidden size 4d (W1, W2 ∈ R^{4d×d}): the paper's description; the released code omits it
 
@@ -162,8 +159,6 @@ class TablePositions2D(PositionEncoding):
     ) -> AttnOutput:
         """Σ_j r_j · attention(RoPE at p_j, mask) over j ∈ (row, col). q [B, H, T, d]; k, v [B, Hkv, S, d], the keys
         at positions 0 … S − 1 (with a cache) and the queries at start … start + T − 1."""
-        from attnlab.attention.core import AttnOutput, repeat_kv
-
         if hasattr(normaliser, "attend"):  # kernel attention: q, k arrive feature-mapped, there are no q·k scores
             raise ValueError("tpe2d computes q·k scores itself; it cannot host a kernel-attention normaliser")
         dtype = compute_dtype(q)

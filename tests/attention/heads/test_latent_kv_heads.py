@@ -220,8 +220,10 @@ def test_int4_codes_pack_two_per_byte_and_unpack_exactly() -> None:
     assert torch.equal(dequantise(codes, scale), fake_quantise(x, 4))
 
 
-def test_extend_cache_without_the_latent_of_the_same_forward_raises() -> None:
+def test_extend_cache_with_the_latent_of_other_tokens_raises() -> None:
+    """project() returns the new tokens' latent; extend_cache refuses one computed for a different number of tokens."""
     mla = mla_module(kv_rank=6)
+    projection = mla.heads.project(torch.zeros(1, 3, 16, dtype=torch.float64))
     k = torch.zeros(1, 4, 2, 8, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="latent of the 2 new tokens"):
-        mla.heads.extend_cache(LayerKVCache(), k, k)
+    with pytest.raises(ValueError, match="latent of 3 tokens for 2 new keys"):
+        mla.heads.extend_cache(LayerKVCache(), k, k, projection.latent)

@@ -21,20 +21,20 @@ def test_zero_sink_values_scale_each_head_output_by_one_minus_the_sink_mass() ->
     mha = build_attention(AttentionConfig(heads="mha", position="rope"), SITE).double()
     mha.load_state_dict(sinks.state_dict(), strict=False)
     x = torch.randn(2, 6, 16, dtype=torch.float64)
-    with capture(sinks, ["hook_z"]) as z_sinks, capture(mha, ["hook_z"]) as z_mha:
+    with capture(sinks, ["hook_z", "hook_sink_mass"]) as z_sinks, capture(mha, ["hook_z"]) as z_mha:
         sinks(x), mha(x)
-    mass = sinks.heads.last_sink_mass  # [B, H, T]
+    mass = z_sinks["hook_sink_mass"]  # [B, H, T]
     assert (mass > 0).all() and (mass < 1).all()
     torch.testing.assert_close(z_sinks["hook_z"], (1 - mass).unsqueeze(-1) * z_mha["hook_z"], atol=1e-12, rtol=0)
 
 
 def test_the_pattern_is_over_real_keys_and_with_the_sink_mass_sums_to_one(make_lm) -> None:
     model = make_lm(heads="sinks", heads_args={"n_sinks": 2})
-    with capture(model, ["blocks.0.attn.hook_pattern"]) as cache:
+    with capture(model, ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_sink_mass"]) as cache:
         model(torch.randint(0, 31, (2, 8)))
     pattern = cache["blocks.0.attn.hook_pattern"]
     assert pattern.shape == (2, 4, 8, 8)
-    mass = model.blocks[0].attn.heads.last_sink_mass
+    mass = cache["blocks.0.attn.hook_sink_mass"]
     torch.testing.assert_close(pattern.sum(-1) + mass, torch.ones_like(mass))
 
 
@@ -42,7 +42,7 @@ def test_sinks_stay_visible_to_every_query_under_a_sliding_window() -> None:
     """Window 1: each query sees itself and the n sinks; a zero sink logit gives mass n / (n + e^{s_ii})."""
     sinks = sink_module(window=1, n_sinks=2, kind="logit")
     x = torch.randn(2, 6, 16, dtype=torch.float64)
-    with capture(sinks, ["hook_attn_scores"]) as cache:
+    with capture(sinks, ["hook_attn_scores", "hook_sink_mass"]) as cache:
         sinks(x)
     self_scores = cache["hook_attn_scores"].diagonal(dim1=-2, dim2=-1)  # [B, H, T]
-    torch.testing.assert_close(sinks.heads.last_sink_mass, 2 / (2 + self_scores.exp()), atol=1e-12, rtol=0)
+    torch.testing.assert_close(cache["hook_sink_mass"], 2 / (2 + self_scores.exp()), atol=1e-12, rtol=0)

@@ -22,9 +22,9 @@ shape (the first one costs ~20 s, later ones a few seconds) and keeps them all (
 for these calls, so a sweep over lengths never falls back to the uncompiled, dense flex). Block masks are
 cached per (Tq, Tk, causal, window). Without a C++ compiler, ``compiled_flex`` raises a one-line error.
 
-Falls back to the chunked softmax (same mathematics, no compilation) when flex cannot run the call: float64
-(gradcheck), fewer queries than keys (KV-cache decoding, where one query row is cheap anyway), or a non-CPU /
-non-CUDA device.
+Flex cannot run float64 (gradcheck), fewer queries than keys (KV-cache decoding, where one query row is cheap
+anyway) or a non-CPU / non-CUDA device (``runs_on``): there the dispatch table chooses the chunked softmax (same
+mathematics, no compilation), and ``flex_softmax`` (for direct callers) does the same.
 
 Sinks (``attend_with_sinks``): gpt-oss's per-head sink logits ℓ and learned sink key/value pairs (σ_k, σ_v)
 are merged exactly with the logsumexp L of the real keys: with S = logsumexp of the sink scores and
@@ -49,7 +49,7 @@ from attnlab.attention.fast.chunked import (
     chunked_attention,
     make_options,
 )
-from attnlab.common import ScoreMod
+from attnlab.types import ScoreMod
 
 RECOMPILE_LIMIT = 512  # variants × lengths × dtypes compiled in one process (default 8 would fall back to eager)
 _COMPILED: Any = None
@@ -170,8 +170,13 @@ class FlexSoftmax(torch.autograd.Function):
 
 
 def flex_runs(q: Tensor, k: Tensor) -> bool:
-    """Whether compiled flex handles this call (else the chunked softmax does)."""
-    return q.dtype != torch.float64 and q.shape[2] == k.shape[2] and q.device.type in ("cpu", "cuda")
+    """Whether compiled flex handles this call (the dispatch table asks ``runs_on`` with the call's traits)."""
+    return runs_on(q.dtype, q.shape[2], k.shape[2], q.device.type)
+
+
+def runs_on(dtype: torch.dtype, t_q: int, t_k: int, device: str) -> bool:
+    """Compiled flex runs half and single precision, Tq = Tk (no KV-cache decoding), on CPU and CUDA."""
+    return dtype != torch.float64 and t_q == t_k and device in ("cpu", "cuda")
 
 
 def flex_softmax(
@@ -187,27 +192,44 @@ def flex_softmax(
     documents: Tensor | None = None,
     need_lse: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(out [B, H, Tq, Dv], lse [B, H, Tq] or empty) of softmax attention through compiled FlexAttention.
+    """(out [B, H, Tq, Dv], lse [B, H, Tq] or empty) of softmax attention: compiled FlexAttention where it runs the
+    call (``flex_runs``), else the chunked softmax (same mathematics, no compilation). For direct callers (sinks,
+    the speed benchmark); a layer's flex path calls ``compiled_flex_softmax``, chosen only where flex runs.
 
     ``documents`` [B, T]: integer document ids (packed sequences); a query sees only keys of its own document.
     ``need_lse``: also return the row logsumexp (one more pass over the keys on CPU). Differentiable in q, k,
     v, the lse and the score_mod's learnable tensors.
     """
+    kwargs = dict(score_mod=score_mod, causal=causal, scale=scale, window=window, documents=documents)
+    if flex_runs(q, k):
+        return compiled_flex_softmax(q, k, v, softcap=softcap, need_lse=need_lse, **kwargs)
+    check_shapes(q, k, v, causal)
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"softcap={softcap} must be > 0")
+    return chunked_attention(q, k, v, SoftmaxRule(softcap=softcap), need_lse=need_lse, **kwargs)
+
+
+def compiled_flex_softmax(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    score_mod: ScoreMod | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    documents: Tensor | None = None,
+    need_lse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``flex_softmax`` through compiled FlexAttention only; a call flex does not run (``flex_runs``) is an error."""
     check_shapes(q, k, v, causal)
     if softcap is not None and softcap <= 0:
         raise ValueError(f"softcap={softcap} must be > 0")
     if not flex_runs(q, k):
-        return chunked_attention(
-            q,
-            k,
-            v,
-            SoftmaxRule(softcap=softcap),
-            score_mod=score_mod,
-            causal=causal,
-            scale=scale,
-            window=window,
-            documents=documents,
-            need_lse=need_lse,
+        raise ValueError(
+            f"compiled flex does not run {q.dtype} with Tq={q.shape[2]}, Tk={k.shape[2]} on {q.device.type} "
+            "(allowed: float32 / bf16 / fp16, Tq = Tk, cpu or cuda)"
         )
     opts, params = make_options(
         SoftmaxRule(softcap=softcap),

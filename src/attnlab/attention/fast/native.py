@@ -24,10 +24,12 @@ float64 (for gradcheck). Weights below e^−64 of a row's maximum are exactly 0 
 ``EXP_FLOOR``), so no denormal reaches a matrix product. A softmax row that sees no key at all (only possible
 for non-causal windows with more queries than keys) gives 0, where the dense reference gives NaN.
 
-Every other case stays on the PyTorch form: document masks, a differentiable lse (sinks), score_mods other than
-ALiBi / T5, the other normalisers (clipped softmax, ReLU), qk_norm for softmax-family rules, non-CPU tensors and
-explicit tile sizes. ``ATTNLAB_NATIVE=0`` (or ``ENABLED = False``) turns the kernels off; when the build fails,
-``unavailable_reason()`` says why (``build_error()`` has the compiler's output) and the PyTorch form is used.
+``covers`` says which calls the kernels run: not document masks, a differentiable lse (sinks), score_mods without a
+typed bias (``attnlab.types.AlibiBias`` / ``RelativeBias``, handed over by the position's ``score_bias()``), the other
+normalisers (clipped softmax, ReLU), qk_norm for softmax-family rules, non-CPU tensors. The dispatch table
+(``attnlab.attention.dispatch``) asks it and ``available()``, and chooses the ``native`` path only where both hold;
+``attend`` raises for any other call rather than falling back. ``ATTNLAB_NATIVE=0`` (or ``ENABLED = False``) turns
+the kernels off; when the build fails, ``unavailable_reason()`` says why (``build_error()`` has the compiler's output).
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attnlab.common import compute_dtype
+from attnlab.attention.fast.rule_pointwise import PointwiseRule
+from attnlab.attention.fast.rule_softmax import SoftmaxRule
+from attnlab.attention.fast.rule_softplus import ReweightedSoftplusRule, SoftplusRule
+from attnlab.attention.fast.tiling import Options, Rule
+from attnlab.types import AlibiBias, PositionBias, compute_dtype
 
 SOURCE = Path(__file__).with_name("native.cpp")
 ENABLED = os.environ.get("ATTNLAB_NATIVE", "1") != "0"
@@ -257,57 +263,101 @@ class _NativeSoftplus(torch.autograd.Function):
         return dq.to(qt), dk.to(kt), dv.to(vt), None, None
 
 
-# --- dispatch from the chunked backend -----------------------------------------------------------------------
+# --- what the kernels run, and running them -------------------------------------------------------------------
 
 
-def offset_bias(score_mod: Any, h: int, t_q: int, t_k: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """The per-head bias over the offsets r = j − p ∈ [1 − Tk, Tq − 1] (key j, query position p = i + Tk − Tq) of a
-    position score_mod that is a function of the offset alone (ALiBi, T5), [H, Tk + Tq − 1], computed as its
-    score_mod computes it; None for any other."""
-    from attnlab.attention.fast.sdpa_variants import sdpa_form
-    from attnlab.position.alibi import AlibiForm
-    from attnlab.position.t5 import RelativeBiasForm
-
-    form = sdpa_form(score_mod)
+def offset_bias(bias: PositionBias, h: int, t_q: int, t_k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A position's bias over the offsets r = j − p ∈ [1 − Tk, Tq − 1] (key j, query position p = i + Tk − Tq),
+    [H, Tk + Tq − 1], computed as its score_mod computes it (ALiBi: −m_h·|r| or m_h·r; T5: table[bucket(r), h])."""
     r = torch.arange(1 - t_k, t_q, device=device)
-    if isinstance(form, AlibiForm):
-        if form.slopes.shape[0] != h:
-            return None
-        distance = r.abs() if form.symmetric else -r  # the score_mod's q_idx − kv_idx (or its absolute value)
-        return -(form.slopes.to(device=device, dtype=dtype)[:, None] * distance.to(dtype))
-    if isinstance(form, RelativeBiasForm):
-        if form.table.shape[1] != h:
-            return None
-        return form.table[form.bucket(r).long()].t().to(dtype)  # differentiable: the gather carries the grad
+    if isinstance(bias, AlibiBias):
+        distance = r.abs() if bias.symmetric else -r  # the score_mod's q_idx − kv_idx (or its absolute value)
+        return -(bias.slopes.to(device=device, dtype=dtype)[:, None] * distance.to(dtype))
+    return bias.table[bias.bucket(r).long()].t().to(dtype)  # differentiable: the gather carries the grad
+
+
+def _bias_heads(bias: PositionBias) -> int:
+    return bias.slopes.shape[0] if isinstance(bias, AlibiBias) else bias.table.shape[1]
+
+
+def _kind(rule: Rule, qk_norm: bool) -> _Kind | None:
+    """The softmax kernel's normaliser for ``rule``, or None (softmax-family rules do not take qk_norm)."""
+    if qk_norm:
+        return None
+    if type(rule) is SoftmaxRule:
+        return _Kind(1 if rule.signed else 0, softcap=float(rule.softcap or 0.0))
+    if type(rule) is PointwiseRule and rule.kind == "sigmoid" and rule.row_scale is None:
+        return _Kind(2, sigmoid_bias=float(rule.bias))
     return None
 
 
-def attend(rule: Any, opts: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
-    """The output of ``rule`` through a native kernel, or None when this call is not one the kernels cover."""
-    from attnlab.attention.fast.chunked import PointwiseRule, ReweightedSoftplusRule, SoftmaxRule, SoftplusRule
+def covers(
+    rule: Rule,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    n_heads: int,
+    score_mod: bool,
+    bias: PositionBias | None,
+    qk_norm: bool = False,
+    documents: bool = False,
+    need_lse: bool = False,
+) -> bool:
+    """Whether the kernels compute this call of ``rule`` (built or not: ``available()`` says that).
 
-    if not ENABLED or q.device.type != "cpu" or opts.documents is not None or opts.need_lse:
-        return None
-    if not (q.is_floating_point() and k.dtype == q.dtype and v.dtype == q.dtype):
-        return None
-    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or v.shape[2] != k.shape[2]:
-        return None  # broadcasting or mismatched shapes: the PyTorch form's behaviour and errors
-    kind = None
-    if type(rule) is SoftmaxRule and not opts.qk_norm:
-        kind = _Kind(1 if rule.signed else 0, softcap=float(rule.softcap or 0.0))
-    elif type(rule) is PointwiseRule and rule.kind == "sigmoid" and rule.row_scale is None and not opts.qk_norm:
-        kind = _Kind(2, sigmoid_bias=float(rule.bias))
-    is_softplus = type(rule) in (SoftplusRule, ReweightedSoftplusRule) and opts.score_mod is None
-    if not (kind is not None or is_softplus) or module() is None:
-        return None
+    CPU, a floating dtype, no document mask and no differentiable lse; softmax, Cog and sigmoid with a score_mod
+    only when it comes with its typed bias (ALiBi, T5) for the same number of heads; LSSA / LSSAR without a
+    score_mod. The dispatch table (``attnlab.attention.dispatch``) and ``chunked_attention`` both ask this.
+    """
+    if device != "cpu" or not dtype.is_floating_point or documents or need_lse:
+        return False
+    if _kind(rule, qk_norm) is not None:
+        return not score_mod or (bias is not None and _bias_heads(bias) == n_heads)
+    return type(rule) in (SoftplusRule, ReweightedSoftplusRule) and not score_mod
+
+
+def same_layout(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """q, k, v of one dtype, one batch, one q/k head dim and as many values as keys: what the kernels index
+    (broadcast batches and mismatched shapes keep the PyTorch form's behaviour and errors)."""
+    return (
+        k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and k.shape[0] == q.shape[0]
+        and v.shape[0] == q.shape[0]
+        and k.shape[3] == q.shape[3]
+        and v.shape[2] == k.shape[2]
+    )
+
+
+def attend(rule: Rule, opts: Options, q: Tensor, k: Tensor, v: Tensor, bias: PositionBias | None = None) -> Tensor:
+    """The output of ``rule`` through a native kernel; a call the kernels do not cover (``covers``) is an error."""
+    has_mod = opts.score_mod is not None
+    if not (
+        covers(
+            rule,
+            device=q.device.type,
+            dtype=q.dtype,
+            n_heads=q.shape[1],
+            score_mod=has_mod,
+            bias=bias,
+            qk_norm=opts.qk_norm,
+            documents=opts.documents is not None,
+            need_lse=opts.need_lse,
+        )
+        and same_layout(q, k, v)
+    ):
+        raise ValueError(f"the native kernels do not run this call of {type(rule).__name__} (see native.covers)")
+    if module() is None:
+        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
     call = _Call(float(opts.scale), bool(opts.causal), int(opts.window or 0), compute_dtype(q))
+    kind = _kind(rule, opts.qk_norm)
     if kind is not None:
-        bias = None
-        if opts.score_mod is not None:
-            bias = offset_bias(opts.score_mod, q.shape[1], q.shape[2], k.shape[2], call.dtype, q.device)
-            if bias is None:
-                return None
-        return _NativeSoftmax.apply(q, k, v, bias, call, kind)
+        table = (
+            None
+            if not has_mod or bias is None
+            else offset_bias(bias, q.shape[1], q.shape[2], k.shape[2], call.dtype, q.device)
+        )
+        return _NativeSoftmax.apply(q, k, v, table, call, kind)
     reweight = isinstance(rule, ReweightedSoftplusRule)
     sp = _Softplus(
         length_scale=bool(rule.length_scale),

@@ -7,7 +7,7 @@ arXiv:2305.13245) and multi-query attention (MQA; Shazeer, 2019, arXiv:1911.0215
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -19,6 +19,16 @@ if TYPE_CHECKING:
     from attnlab.attention.config import AttentionSite
 
 HEADS: Registry = Registry("heads")
+
+
+class Projection(NamedTuple):
+    """What ``project`` returns: q [B, H, T, d], k, v [B, Hkv, S, ·], and what this heads module's own
+    ``extend_cache`` needs from the same forward (MLA / CLLA: the new tokens' latent), handed back by the layer."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    latent: Any = None
 
 
 def check_kv_heads(n_kv_heads: int | None, site: AttentionSite, field: str) -> None:
@@ -67,13 +77,13 @@ class MultiHead(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.d_head, d_model, bias=bias)
 
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, context: Tensor | None = None) -> Projection:
         """x [B, T, D] (and context [B, S, D] for cross-attention) → q [B,H,T,d], k, v [B,Hkv,S,d]."""
         source = x if context is None else context
         q = split_heads(self.q_proj(x), self.n_heads)
         k = split_heads(self.k_proj(source), self.n_kv_heads)
         v = split_heads(self.v_proj(source), self.n_kv_heads)
-        return q, k, v
+        return Projection(q, k, v)
 
     def combine(self, z: Tensor, x: Tensor) -> Tensor:
         """Head outputs z [B, H, T, d] → [B, T, D]; x is the block input (used by gated heads)."""

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from attnlab.attention.core import AttnOutput, Normaliser, ScoreMod, attend_reference, compute_dtype
-from attnlab.attention.heads.base import HEADS, merge_heads, split_heads
+from attnlab.attention.heads.base import HEADS, Projection, merge_heads, split_heads
 from attnlab.errors import ConfigError
 
 
@@ -89,13 +89,13 @@ class DifferentialHeads(nn.Module):
         )
         self.subln = nn.RMSNorm(2 * d, eps=1e-5, elementwise_affine=True)
 
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, context: Tensor | None = None) -> Projection:
         """x [B, T, D] → q [B, H, T, d], k [B, H, S, d] (head 2i + j = half j of head i), v [B, H/2, S, 2d]."""
         source = x if context is None else context
         q = split_heads(self.q_proj(x), self.n_halves)
         k = split_heads(self.k_proj(source), self.n_halves)
         v = split_heads(self.v_proj(source), self.n_heads)
-        return q, k, v
+        return Projection(q, k, v)
 
     def lambda_full(self, dtype: torch.dtype) -> Tensor:
         """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a scalar shared by the layer's heads."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.attention.heads.base import HEADS, merge_heads, split_heads
+from attnlab.attention.heads.base import HEADS, Projection, merge_heads, split_heads
 
 
 class LPAParams(BaseModel):
@@ -45,12 +45,12 @@ class LowRankHeads(nn.Module):
         self.v_down, self.v_up = nn.Linear(d_model, rank, bias=False), nn.Linear(rank, inner, bias=False)
         self.o_down, self.o_proj = nn.Linear(inner, rank, bias=False), nn.Linear(rank, d_model, bias=False)
 
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, context: Tensor | None = None) -> Projection:
         source = x if context is None else context
         q = split_heads(self.q_up(self.q_down(x)), self.n_heads)  # [B, H, T, d]
         k = split_heads(self.k_up(self.k_down(source)), self.n_heads)  # [B, H, S, d]
         v = split_heads(self.v_up(self.v_down(source)), self.n_heads)
-        return q, k, v
+        return Projection(q, k, v)
 
     def combine(self, z: Tensor, x: Tensor) -> Tensor:
         return self.o_proj(self.o_down(merge_heads(z)))  # [B, H, T, d] → [B, T, H·d] → [B, T, r] → [B, T, D]

@@ -17,7 +17,8 @@ rotates only the last d_R channels of q and k with the layer's position encoding
 **CLLA**, cross-layer latent attention ("Lossless KV Cache Compression to 2%", Yang et al. (Tencent) 2024,
 arXiv:2410.15252): MLA whose latent (c_t and the un-rotated k^R_t) is computed only by the first layer of
 each group of ``share_every`` consecutive layers; the other layers of the group read it from
-``AttentionSite.shared`` and apply their own W_UK, W_UV (they have no W_DKV, W_KR). This needs the layers
+``AttentionSite.shared`` (a ``LayerShare``: the group's ``LatentKV`` by group index) and apply their own
+W_UK, W_UV (they have no W_DKV, W_KR). This needs the layers
 to run in order within one forward pass, as TransformerLM runs them; a layer that finds no latent from its
 group's first layer raises. The stored latent can be fake-quantised to ``quant_bits`` (int8 / int4,
 symmetric, one scale per token, straight-through gradient), and the KV cache then holds the integer codes
@@ -46,17 +47,17 @@ Incremental decoding caches the latent, not the full k and v (``extend_cache``, 
   the bytes held are the packed bytes) plus ``latent_scale`` [B, T, 1] in the model dtype; and ``k_rope`` as
   MLA. The later layers of the group store NOTHING (their ``LayerKVCache.store`` stays empty, only ``length``
   advances): the first layer publishes the whole (dequantised) latent and rotated k^R of the current call in
-  ``AttentionSite.shared`` under ``clla.cache.group{g}``, and each reader rebuilds its k, v from it with its
+  ``AttentionSite.shared.cached[g]``, and each reader rebuilds its k, v from it with its
   own W_UK, W_UV; the group's last reader removes the entry. Like the uncached sharing, this needs all
   layers to run in order in every decoding call (TransformerLM does). A reader checks that its own rotated
   k^R for the new tokens equals the first layer's (a position encoding that rotated keys differently per
   layer would make the shared rotated key wrong) and raises otherwise.
 
 ``kv_bytes_per_token`` is what ``LayerKVCache.nbytes()`` holds per token (per batch row) after decoding: per
-layer for ``mla``, for the whole model for ``clla``. The new tokens' latent reaches ``extend_cache`` through
-the module: ``project`` keeps it (``_new_latent``; CLLA's first layer keeps the group latent and its codes
-from ``latent()``), ``extend_cache`` consumes it in the same ``Attention.forward`` and ``combine``, the last
-call of every forward, drops it, so no activation outlives its pass. The cache keeps the latent as ``latent``
+layer for ``mla``, for the whole model for ``clla``. The new tokens' latent reaches ``extend_cache`` as a value:
+``project`` returns it in its ``Projection`` (a ``NewLatent``: the latent after ``hook_latent_kv`` and, for CLLA's
+first layer, the group latent and its codes from ``latent()``), and the layer hands it to ``extend_cache``; the
+module keeps nothing between calls. The cache keeps the latent as ``latent``
 computed it for ``clla`` (the group latent; edits made through ``hook_latent_kv`` are seen by ``mla``'s cache
 but not by ``clla``'s); edits of ``hook_k`` / ``hook_v`` (and of the content part of ``hook_rot_k``) are not
 seen by cached decoding, which rebuilds k^C and v from the latent.
@@ -71,19 +72,38 @@ d_head, not d_nope + d_R: kernel normalisers work only with rope_dim=0 and the d
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.attention.heads.base import HEADS, merge_heads, split_heads
+from attnlab.attention.heads.base import HEADS, Projection, merge_heads, split_heads
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import HookPoint
+from attnlab.hook_points import HookPoint
 from attnlab.position.base import PositionEncoding
+from attnlab.types import LatentKV
 
 if TYPE_CHECKING:
     from attnlab.attention.build import LayerKVCache
+    from attnlab.attention.config import LayerShare
+
+
+class SourceLatent(NamedTuple):
+    """What ``latent()`` computes for the new tokens: c [B, S, d_c], the un-rotated k^R [B, S, d_R] (or None), and
+    for CLLA's quantised first layer its (codes, scale) (what its cache keeps)."""
+
+    c: Tensor
+    k_rope: Tensor | None
+    codes: tuple[Tensor, Tensor] | None = None
+
+
+class NewLatent(NamedTuple):
+    """``project`` → ``extend_cache`` of one forward: the latent after ``hook_latent_kv`` (what MLA caches) and
+    ``latent()``'s value (what CLLA's first layer caches)."""
+
+    c: Tensor
+    source: SourceLatent
 
 
 class MLAParams(BaseModel):
@@ -134,23 +154,21 @@ class LatentKVHeads(nn.Module):
         self.v_up = nn.Linear(params.kv_rank, h * self.d_head, bias=False)  # W_UV
         self.o_proj = nn.Linear(h * self.d_head, d_model, bias=False)  # W_O
         self.hook_latent_kv = HookPoint()
-        self._new_latent: Tensor | None = None  # project → extend_cache, within one forward (see the docstring)
 
-    def latent(self, source: Tensor) -> tuple[Tensor, Tensor | None]:
+    def latent(self, source: Tensor) -> SourceLatent:
         """source [B, S, D] → c [B, S, d_c] and the un-rotated RoPE key k^R [B, S, d_R] (None when d_R = 0)."""
         c = self.kv_norm(self.kv_down(source))
-        return c, (self.k_rope(source) if self.k_rope is not None else None)
+        return SourceLatent(c, self.k_rope(source) if self.k_rope is not None else None)
 
     def queries(self, x: Tensor) -> Tensor:
         q = self.q_proj(x) if self.q_proj is not None else self.q_up(self.q_norm(self.q_down(x)))
         return split_heads(q, self.n_heads)  # [B, T, H·(nope+rope)] → [B, H, T, nope+rope]
 
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        c, k_rope = self.latent(x if context is None else context)
-        c = self.hook_latent_kv(c)  # [B, S, d_c]
-        self._new_latent = c  # for extend_cache in this forward; combine drops it
-        k, v = self.up_project(c, None if k_rope is None else k_rope.unsqueeze(1))
-        return self.queries(x), k, v
+    def project(self, x: Tensor, context: Tensor | None = None) -> Projection:
+        source = self.latent(x if context is None else context)
+        c = self.hook_latent_kv(source.c)  # [B, S, d_c]
+        k, v = self.up_project(c, None if source.k_rope is None else source.k_rope.unsqueeze(1))
+        return Projection(self.queries(x), k, v, NewLatent(c, source))
 
     def up_project(self, c: Tensor, k_rope: Tensor | None) -> tuple[Tensor, Tensor]:
         """Latent c [B, S, d_c] and shared RoPE key [B, 1, S, d_R] (or None) → k [B, H, S, nope+rope], v."""
@@ -166,23 +184,23 @@ class LatentKVHeads(nn.Module):
             return None
         return k[:, :1, :, self.nope_dim :].clone(memory_format=torch.contiguous_format)
 
-    def take_new_latent(self, t_new: int) -> Tensor:
-        c, self._new_latent = self._new_latent, None
-        if c is None or c.shape[1] != t_new:
-            raise RuntimeError(
-                f"{type(self).__name__}.extend_cache needs the latent of the {t_new} new tokens from project() "
-                "in the same forward pass (Attention.forward calls project, rotate, then extend_cache)"
+    @staticmethod
+    def check_new(new: NewLatent, t_new: int) -> None:
+        if new.c.shape[1] != t_new:
+            raise ValueError(
+                f"extend_cache got the latent of {new.c.shape[1]} tokens for {t_new} new keys; pass the latent that "
+                "project() returned for the same tokens"
             )
-        return c
 
-    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor, new: NewLatent) -> tuple[Tensor, Tensor]:
         """Cache the latent c [B, T, d_c] and the rotated RoPE key [B, 1, T, d_R]; rebuild k, v of all tokens.
 
         k, v are the new tokens' keys (rotated) and values; only k's RoPE slice is kept, the rest is rebuilt
         from the latent with W_UK, W_UV (the reference form; see the module docstring for the absorbed one).
         """
         t_new = k.shape[2]
-        c_all = cache.append_to("latent", self.take_new_latent(t_new), dim=1)  # [B, S, d_c]
+        self.check_new(new, t_new)
+        c_all = cache.append_to("latent", new.c, dim=1)  # [B, S, d_c]
         k_rope = self.new_rope_key(k)
         k_rope_all = None if k_rope is None else cache.append_to("k_rope", k_rope, dim=2)  # [B, 1, S, d_R]
         cache.length += t_new
@@ -197,7 +215,6 @@ class LatentKVHeads(nn.Module):
         return torch.cat([q[..., :n], q_rope], dim=-1), torch.cat([k[..., :n], k_rope], dim=-1)
 
     def combine(self, z: Tensor, x: Tensor) -> Tensor:
-        self._new_latent = None  # the last heads call of every forward: no activation outlives its pass
         return self.o_proj(merge_heads(z))
 
     def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -264,63 +281,53 @@ class CrossLayerLatentHeads(LatentKVHeads):
         self.last_layer = min(self.first_layer + params.share_every, site.n_layers) - 1
         self.layer_idx, self.share_every, self.quant_bits = site.layer_idx, params.share_every, params.quant_bits
         self.n_groups = math.ceil(site.n_layers / params.share_every)
-        self.shared = site.shared  # one dict per model (AttentionSite.shared)
-        # The first layer's new latent (and quantised codes, scales) from project to extend_cache, in one forward.
-        self._new_group_latent: Tensor | None = None
-        self._new_codes: tuple[Tensor, Tensor] | None = None
+        self.shared: LayerShare = site.shared  # one per model (AttentionSite.shared)
 
-    @property
-    def key(self) -> str:
-        return f"clla.latent.group{self.group}"
-
-    @property
-    def cache_key(self) -> str:
-        return f"clla.cache.group{self.group}"
-
-    def latent(self, source: Tensor) -> tuple[Tensor, Tensor | None]:
+    def latent(self, source: Tensor) -> SourceLatent:
         if self.owner:
-            c, k_rope = super().latent(source)
+            c, k_rope, _ = super().latent(source)
+            codes = None
             if self.quant_bits is not None:
-                codes, scale = quantise(c, self.quant_bits)
+                raw_codes, scale = quantise(c, self.quant_bits)
                 c = fake_quantise(c, self.quant_bits)  # equals dequantise(codes, scale) without a gradient
-                self._new_codes = (pack_int4(codes) if self.quant_bits == 4 else codes, scale)
-            self._new_group_latent = c  # what the cache keeps (the group latent, before hook_latent_kv)
+                codes = (pack_int4(raw_codes) if self.quant_bits == 4 else raw_codes, scale)
             if self.last_layer > self.layer_idx:  # later layers of the group will read it in this pass
-                self.shared[self.key] = (c, k_rope)
-            return c, k_rope
-        if self.key not in self.shared:
+                self.shared.latents[self.group] = LatentKV(c, k_rope)
+            return SourceLatent(c, k_rope, codes)  # c: what the cache keeps (the group latent, before the hook)
+        if self.group not in self.shared.latents:
             raise RuntimeError(
                 f"CLLA layer {self.layer_idx} reuses the latent KV of layer {self.first_layer}, which has not run "
                 "in this forward pass; CLLA layers must run in order (as TransformerLM runs them)"
             )
         # The group's last reader removes the entry, so a latent never outlives its forward pass.
-        c, k_rope = self.shared.pop(self.key) if self.layer_idx == self.last_layer else self.shared[self.key]
+        latents = self.shared.latents
+        c, k_rope = latents.pop(self.group) if self.layer_idx == self.last_layer else latents[self.group]
         if c.shape[:2] != source.shape[:2]:
             raise RuntimeError(
                 f"CLLA layer {self.layer_idx} got input {tuple(source.shape[:2])} but layer {self.first_layer} "
                 f"stored a latent for {tuple(c.shape[:2])} (batch, tokens); layers must run in order on one input"
             )
-        return c, k_rope
+        return SourceLatent(c, k_rope)
 
-    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def extend_cache(self, cache: LayerKVCache, k: Tensor, v: Tensor, new: NewLatent) -> tuple[Tensor, Tensor]:
         """First layer of a group: cache the (quantised) group latent and the rotated RoPE key; later layers:
         cache nothing and rebuild k, v from the latent the first layer published for this call."""
         t_new = k.shape[2]
-        self._new_latent = None
+        self.check_new(new, t_new)
+        cached = self.shared.cached
         if self.owner:
-            c_all = self.extend_latent(cache, t_new)
+            c_all = self.extend_latent(cache, new.source)
             k_rope = self.new_rope_key(k)
             k_rope_all = None if k_rope is None else cache.append_to("k_rope", k_rope, dim=2)  # [B, 1, S, d_R]
             if self.last_layer > self.layer_idx:
-                self.shared[self.cache_key] = (c_all, k_rope_all)
+                cached[self.group] = LatentKV(c_all, k_rope_all)
         else:
-            if self.cache_key not in self.shared:
+            if self.group not in cached:
                 raise RuntimeError(
                     f"CLLA layer {self.layer_idx} decodes from the cached latent of layer {self.first_layer}, which "
                     "has not run in this call; CLLA layers must run in order (as TransformerLM runs them)"
                 )
-            entry = self.shared[self.cache_key]
-            c_all, k_rope_all = self.shared.pop(self.cache_key) if self.layer_idx == self.last_layer else entry
+            c_all, k_rope_all = cached.pop(self.group) if self.layer_idx == self.last_layer else cached[self.group]
             if c_all.shape[:2] != (k.shape[0], cache.length + t_new):
                 raise RuntimeError(
                     f"CLLA layer {self.layer_idx} has cached {cache.length} tokens and got {t_new} new ones, but "
@@ -335,26 +342,17 @@ class CrossLayerLatentHeads(LatentKVHeads):
         cache.length += t_new
         return self.up_project(c_all, k_rope_all)
 
-    def extend_latent(self, cache: LayerKVCache, t_new: int) -> Tensor:
+    def extend_latent(self, cache: LayerKVCache, source: SourceLatent) -> Tensor:
         """Append the new tokens' group latent to the first layer's cache; the whole latent [B, S, d_c], dequantised."""
-        c, self._new_group_latent = self._new_group_latent, None
-        if c is None or c.shape[1] != t_new:
-            raise RuntimeError(
-                f"CLLA layer {self.layer_idx}: extend_cache needs the latent of the {t_new} new tokens from "
-                "project() in the same forward pass"
-            )
         if self.quant_bits is None:
-            return cache.append_to("latent", c, dim=1)
-        (codes, scale), self._new_codes = self._new_codes, None
+            return cache.append_to("latent", source.c, dim=1)
+        assert source.codes is not None  # the owner's latent() quantises whenever quant_bits is set
+        codes, scale = source.codes
         codes_all = cache.append_to("latent_codes", codes, dim=1)  # int8 [B, S, d_c] or packed uint8 [B, S, d_c/2]
         scale_all = cache.append_to("latent_scale", scale, dim=1)  # [B, S, 1], model dtype
         if self.quant_bits == 4:
             codes_all = unpack_int4(codes_all, self.kv_rank)
         return dequantise(codes_all, scale_all)
-
-    def combine(self, z: Tensor, x: Tensor) -> Tensor:
-        self._new_group_latent = self._new_codes = None
-        return super().combine(z, x)
 
     def kv_bytes_per_token(self, dtype: torch.dtype = torch.bfloat16) -> int:
         """Bytes per token (per batch row) of the whole model's latent cache: one (c_t, k^R_t) per group of layers.

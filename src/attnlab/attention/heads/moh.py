@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from attnlab.attention.heads.base import HEADS, MultiHead
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import HookPoint
+from attnlab.hook_points import HookPoint
 
 
 class MoHParams(BaseModel):

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from attnlab.attention.core import AttnOutput, Normaliser, ScoreMod, apply_score_mod, build_mask, compute_dtype
-from attnlab.attention.heads.base import HEADS, merge_heads, split_heads
+from attnlab.attention.heads.base import HEADS, Projection, merge_heads, split_heads
 
 
 class RCMHAParams(BaseModel):
@@ -85,11 +85,11 @@ class RelativeConvHeads(nn.Module):
         self.rel_key = nn.Parameter(torch.zeros(2 * max_distance, n_heads, d))  # R
         self.rel_bias = nn.Parameter(torch.zeros(2 * max_distance, n_heads))  # b
 
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, context: Tensor | None = None) -> Projection:
         q = self.q_conv(split_heads(self.q_proj(x), self.n_heads))  # [B, H, T, d]
         k = self.k_conv(split_heads(self.k_proj(x), self.n_heads))
         v = self.v_conv(split_heads(self.v_proj(x), self.n_heads))
-        return q, k, v
+        return Projection(q, k, v)
 
     def relative_scores(self, q: Tensor, t_k: int) -> Tensor:
         """q · R_{i−j} + b_{i−j}, [B, H, Tq, Tk], by gathering one table row per (i, j)."""

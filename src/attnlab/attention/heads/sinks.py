@@ -23,17 +23,17 @@ can decide how much to sink; position biases (``score_mod``, e.g. ALiBi) apply t
 Sinks are visible to every query, also under a causal or sliding-window mask; the mask over real keys is
 unchanged.
 
-For the lens, the returned weights are over the real keys only ([B, H, Tq, Tk], so ``hook_pattern`` keeps
-its shape and sink-token metrics keep their meaning); the mass on the sinks is ``last_sink_mass``
-[B, H, Tq] (detached). With softmax it equals 1 − the pattern's row sum. Unverified: initialisation
-(here σ_k ~ N(0, 1/d), σ_v = 0, ℓ = 0; gpt-oss initialises its sink logits like the other weights), and
-whether sinks interact as intended with normalisers that rescale keys in ``prepare`` (the sink keys are
-not passed through it). Kernel (linear) normalisers, which bring their own ``attend``, are refused at the
-first forward pass: this file needs a score matrix to extend.
+For the lens, the returned weights are over the real keys only ([B, H, Tq, Tk], so ``hook_pattern`` keeps its shape
+and sink-token metrics keep their meaning); the mass on the sinks [B, H, Tq] (detached) is returned in the output
+(``AttnOutput.sink_mass``) and passes the hook point ``blocks.{L}.attn.hook_sink_mass``. With softmax it equals 1 −
+the pattern's row sum. Unverified: initialisation (here σ_k ~ N(0, 1/d), σ_v = 0, ℓ = 0; gpt-oss initialises its
+sink logits like the other weights), and whether sinks interact as intended with normalisers that rescale keys in
+``prepare`` (the sink keys are not passed through it). Kernel (linear) normalisers, which bring their own
+``attend``, are refused at the first forward pass: this file needs a score matrix to extend.
 
-On backend auto / sdpa with plain softmax (no score_mod, or ALiBi) and no hook reading the weights, the layer calls
-``attend_sdpa``: the same attention through PyTorch's SDPA (``attnlab.attention.fast.sdpa_variants.sinks_sdpa``),
-which also gives ``last_sink_mass`` exactly but no scores or weights.
+``attend_sdpa`` is the same attention through PyTorch's SDPA (``attnlab.attention.fast.sdpa_sinks.sinks_sdpa``),
+with the sink mass exactly but no scores or weights, for softmax without soft-capping and no bias or ALiBi's typed
+bias; the layer's dispatch table (``attnlab.attention.dispatch``) sends a call to it only then.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ from attnlab.attention.core import (
     repeat_kv,
 )
 from attnlab.attention.heads.base import HEADS, MultiHead, check_kv_heads
+from attnlab.hook_points import HookPoint
+from attnlab.types import AlibiBias, PositionBias
 
 
 class SinkParams(BaseModel):
@@ -76,7 +78,7 @@ class SinkMultiHead(MultiHead):
             self.sink_v = nn.Parameter(torch.zeros(n_kv_heads, n_sinks, d))  # σ_v
         else:
             self.sink_logit = nn.Parameter(torch.zeros(n_heads, n_sinks))  # ℓ, one per query head
-        self.last_sink_mass: Tensor | None = None
+        self.hook_sink_mass = HookPoint()  # [B, H, Tq]; the layer hoists it to blocks.{L}.attn.hook_sink_mass
 
     def sink_scores_and_values(self, q: Tensor, scale: float) -> tuple[Tensor, Tensor]:
         """Scores [B, H, Tq, n] of the sinks and their values [1 or B, H, n, d], in q's dtype."""
@@ -120,9 +122,9 @@ class SinkMultiHead(MultiHead):
         weights = normaliser(torch.cat([sink_scores, scores], dim=-1), full_mask)  # [B, H, Tq, n + Tk]
         sink_weights, weights = weights[..., :n], weights[..., n:]
         out = weights @ repeat_kv(v, rep).to(dtype) + sink_weights @ sink_values  # [B, H, Tq, d]
-        self.last_sink_mass = sink_weights.sum(-1).detach()  # [B, H, Tq]
+        mass = self.hook_sink_mass(sink_weights.sum(-1).detach())  # [B, H, Tq]
         shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
-        return AttnOutput(out.to(v.dtype), shown, weights)
+        return AttnOutput(out.to(v.dtype), shown, weights, mass)
 
     def attend_sdpa(
         self,
@@ -130,40 +132,24 @@ class SinkMultiHead(MultiHead):
         k: Tensor,
         v: Tensor,
         *,
-        normaliser: Normaliser,
-        score_mod: ScoreMod | None = None,
+        normaliser: Normaliser | None = None,
+        bias: PositionBias | None = None,
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
     ) -> AttnOutput:
-        """``attend`` through PyTorch's SDPA (``attnlab.attention.fast.sdpa_variants.sinks_sdpa``), without
-        scores or weights, for plain softmax with no score_mod or ALiBi; otherwise ``attend``."""
-        from attnlab.attention.fast.sdpa_variants import sdpa_form, sinks_sdpa
-        from attnlab.attention.normalisers.softmax import Softmax
-        from attnlab.position.alibi import AlibiForm
+        """``attend`` through PyTorch's SDPA (``attnlab.attention.fast.sdpa_sinks.sinks_sdpa``) for softmax without
+        soft-capping, with no bias or ALiBi's (``bias``); no scores or weights. Other biases are an error."""
+        from attnlab.attention.fast.sdpa_sinks import sinks_sdpa
 
-        alibi = sdpa_form(score_mod)
-        plain = isinstance(normaliser, Softmax) and normaliser.softcap is None
-        if not plain or (score_mod is not None and not isinstance(alibi, AlibiForm)):
-            return self.attend(
-                q, k, v, normaliser=normaliser, score_mod=score_mod, causal=causal, scale=scale, window=window
-            )
+        if bias is not None and not isinstance(bias, AlibiBias):
+            raise ValueError(f"heads='sinks' has an SDPA form with ALiBi or no bias; got {type(bias).__name__}")
         if self.kind == "logit":
             sinks = dict(sink_logits=self.sink_logit)
         else:
             sinks = dict(sink_keys=self.sink_k, sink_values=self.sink_v)
-        out, mass = sinks_sdpa(
-            q,
-            k,
-            v,
-            **sinks,
-            alibi=alibi,
-            causal=causal,
-            scale=scale,
-            window=window,  # type: ignore[arg-type]
-        )
-        self.last_sink_mass = mass.detach()
-        return AttnOutput(out, None, None)
+        out, mass = sinks_sdpa(q, k, v, **sinks, alibi=bias, causal=causal, scale=scale, window=window)  # type: ignore[arg-type]
+        return AttnOutput(out, None, None, self.hook_sink_mass(mass.detach()))
 
 
 @HEADS.register(

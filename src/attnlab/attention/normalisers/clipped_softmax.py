@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor
 
 from attnlab.attention.core import compute_dtype
-from attnlab.attention.fast.chunked import ClippedSoftmaxRule
-from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase
+from attnlab.attention.fast.rule_clipped import ClippedSoftmaxRule
+from attnlab.attention.normalisers.base import NORMALISERS
+from attnlab.attention.normalisers.tiled import TiledNormaliser
 
 
 class ClippedSoftmaxParams(BaseModel):
@@ -44,7 +45,7 @@ class ClippedSoftmaxParams(BaseModel):
     params=ClippedSoftmaxParams,
     backends=("reference", "chunked"),
 )
-class ClippedSoftmax(NormaliserBase):
+class ClippedSoftmax(TiledNormaliser):
     def __init__(self, params: ClippedSoftmaxParams | None = None, site: object | None = None):
         super().__init__()
         params = params or ClippedSoftmaxParams()

@@ -19,8 +19,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from attnlab.attention.core import compute_dtype
-from attnlab.attention.fast.chunked import SoftmaxRule
-from attnlab.attention.normalisers.base import NORMALISERS, NoParams, NormaliserBase
+from attnlab.attention.fast.rule_softmax import SoftmaxRule
+from attnlab.attention.normalisers.base import NORMALISERS, NoParams
+from attnlab.attention.normalisers.tiled import TiledNormaliser
 
 
 @NORMALISERS.register(
@@ -31,7 +32,7 @@ from attnlab.attention.normalisers.base import NORMALISERS, NoParams, Normaliser
     signed=True,
     backends=("reference", "chunked"),
 )
-class Cog(NormaliserBase):
+class Cog(TiledNormaliser):
     def __init__(self, params: NoParams | None = None, site: object | None = None):
         super().__init__()
 

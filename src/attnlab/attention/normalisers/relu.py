@@ -46,8 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from attnlab.attention.core import compute_dtype, visible_counts
-from attnlab.attention.fast.chunked import PointwiseRule
-from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
+from attnlab.attention.fast.rule_pointwise import PointwiseRule
+from attnlab.attention.normalisers.base import NORMALISERS, masked_fill_zero
+from attnlab.attention.normalisers.tiled import TiledNormaliser
 from attnlab.errors import ConfigError
 
 
@@ -65,7 +66,7 @@ class ReLU2Params(ReLUParams):
     alpha: float = Field(2.0, ge=0)  # GAU: relu(s / L)² = relu(s)² / L²
 
 
-class ReLUAttention(NormaliserBase):
+class ReLUAttention(TiledNormaliser):
     """w = ReLU(s)^power / L^α on visible keys, exactly 0 elsewhere."""
 
     power = 1

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from attnlab.attention.core import compute_dtype
-from attnlab.attention.fast.chunked import PointwiseRule
-from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
+from attnlab.attention.fast.rule_pointwise import PointwiseRule
+from attnlab.attention.normalisers.base import NORMALISERS, masked_fill_zero
+from attnlab.attention.normalisers.tiled import TiledNormaliser
 
 
 class SigmoidParams(BaseModel):
@@ -37,7 +38,7 @@ class SigmoidParams(BaseModel):
     params=SigmoidParams,
     backends=("reference", "chunked"),
 )
-class Sigmoid(NormaliserBase):
+class Sigmoid(TiledNormaliser):
     def __init__(self, params: SigmoidParams | None = None, site: object | None = None):
         super().__init__()
         params = params or SigmoidParams()

@@ -25,7 +25,9 @@ Backends: ``chunked`` (``attnlab.attention.fast.chunked``): both are pointwise i
 is known (it is, from the mask), and l1-normalised, so they run in tiles with O(T·chunk) memory: LSSA in one
 pass (Σ_j u_ij accumulates beside Σ_j u_ij v_j); LSSAR needs Σ_j u_ij before its re-weighting, so two passes
 forward and two backward. On CPU both run on the compiled kernels (``attnlab.attention.fast.native``), where a
-block of queries keeps its row of scores, so each direction computes the score products once.
+block of queries keeps its row of scores, so each direction computes the score products once. With ``qk_norm`` the
+layer hands the q, k from before ``prepare`` to the chunked path (``raw_qk``), whose kernel l2-normalises them tile
+by tile, so no normalised [B, H, T, D] copy is kept for the backward pass.
 """
 
 from __future__ import annotations
@@ -37,32 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from attnlab.attention.core import compute_dtype, visible_counts
-from attnlab.attention.fast.chunked import ReweightedSoftplusRule, SoftplusRule
-from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase, masked_fill_zero
-
-# With qk_norm the chunked backend normalises q and k itself (``chunked_attention(qk_norm=True)``), tile by tile,
-# so no normalised [B, H, T, D] copy is kept for the backward pass. ``prepare`` cannot know which backend follows
-# it (the layer falls back to the reference when a hook wants the pattern), so it returns F.normalize(q),
-# F.normalize(k) as before, each remembering the raw tensor it came from; ``attend_chunked``, given such a pair
-# (neither changed in place since), runs the kernel on the raw q, k instead, and the normalised copies are dropped
-# with the caller's locals. Any other pair (rotated, sliced, concatenated) is attended as given.
-_SOURCE = "_attnlab_l2_source"  # attribute of a tensor LSSA's prepare normalised: (raw, its version, own version)
-
-
-def _normalized(x: Tensor) -> Tensor:
-    """F.normalize(x, dim=-1), remembering x (for the chunked backend, which normalises in its kernel)."""
-    y = F.normalize(x, dim=-1)
-    setattr(y, _SOURCE, (x, x._version, y._version))
-    return y
-
-
-def _source(y: Tensor) -> Tensor | None:
-    """The raw tensor ``y`` was normalised from by ``_normalized``, if neither has changed in place since."""
-    found = getattr(y, _SOURCE, None)
-    if found is None:
-        return None
-    x, x_version, y_version = found
-    return x if (x._version == x_version and y._version == y_version) else None
+from attnlab.attention.fast.rule_softplus import ReweightedSoftplusRule, SoftplusRule
+from attnlab.attention.normalisers.base import NORMALISERS, masked_fill_zero
+from attnlab.attention.normalisers.tiled import TiledNormaliser
 
 
 class SoftplusParams(BaseModel):
@@ -95,7 +74,7 @@ def lssa_weights(scores: Tensor, mask: Tensor | None, d_head: int, length_scale:
     row_stochastic=True,
     backends=("reference", "chunked"),
 )
-class LSSA(NormaliserBase):
+class LSSA(TiledNormaliser):
     def __init__(self, params: SoftplusParams | None = None, site: object | None = None):
         super().__init__()
         self.params = params or SoftplusParams()
@@ -106,7 +85,7 @@ class LSSA(NormaliserBase):
     def prepare(self, q: Tensor, k: Tensor, scale: float | None) -> tuple[Tensor, Tensor, float | None]:
         if not self.params.qk_norm:
             return q, k, scale
-        return _normalized(q), _normalized(k), 1.0
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
 
     def forward(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         return lssa_weights(scores, mask, self.d_head, self.params.length_scale, self.params.eps)
@@ -115,12 +94,9 @@ class LSSA(NormaliserBase):
         """This normaliser's tile algebra for the chunked backend."""
         return SoftplusRule(self.d_head, self.params.length_scale, self.params.eps)
 
-    def chunked_inputs(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, bool]:
-        """q, k straight from ``prepare`` with ``qk_norm``: the kernel normalises their raw sources itself."""
-        raw_q, raw_k = _source(q), _source(k)
-        if raw_q is not None and raw_k is not None:
-            return raw_q, raw_k, True
-        return q, k, False
+    def normalises_in_kernel(self) -> bool:
+        """With ``qk_norm`` the tiles normalise the raw q, k themselves (no normalised copy kept for the backward)."""
+        return self.params.qk_norm
 
 
 @NORMALISERS.register(

@@ -86,7 +86,7 @@ def attnlab_case(mechanism: str, backend: str, norm: str, *, position: str | Non
 
     def build(t: int) -> AttnFn:
         module = normaliser(norm, t, **args)
-        _, make_mod = position_mod(position, t)
+        pos, make_mod = position_mod(position, t)
 
         def fn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             qp, kp, scale = module.prepare(q, k, None)
@@ -95,6 +95,11 @@ def attnlab_case(mechanism: str, backend: str, norm: str, *, position: str | Non
                 if hasattr(module, "attend"):  # kernel attention's quadratic reference
                     return module.attend(qp, kp, v, **kwargs).out
                 return attend_reference(qp, kp, v, normaliser=module, **kwargs).out
+            bias = pos.score_bias() if pos is not None else None  # the typed bias the SDPA forms and kernels apply
+            if backend == "sdpa":
+                return module.attend_sdpa(qp, kp, v, causal=True, scale=scale, bias=bias).out
+            if backend == "chunked" and not hasattr(module, "attend"):  # the raw q, k: LSSA's kernel normalises them
+                kwargs.update(bias=bias, raw_qk=(q, k))
             return getattr(module, f"attend_{backend}")(qp, kp, v, **kwargs).out
 
         return fn

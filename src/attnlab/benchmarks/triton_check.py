@@ -2,7 +2,7 @@
 
 ``compare`` runs one rule on one shape on a device and returns, for the output and the q, k, v gradients, the
 error against ``attend_reference`` in float64 (on the CPU, on the same values) with its bound; the tests call it
-under Triton's interpreter, and ``python -m attnlab.attention.fast.triton.check`` calls it on a GPU (compiled
+under Triton's interpreter, and ``python -m attnlab.benchmarks.triton_check`` calls it on a GPU (compiled
 kernels: TRITON_INTERPRET unset), then with ``--speed`` times forward and backward against PyTorch's SDPA.
 
 Bounds. The kernels compute in float32 what the reference computes in float64 on the same values. The forward
