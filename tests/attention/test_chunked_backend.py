@@ -15,7 +15,7 @@ from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, atten
 from attnlab.attention.fast import chunked, native
 from attnlab.attention.fast.chunked import PointwiseRule, chunked_attention
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 from attnlab.position.alibi import ALiBi
 from attnlab.position.t5 import T5RelativeBias
 

@@ -11,7 +11,7 @@ from torch.func import functional_call
 from attnlab.attention import AttentionConfig, AttentionSite, attend_reference, build_attention
 from attnlab.attention.normalisers.softmax import Softmax
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 SITE = AttentionSite(d_model=16, n_heads=4, layer_idx=2)  # 2 differential heads, q/k halves of 4, values of 8
 

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from attnlab.attention import HEADS, AttentionConfig, AttentionSite, build_attention
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 
 def authors_gate(z: torch.Tensor, offsets: torch.Tensor, c: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

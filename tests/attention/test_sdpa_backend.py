@@ -14,7 +14,7 @@ from attnlab.attention import (
     build_attention,
 )
 from attnlab.attention.build import sdpa
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 SOFTMAX = NORMALISERS.entry("softmax").factory()
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

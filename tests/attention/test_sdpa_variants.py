@@ -12,7 +12,7 @@ from attnlab.attention import HEADS, NORMALISERS, AttentionSite, attend_referenc
 from attnlab.attention.core import causal_mask, repeat_kv
 from attnlab.attention.fast import sdpa_band, sdpa_flash, sdpa_relative
 from attnlab.attention.fast import sdpa_variants as sv
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 from attnlab.position.alibi import ALiBi
 from attnlab.position.t5 import T5RelativeBias
 

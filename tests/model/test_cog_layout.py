@@ -6,7 +6,7 @@ import torch
 
 from attnlab.attention.normalisers.cog import Cog
 from attnlab.attention.normalisers.softmax import Softmax
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 
 def test_edge_layers_use_softmax_and_middle_layers_use_cog(make_lm) -> None:

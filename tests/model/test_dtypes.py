@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnlab.attention import NORMALISERS
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 POSITIONS = ["rope", "alibi", "nope", "learned", "sinusoidal"]
 

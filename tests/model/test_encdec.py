@@ -10,9 +10,9 @@ import torch
 
 from attnlab.attention import HEADS, NORMALISERS
 from attnlab.errors import ConfigError
+from attnlab.hook_points import capture, hook_points
 from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import EncoderDecoder, build_model
-from attnlab.model.hooks import capture, hook_points
 from attnlab.model.transformer import TransformerLM
 
 VOCAB = 31

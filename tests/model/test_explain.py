@@ -7,10 +7,10 @@ import torch
 
 from attnlab.attention import AttentionConfig, dispatch
 from attnlab.errors import ConfigError
+from attnlab.hook_points import capture
 from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import build_model
 from attnlab.model.explain import explain_model, format_explanation
-from attnlab.model.hooks import capture
 from attnlab.sweeps.quick import SWEEP
 
 T = 32

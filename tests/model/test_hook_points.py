@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnlab.attention import causal_mask
-from attnlab.model.hooks import capture, hook_points, hooks
+from attnlab.hook_points import capture, hook_points, hooks
 
 ATTN_HOOKS = ["hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z"]
 BLOCK_HOOKS = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]

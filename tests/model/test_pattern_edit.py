@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnlab.hook_points import capture, hooks
 from attnlab.model.config import ModelConfig
-from attnlab.model.hooks import capture, hooks
 from attnlab.model.transformer import TransformerLM
 
 

@@ -14,7 +14,7 @@ import torch
 
 from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, KVCache, build_attention
 from attnlab.attention.linear.feature_maps import FEATURE_MAPS, PerformerFeatureMap
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 from attnlab.position.fope import FoPE, FoPEParams
 
 SITE = AttentionSite(d_model=16, n_heads=4)  # d_head = 4

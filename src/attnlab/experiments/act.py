@@ -46,10 +46,10 @@ from attnlab.attention.core import repeat_kv
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.errors import ConfigError
 from attnlab.experiments.tables import cell
+from attnlab.hook_points import capture, hooks
 from attnlab.lens.interventions import Head, check_heads, model_heads
 from attnlab.lens.losses import text_loss
 from attnlab.lens.metrics import hidden_sinks
-from attnlab.model.hooks import capture, hooks
 
 BETA = 0.4  # scripts/evaluation.sh
 THRESHOLD = 0.1

@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from attnlab.attention.build import KVCache, LayerKVCache
 from attnlab.config import StrictModel
 from attnlab.errors import ConfigError
+from attnlab.hook_points import hooks
 from attnlab.lens.losses import next_token_nll
-from attnlab.model.hooks import hooks
 from attnlab.position.base import PositionEncoding
 
 POLICIES = ("streaming", "h2o", "recent")

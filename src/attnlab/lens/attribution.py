@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
+from attnlab.hook_points import hook_points
 from attnlab.lens.residual import (
     at_position,
     final_norm,
@@ -46,7 +47,6 @@ from attnlab.lens.residual import (
     unembed_weight,
     z_name,
 )
-from attnlab.model.hooks import hook_points
 
 
 @dataclass(frozen=True)

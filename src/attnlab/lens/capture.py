@@ -1,6 +1,6 @@
 """``run_with_cache``: one forward pass of an attnlab model that records hook-point activations by name.
 
-A thin wrapper over ``attnlab.model.hooks.capture``. Hooking ``blocks.{L}.attn.hook_pattern`` makes that layer
+A thin wrapper over ``attnlab.hook_points.capture``. Hooking ``blocks.{L}.attn.hook_pattern`` makes that layer
 fall back to the reference attention (fused kernels return no weights), so the pattern is always the real one.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 _PATTERN = re.compile(r"^blocks\.(\d+)\.attn\.hook_pattern$")
 

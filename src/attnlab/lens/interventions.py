@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture, hook_points, hooks
+from attnlab.hook_points import capture, hook_points, hooks
 
 Head = tuple[int, int]  # (layer, head)
 
@@ -151,7 +151,7 @@ def head_edit_hooks(
     mean: Mapping[Head, Tensor] | None = None,
     scale: Mapping[Head, Tensor | float] | None = None,
 ) -> dict[str, Callable[[Tensor], Tensor]]:
-    """The ``{hook name: fn}`` dict that applies the edits (for ``attnlab.model.hooks.hooks``).
+    """The ``{hook name: fn}`` dict that applies the edits (for ``attnlab.hook_points.hooks``).
 
     ``zero``: heads set to 0; ``mean``: head → replacement vector [d_head]; ``scale``: head → coefficient (a float
     or a 0-d tensor, which may require grad). A head may appear in only one of them (ConfigError otherwise).

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
+from attnlab.hook_points import hooks
 from attnlab.lens.residual import at_position, block_of, forward_from, n_layers, require, resid_pre_name
-from attnlab.model.hooks import hooks
 
 Metric = Callable[[Tensor], Tensor]  # logits [N, B, T, V] → [N] (or [N, ...]: one value or tensor per copy)
 

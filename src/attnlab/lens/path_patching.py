@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
+from attnlab.hook_points import capture, hooks
 from attnlab.lens.interventions import Head, check_heads
 from attnlab.lens.patching import Metric
 from attnlab.lens.residual import (
@@ -41,7 +42,6 @@ from attnlab.lens.residual import (
     resid_pre_name,
     z_name,
 )
-from attnlab.model.hooks import capture, hooks
 
 PATHS = ("q", "k", "v")
 

@@ -8,7 +8,7 @@ import torch
 from attnlab.attention import AttentionConfig, AttentionSite, LayerKVCache, build_attention
 from attnlab.attention.heads.mla import dequantise, fake_quantise, pack_int4, quantise, unpack_int4
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 SITE = AttentionSite(d_model=16, n_heads=4)  # d_head = 4
 PLAIN = {"rope_dim": 0, "latent_norm": False}  # no decoupled RoPE, no RMSNorm: MLA is a factored MHA

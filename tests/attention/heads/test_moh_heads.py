@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from attnlab.attention import AttentionConfig, AttentionSite, build_attention
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 SITE = AttentionSite(d_model=32, n_heads=4)
 

