@@ -17,6 +17,7 @@ from attnlab.attention import NORMALISERS, AttentionConfig, AttentionSite, atten
 from attnlab.attention.fast import native
 from attnlab.position.alibi import ALiBi
 from attnlab.position.t5 import T5RelativeBias
+from tolerances import order_bound, scale_of
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +151,11 @@ def test_native_gradients_match_finite_differences(name, args, pos, causal, wind
     assert all("Native" in c for c in calls), calls  # the compiled kernel ran, in float64
 
 
-def test_the_chunked_backend_takes_the_kernels_and_threads_give_identical_results() -> None:
+def test_the_chunked_backend_takes_the_kernels_and_threads_agree_to_rounding() -> None:
+    """1 and 2 threads split the work differently; the kernel's own sums keep their order, but BLAS's (MKL's AVX2
+    kernels depend on the tile's alignment) may not, so the two agree to the order bound: the longest sum is over the
+    300 keys, six chained steps (scores, row sums, weights · v; ds, dq / dk, dv), and soft-capping at c = 5 bounds
+    the scores, so exp turns an absolute error of the scores into at most that relative error of the weights."""
     norm = norm_of("softmax", softcap=5.0)
     q, k, v = (torch.randn(1, 4, 300, 16, requires_grad=True) for _ in range(3))
     results = []
@@ -162,8 +167,9 @@ def test_the_chunked_backend_takes_the_kernels_and_threads_give_identical_result
             results.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
         finally:
             torch.set_num_threads(1)
+    bound = order_bound(torch.float32, n_terms=300, depth=6, condition=5.0)
     for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, atol=bound * scale_of(b), rtol=0)
 
 
 def test_explicit_tiles_keep_the_pytorch_form() -> None:

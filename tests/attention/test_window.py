@@ -8,6 +8,7 @@ import torch
 from attnlab.attention import NORMALISERS, attend_reference
 from attnlab.attention.build import sdpa
 from attnlab.attention.normalisers.softmax import Softmax
+from tolerances import RETNET_CONDITION, lm_atol
 
 
 def test_windowed_softmax_equals_softmax_over_the_last_w_keys() -> None:
@@ -38,12 +39,16 @@ def test_sdpa_with_a_window_equals_the_reference(causal: bool) -> None:
 
 @pytest.mark.parametrize("normaliser", NORMALISERS.names())
 def test_windowed_model_decodes_with_the_cache_as_in_the_full_pass(make_supported_lm, normaliser: str) -> None:
-    model = make_supported_lm(normaliser=normaliser, window=3)
+    # float64: the check is of the cache, which is exact, not of float32 rounding (which reached 2.5e-5 against
+    # atol 1e-5 on an AMD EPYC). Both passes compute the same sums in other orders (a 10-row GEMM against 1-row
+    # ones): lm_atol, order_bound over the model's chain; RetNet's signed rows amplify it (RETNET_CONDITION).
+    model = make_supported_lm(normaliser=normaliser, window=3).double()
     tokens = torch.randint(0, 31, (2, 10))
     full = model(tokens)
     cache = model.new_cache()
     steps = torch.cat([model(tokens[:, t : t + 1], cache) for t in range(10)], dim=1)
-    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    condition = RETNET_CONDITION if normaliser == "retnet" else 1.0
+    torch.testing.assert_close(steps, full, atol=lm_atol(full, condition=condition), rtol=0)
 
 
 def test_a_token_outside_the_window_does_not_change_the_output(make_supported_lm) -> None:
