@@ -48,8 +48,16 @@ def is_file(spec: str) -> bool:
     return spec.endswith(".py")
 
 
+MAIN_HINT = (
+    "define it in a file (a sweep file, a module, a package) that the workers import: an entry defined in __main__ "
+    "without a file (a notebook, python -c) exists only in the driver"
+)
+
+
 def hint(spec: str) -> str:
     """How to make ``spec`` importable where a run is trained."""
+    if spec in ("__main__", "__mp_main__"):
+        return MAIN_HINT
     return FILE_HINT if is_file(spec) else MODULE_HINT
 
 
@@ -192,16 +200,21 @@ def snapshot() -> set[str]:
 def entries_of(spec: str) -> list[tuple[Registry[Any], Entry[Any]]]:
     """Import ``spec`` (a module name or a ``.py`` file) and return the entries it registered.
 
-    Entries new since before the import; for a module imported earlier (an installed plugin), the entries whose
-    origin is that module.
+    The entries new since before the import, or, for a module imported earlier (an installed plugin), those whose
+    origin is that module. For a module name, the entries defined in it or its submodules when there are any (so
+    ``my_plugin.extra`` does not report what ``my_plugin`` itself registers on the way).
     """
     before = snapshot()
     import_plugin(spec)
     key = str(Path(spec).resolve()) if is_file(spec) else spec
-    found = []
-    for registry in registries():
-        for entry in registry.entries():
-            new = entry_key(registry, entry.name) not in before
-            if not entry.builtin and (new or entry.plugin == key or entry.module == key):
-                found.append((registry, entry))
+    found = [
+        (registry, entry)
+        for registry in registries()
+        for entry in registry.entries()
+        if not entry.builtin
+        and (entry_key(registry, entry.name) not in before or entry.plugin == key or entry.module == key)
+    ]
+    if not is_file(spec):
+        own = [(r, e) for r, e in found if e.module == spec or e.module.startswith(spec + ".")]
+        found = own or found
     return found

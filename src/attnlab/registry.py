@@ -113,7 +113,7 @@ class Registry(Generic[T]):
         **capabilities: Any,
     ) -> Callable[[T], T]:
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            raise ValueError(f"{self.kind} {name!r} is registered twice (first by {self._entries[name].origin})")
         caps = Capabilities(**capabilities)
 
         def decorate(factory: T) -> T:
