@@ -40,15 +40,15 @@ SWEEP = Sweep(
     seeds=[0, 1],
     widths=[16],
     model={{"n_layers": 1, "n_heads": 2}},
-    train=TrainConfig(steps=10, batch_size=8, eval_every=5, eval_examples=16),
+    train=TrainConfig(steps={steps}, batch_size=8, eval_every={steps}, eval_examples=16),
 )
 """
 
 
-def softmax1_sweep(folder: Path, name: str = "softmax1") -> Path:
+def softmax1_sweep(folder: Path, name: str = "softmax1", steps: int = 10) -> Path:
     """A sweep file in ``folder`` that registers ``name`` and runs it beside softmax: 2 mechanisms × 2 seeds."""
     path = folder / "softmax1_sweep.py"
-    path.write_text(SOFTMAX1_SWEEP.format(name=name))
+    path.write_text(SOFTMAX1_SWEEP.format(name=name, steps=steps))
     return path
 
 
