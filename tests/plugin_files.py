@@ -52,9 +52,11 @@ def softmax1_sweep(folder: Path, name: str = "softmax1", steps: int = 10) -> Pat
     return path
 
 
-def attnlab(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def attnlab(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """``attnlab ARGS`` in a fresh process (workers, entry points and sys.path as a user gets them)."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [ATTNLAB, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO, check=False
+        [ATTNLAB, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd, check=False
     )

@@ -44,17 +44,21 @@ def check(
     if not entries:
         raise ConfigError("module", module, "registered no entries", "a module that calls NORMALISERS.register, ...")
     outcomes = run_checks(entries)
-    checks = list(dict.fromkeys(o.check for o in outcomes))
-    table = Table(title=f"attnlab check {escape(module)}", title_justify="left")
-    table.add_column("entry", style="bold")
-    for name in checks:
-        table.add_column(name, justify="center")
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for o in outcomes:
         rows.setdefault((o.axis, o.name), {})[o.check] = MARKS[o.status]
-    for (axis, name), marks in rows.items():
-        table.add_row(escape(f"{axis} {name}"), *(marks.get(c, "") for c in checks))
-    console.print(table)
+    # one table per set of checks: attention entries (normalisers, heads, positions), tasks, feature maps
+    tables: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for key, marks in rows.items():
+        tables.setdefault(tuple(marks), []).append(key)
+    for checks, keys in tables.items():
+        table = Table(title=f"attnlab check {escape(module)}", title_justify="left")
+        table.add_column("entry", style="bold", no_wrap=True)
+        for name in checks:
+            table.add_column(name, justify="center")
+        for axis, name in keys:
+            table.add_row(escape(f"{axis} {name}"), *(rows[axis, name][c] for c in checks))
+        console.print(table)
     failures = [o for o in outcomes if o.status == "fail"]
     for o in failures:
         console.print(f"[red]FAIL[/red] {escape(f'{o.axis} {o.name}: {o.check}: {o.detail}')}", soft_wrap=True)
