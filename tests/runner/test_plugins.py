@@ -130,3 +130,16 @@ def test_an_entry_defined_where_no_worker_can_import_it_fails_the_run_with_one_l
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith("PluginError: normaliser 'softmax_nb' is not registered in the worker on "), line
     assert "after importing __main__, where it came from: define it in a file" in line
+
+
+def test_an_entry_registered_without_params_is_one_line(tmp_path: Path) -> None:
+    from attnlab.attention import AttentionConfig
+
+    path = tmp_path / "no_params.py"
+    path.write_text(
+        "from attnlab.attention.normalisers.base import NORMALISERS, NormaliserBase\n"
+        "NORMALISERS.register('no_params_here')(type('NoParamsHere', (NormaliserBase,), {}))\n"
+    )
+    import_plugin(str(path))
+    with pytest.raises(ConfigError, match=r"registered without params=.*allowed: params=NoParams"):
+        AttentionConfig(normaliser="no_params_here")
