@@ -115,3 +115,9 @@ def test_check_of_a_module_that_does_not_exist_is_one_line() -> None:
         "error: module='no_such_module_here': cannot be imported (ModuleNotFoundError: No module named "
     )
     assert result.stderr.count("\n") == 1
+
+
+def test_check_passes_the_example_sweep_file_with_its_own_normaliser() -> None:
+    result = attnlab("check", "sweeps/softmax1.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "1 entries: 10 checks hold, 0 fail, 1 do not apply"
