@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from attnlab.attention import AttentionConfig
+from attnlab.checks import liven  # lively weights, as the registry-wide checks build them
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
 
@@ -34,22 +35,6 @@ TEST_SEED = int(os.environ.get("ATTNLAB_TEST_SEED", "0"))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(TEST_SEED)
-
-
-def liven(model: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
-    """Re-draw every parameter so attention is far from uniform.
-
-    The GPT-2 initialisation (std 0.02) makes every score ≈ 0, so weights are near uniform and a wrong
-    position or a stale cache entry would change the logits by less than any tolerance we could set.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) and name == "weight":
-                    p.normal_(1.0, 0.1)  # norm gains near 1, or every activation after a norm is ~0.1×
-                else:
-                    p.normal_(0.0, std if p.dim() > 1 else 0.1)
-    return model
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ naming the field, the value and the entries that would work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
@@ -60,6 +61,37 @@ class Entry(Generic[T]):
     paper: str = ""
     params: type | None = None  # a pydantic model validating the entry's keyword arguments
     example: dict[str, Any] = field(default_factory=dict)  # arguments that make a small working instance
+    module: str = ""  # the module that defined the factory
+    plugin: str = ""  # the plugin (a .py file's path or a module name) being imported when it registered; "" if none
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the entry is one of attnlab's own (defined in a module of the ``attnlab`` package)."""
+        return self.module.startswith("attnlab.")
+
+    @property
+    def origin(self) -> str:
+        """What to import to register this entry again: its plugin, else its module."""
+        return self.plugin or self.module
+
+
+_REGISTRIES: list[Registry[Any]] = []
+_LOADING: list[str] = []  # the plugins being imported (``loading``), innermost last
+
+
+def registries() -> list[Registry[Any]]:
+    """Every registry created so far (each axis's, the feature maps', the tasks'), in creation order."""
+    return list(_REGISTRIES)
+
+
+@contextmanager
+def loading(plugin: str) -> Iterator[None]:
+    """Entries registered inside this block (by modules outside ``attnlab``) remember ``plugin`` as their origin."""
+    _LOADING.append(plugin)
+    try:
+        yield
+    finally:
+        _LOADING.pop()
 
 
 class Registry(Generic[T]):
@@ -68,6 +100,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        _REGISTRIES.append(self)
 
     def register(
         self,
@@ -80,11 +113,15 @@ class Registry(Generic[T]):
         **capabilities: Any,
     ) -> Callable[[T], T]:
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            raise ValueError(f"{self.kind} {name!r} is registered twice (first by {self._entries[name].origin})")
         caps = Capabilities(**capabilities)
 
         def decorate(factory: T) -> T:
-            self._entries[name] = Entry(name, factory, caps, summary, paper, params, dict(example or {}))
+            module = str(getattr(factory, "__module__", "") or "")
+            plugin = _LOADING[-1] if _LOADING and not module.startswith("attnlab.") else ""
+            self._entries[name] = Entry(
+                name, factory, caps, summary, paper, params, dict(example or {}), module=module, plugin=plugin
+            )
             return factory
 
         return decorate

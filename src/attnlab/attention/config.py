@@ -74,9 +74,14 @@ class AttentionConfig(StrictModel):
 
     @model_validator(mode="after")
     def _known_entries(self) -> AttentionConfig:
-        NORMALISERS.entry(self.normaliser)
-        HEADS.entry(self.heads)
-        POSITIONS.entry(self.position)
+        for registry, name in ((NORMALISERS, self.normaliser), (HEADS, self.heads), (POSITIONS, self.position)):
+            if registry.entry(name).params is None:  # a plugin's registration without params=
+                raise ConfigError(
+                    registry.kind,
+                    name,
+                    "registered without params=: the layer builds it from a pydantic model of its arguments",
+                    "params=NoParams (attnlab.attention.normalisers.base) when it takes none",
+                )
         if self.edge_normaliser is not None and self.edge_normaliser not in NORMALISERS:
             raise ConfigError("edge_normaliser", self.edge_normaliser, "unknown normaliser", NORMALISERS.names())
         validate_args(NORMALISERS, self.normaliser, self.normaliser_args, "normaliser_args")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from attnlab.cli.check import check_app
 from attnlab.cli.data import data_app
 from attnlab.cli.experiments import experiments_app
 from attnlab.cli.explain import explain_app
@@ -22,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a l
 
 app.add_typer(zoo_app)  # zoo, docs
 app.add_typer(explain_app)  # explain
+app.add_typer(check_app)  # check
 app.add_typer(sweeps_app)  # run, demo, presets, leaderboard, report, export
 app.add_typer(inspect_app)  # inspect
 app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")

@@ -47,8 +47,10 @@ def zoo(markdown: Annotated[bool, typer.Option(help="print a markdown table inst
     """List every registered mechanism and position encoding with its capabilities."""
     from attnlab.attention import HEADS, NORMALISERS
     from attnlab.attention.linear.feature_maps import FEATURE_MAPS
+    from attnlab.plugins import load_plugins
     from attnlab.position import POSITIONS
 
+    load_plugins()  # installed plugins' entries are listed with the zoo's
     if markdown:
         print(zoo_markdown())
         return

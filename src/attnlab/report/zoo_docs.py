@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -20,27 +19,14 @@ import torch
 
 from attnlab.attention import HEADS, NORMALISERS, AttentionConfig, AttentionSite, build_attention
 from attnlab.attention.linear.feature_maps import FEATURE_MAPS
+from attnlab.checks import AXES, entry_config  # the config that shows one entry, as the checks build it
 from attnlab.errors import ConfigError
 from attnlab.position import POSITIONS
-from attnlab.registry import Capabilities, Entry, Registry
+from attnlab.registry import Capabilities, Entry
 from attnlab.report.tables import md_cell
 
-AXES: dict[str, tuple[Registry, str]] = {
-    "normaliser": (NORMALISERS, "normaliser"),
-    "heads": (HEADS, "heads"),
-    "position": (POSITIONS, "position"),
-}
 USES = (("causal", "causal"), ("non-causal", "non_causal"), ("cross", "cross"), ("KV cache", "kv_cache"))
 PICTURE_T = 24
-
-
-def entry_config(axis: str, entry: Entry) -> AttentionConfig:
-    """The config that shows one entry: the entry with its example arguments, the other axes plain."""
-    key = AXES[axis][1]
-    base: dict[str, Any] = {"position": "nope" if axis != "position" else entry.name}
-    base[key] = entry.name
-    base[f"{key}_args"] = dict(entry.example)
-    return AttentionConfig(**base)
 
 
 def entry_site(entry: Entry) -> AttentionSite:

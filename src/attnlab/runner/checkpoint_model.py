@@ -12,7 +12,7 @@ from torch import nn
 
 from attnlab.errors import ConfigError
 from attnlab.model.encdec import build_model
-from attnlab.runner.config import RunConfig
+from attnlab.runner.config import RunConfig, run_from_json
 from attnlab.runner.store import Store
 
 
@@ -34,7 +34,7 @@ def load_run(db: str | Path, run_id: str) -> tuple[nn.Module, RunConfig]:
         path = store.checkpoint_path(run_id)
     if not path.is_file():
         raise ConfigError("run_id", run_id, f"has no checkpoint ({path} is missing; re-run it to store one)")
-    cfg = RunConfig.model_validate_json(row["config"])
+    cfg = run_from_json(row["config"])  # imports the plugins that define its entries
     model = build_model(cfg.model)
     model.load_state_dict(load_file(path))
     return model.eval(), cfg

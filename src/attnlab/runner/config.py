@@ -2,21 +2,31 @@
 
 A run's id is the sha1 of its canonical JSON, so the same config is the same run wherever it is
 expanded: a restarted sweep finds its finished runs by id and skips them.
+
+A run whose entries come from outside attnlab (a sweep file's own normaliser, an installed plugin) records what
+defines them in ``plugins`` (``{"normaliser:softmax1": "/path/to/sweep.py"}``), filled in from the registries, and
+a worker imports those before it builds the run (``run_from_json``). Like ``sweep``, ``plugins`` says where the code
+is found, not what the run is: it is not part of the run's id, and the JSON of a run without plugins has no
+``plugins`` key (so the ids and stored configs of zoo-only runs are those of earlier versions).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from attnlab.attention import HEADS, NORMALISERS
 from attnlab.attention.config import AttentionConfig
-from attnlab.config import StrictModel
+from attnlab.attention.linear.feature_maps import FEATURE_MAPS
+from attnlab.config import StrictModel, config_error
 from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
+from attnlab.plugins import import_needed, load_plugins, needed
 from attnlab.position import POSITIONS
-from attnlab.tasks import TaskConfig, task_from_dict
+from attnlab.tasks import TASKS, TaskConfig, task_from_dict
 from attnlab.tasks.base import extrapolation_tasks
 from attnlab.train.config import TrainConfig
 
@@ -27,6 +37,9 @@ class RunConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     seed: int = 0
     sweep: str = ""  # the sweep that asked for it; not part of the run's identity
+    # what defines its entries that are not attnlab's own ("normaliser:softmax1" → module or .py file); not part
+    # of the run's identity. Filled in from the registries unless given.
+    plugins: dict[str, str] = Field(default_factory=lambda data: _plugins_of(data.get("model"), data.get("task")))
 
     @field_validator("task", mode="before")
     @classmethod
@@ -51,9 +64,14 @@ class RunConfig(StrictModel):
         extrapolation_tasks(self.task, self.train.extrapolate, "train.extrapolate")
         return self
 
+    def canonical_json(self) -> str:
+        """The config as sorted, compact JSON; ``plugins`` only when there are any."""
+        exclude = None if self.plugins else {"plugins"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
+
     @property
     def run_id(self) -> str:
-        return self.model_copy(update={"sweep": ""}).digest()[:16]
+        return self.model_copy(update={"sweep": "", "plugins": {}}).digest()[:16]
 
     @property
     def mechanism(self) -> str:
@@ -62,6 +80,39 @@ class RunConfig(StrictModel):
     @property
     def position(self) -> str:
         return self.model.attention.position
+
+
+def _plugins_of(model: Any, task: Any) -> dict[str, str]:
+    """The plugins that define the entries of a run's model and task (none for attnlab's own entries)."""
+    if not isinstance(model, ModelConfig) or not isinstance(task, TaskConfig):
+        return {}  # the field that failed validation is reported instead
+    att = model.attention
+    used = [(NORMALISERS, att.normaliser), (HEADS, att.heads), (POSITIONS, att.position), (TASKS, task.name)]
+    if att.edge_normaliser is not None:
+        used.append((NORMALISERS, att.edge_normaliser))
+    feature_map = att.normaliser_args.get("feature_map")
+    if isinstance(feature_map, str):
+        used.append((FEATURE_MAPS, feature_map))
+    return needed(used)
+
+
+def run_from_json(config_json: str, where: str = "this process") -> RunConfig:
+    """A run from its JSON, its plugins imported first (``where`` names the process in error messages).
+
+    Installed plugins are loaded, then the run's own; a plugin that cannot be imported, an entry it does not
+    register and any other invalid field are one-line ``ConfigError``s.
+    """
+    try:
+        data = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("config", config_json[:80], f"not JSON: {exc}") from None
+    plugins = data.get("plugins", {}) if isinstance(data, dict) else {}
+    load_plugins()
+    import_needed(plugins if isinstance(plugins, dict) else {}, where)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, "RunConfig", RunConfig) from None
 
 
 class Sweep(StrictModel):

@@ -40,15 +40,19 @@ def set_threads(threads: int) -> None:
 
 
 def execute(config_json: str) -> RunOutcome:
-    """Train the run described by ``config_json``; never raises for a failing run (the error is returned)."""
-    from attnlab.runner.config import RunConfig
+    """Train the run described by ``config_json``; never raises for a failing run (the error is returned).
+
+    The run's plugins (a sweep file's own entries, installed packages) are imported first: a process-pool or Ray
+    worker starts without them.
+    """
+    from attnlab.runner.config import run_from_json
     from attnlab.train.loop import train
 
     t0 = time.perf_counter()
     run_id = "?"
     where = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
-        cfg = RunConfig.model_validate_json(config_json)
+        cfg = run_from_json(config_json, where=f"the worker on {where['host']} (pid {where['pid']})")
         run_id = cfg.run_id
         result = train(cfg.model, cfg.task, cfg.train, cfg.seed)
         weights = checkpoint_bytes(result.model) if result.model is not None else b""

@@ -2,9 +2,10 @@
 
 The semantics are ``run_local``'s. The driver (this process) is the only writer of the results database;
 each Ray task trains one run with ``execute(config_json)`` and returns its ``RunOutcome``. A run is marked
-``running`` when its task is submitted, at most ``workers`` tasks are in flight (``ray.wait``), a failed run
-(or a crashed Ray worker) is recorded and the sweep goes on, and Ctrl-C / SIGTERM cancel the in-flight tasks
-and put their runs back in the queue. Each task asks Ray for ``num_cpus=threads`` and sets that many torch
+``running`` when its task is submitted, at most ``workers`` tasks are in flight (``ray.wait``), a failed run is
+recorded and the sweep goes on, a run whose Ray worker or node died is re-run by Ray on the nodes left (up to
+``SYSTEM_RETRIES`` times, then recorded as failed), and Ctrl-C / SIGTERM cancel the in-flight tasks and put their
+runs back in the queue. Each task asks Ray for ``num_cpus=threads`` and sets that many torch
 threads, so Ray never packs more threads onto a node than it has CPUs.
 
 Ray is an optional extra (``pip install 'attnlab[ray]'``): importing attnlab never imports it. Ray is kept
@@ -13,7 +14,9 @@ is not forwarded to the driver (``log_to_driver=False``, so the progress display
 error comes back in its outcome, and Ray's logs are under ``/tmp/ray/session_latest/logs``.
 
 On a cluster, every node must have attnlab (the same version) and its dependencies installed: tasks refer
-to ``attnlab.runner.ray_backend`` by name.
+to ``attnlab.runner.ray_backend`` by name. A run's plugins (``RunConfig.plugins``: a sweep file's path, an installed
+plugin's module) must be importable on every node too; a worker that cannot import one fails the run with one line
+saying which entry, from where, and how to fix it (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from attnlab.runner.store import Store
 
 ADDRESSES = ("None (start a local Ray)", "auto", "ray://host:port", "host:port")
 POLL_S = 1.0  # ray.wait timeout: how often the driver looks for a stop signal that Ray swallowed
+# Ray re-runs a task whose worker process or node died (never one that returned: a failing run is an outcome, not an
+# exception) this many times, so the runs of a node lost mid-sweep are trained on the others.
+SYSTEM_RETRIES = 3
 _ADDRESS = re.compile(r"^(auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+)$")
 
 
@@ -144,7 +150,7 @@ def run_ray(
         stop.install()  # after ray.init, which installs a SIGTERM handler of its own
         total, largest = cluster_cpus(ray)
         n_workers, n_threads = plan_ray_workers(len(todo), workers, threads, total, largest)
-        task = ray.remote(num_cpus=n_threads, max_retries=0)(execute_in_worker)
+        task = ray.remote(num_cpus=n_threads, max_retries=SYSTEM_RETRIES)(execute_in_worker)
         queue = list(reversed(todo))
         while queue or in_flight:
             while queue and len(in_flight) < n_workers:

@@ -1,16 +1,17 @@
 """Sweep presets: each module exports ``SWEEP`` (a ``Sweep`` or a ``Suite`` of sweeps). ``load_sweep`` also
-accepts a path to a Python file."""
+accepts a path to a Python file, imported as a plugin: the entries it registers (its own normaliser, say) remember
+the file, and every run that uses them records it, so the workers import it too (``attnlab.plugins``)."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pkgutil
 import traceback
 from pathlib import Path
 from types import ModuleType
 
 from attnlab.errors import ConfigError
+from attnlab.plugins import import_plugin, load_plugins
 from attnlab.runner.config import Sweep
 from attnlab.runner.suite import Suite
 
@@ -22,14 +23,11 @@ def preset_names() -> list[str]:
 def load_sweep(name_or_path: str) -> Sweep | Suite:
     """A preset name (``quick``) or a Python file that defines ``SWEEP`` (a ``Sweep`` or a ``Suite``)."""
     path = Path(name_or_path)
+    load_plugins()  # installed plugins first: a sweep may use their entries
     if path.suffix == ".py":
         if not path.is_file():
             raise ConfigError("sweep", name_or_path, "no such file")
-        spec = importlib.util.spec_from_file_location(f"attnlab_user_sweep_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise ConfigError("sweep", name_or_path, "cannot be imported as a Python file")
-        module = importlib.util.module_from_spec(spec)
-        _run_sweep_file(module, spec.loader, path)
+        module = _run_sweep_file(path)
     elif name_or_path in preset_names():
         module = importlib.import_module(f"attnlab.sweeps.{name_or_path.replace('-', '_')}")
     else:
@@ -40,14 +38,14 @@ def load_sweep(name_or_path: str) -> Sweep | Suite:
     return sweep
 
 
-def _run_sweep_file(module: ModuleType, loader: importlib.abc.Loader, path: Path) -> None:
-    """Execute a user's sweep file; its mistakes become one line naming the file and the line.
+def _run_sweep_file(path: Path) -> ModuleType:
+    """Execute a user's sweep file (once per process); its mistakes become one line naming the file and the line.
 
     A ``ConfigError`` raised while it builds its ``Sweep`` already names the field and passes through; any other
     exception, a syntax error included, is reported with the file's own line that raised it.
     """
     try:
-        loader.exec_module(module)
+        return import_plugin(str(path))
     except ConfigError:
         raise
     except SyntaxError as err:
