@@ -8,7 +8,7 @@ Wang et al. 2023, "Interpretability in the Wild: a Circuit for Indirect Object I
   clean output written in, normalised so 0 is the corrupted run and 1 the clean one;
 - **direct logit attribution** (``attnlab.lens.attribution``): each head's write at the last token, along
   ``W_U[IO] − W_U[S]`` through the final norm frozen from the clean run;
-- **attention** from the last token to the IO and to S1, and from S2 to S1 (the clean patterns);
+- **attention** from the last token to the IO, to S1 and to S2, and from S2 to S1 (the clean patterns);
 - **path patching via q** (``attnlab.lens.path_patching``): each head's corrupted output sent only into the name
   movers' queries, as the change of the logit difference relative to the clean one (§3.2 of the paper).
 
@@ -24,8 +24,8 @@ and names the paper's classes (and one more) by their signatures (at most ``top`
   least ``min_effect`` of it;
 - *duplicate-token*: the heads that attend from S2 to S1 with at least ``min_attention`` of their weight.
 
-Prompts run in groups of ``prompt_batch``; ``batch_size`` patched copies share each forward pass, so one pass holds
-``batch_size · prompt_batch`` sequences (and their logits over the whole vocabulary).
+Prompts run in groups of ``prompt_batch`` of similar lengths; ``batch_size`` patched copies share each forward
+pass, so one pass holds ``batch_size · prompt_batch`` sequences (and their logits over the whole vocabulary).
 """
 
 from __future__ import annotations
@@ -107,8 +107,10 @@ def top_heads(grid: Tensor, k: int, descending: bool = True) -> list[Head]:
 
 
 def _chunks(prompts: IOIPrompts, size: int) -> Iterator[IOIPrompts]:
-    for start in range(0, len(prompts), size):
-        yield prompts.select(slice(start, start + size))
+    """Groups of ``size`` prompts of similar lengths (sorted by length: less padding to compute)."""
+    rows = sorted(range(len(prompts)), key=lambda i: int(prompts.end[i]))
+    for start in range(0, len(rows), size):
+        yield prompts.select(rows[start : start + size])
 
 
 def _pick(pattern: Tensor, query: Tensor, key: Tensor) -> Tensor:

@@ -107,22 +107,27 @@ class IOIPrompts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def select(self, rows: slice) -> IOIPrompts:
-        """A contiguous part of the set, its tokens cut to the longest prompt in it."""
-        width = int(self.end[rows].max()) + 1
+    def select(self, rows: Sequence[int]) -> IOIPrompts:
+        """The prompts at ``rows``, in that order, their tokens cut to the longest of them."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        width = int(self.end[index].max()) + 1
+
+        def pick(values: tuple) -> tuple:
+            return tuple(values[i] for i in rows)
+
         return IOIPrompts(
-            clean=self.clean[rows, :width],
-            corrupted=self.corrupted[rows, :width],
-            io=self.io[rows],
-            s=self.s[rows],
-            io_pos=self.io_pos[rows],
-            s1_pos=self.s1_pos[rows],
-            s2_pos=self.s2_pos[rows],
-            end=self.end[rows],
-            orders=self.orders[rows],
-            templates=self.templates[rows],
-            texts=self.texts[rows],
-            corrupted_texts=self.corrupted_texts[rows],
+            clean=self.clean[index, :width],
+            corrupted=self.corrupted[index, :width],
+            io=self.io[index],
+            s=self.s[index],
+            io_pos=self.io_pos[index],
+            s1_pos=self.s1_pos[index],
+            s2_pos=self.s2_pos[index],
+            end=self.end[index],
+            orders=pick(self.orders),
+            templates=pick(self.templates),
+            texts=pick(self.texts),
+            corrupted_texts=pick(self.corrupted_texts),
             corruption=self.corruption,
         )
 
