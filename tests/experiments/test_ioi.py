@@ -16,7 +16,8 @@ import torch
 from ioi_helpers import WordTokenizer, tiny_lm
 from typer.testing import CliRunner
 
-from attnlab.experiments.ioi import CLASSES, ioi_circuit, top_heads, write_ioi
+from attnlab.cli.circuits import write_ioi
+from attnlab.experiments.ioi import CLASSES, ioi_circuit, top_heads
 from attnlab.experiments.prompts.ioi import ioi_prompts
 from attnlab.lens.attribution import direct_logit_attribution
 from attnlab.lens.capture import run_with_cache

@@ -8,6 +8,7 @@ tables and writes the CSV and heatmaps. Bad input exits with status 2 and one li
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,6 +56,32 @@ def _heads(result: Any, heads: list, key: str) -> str:
     return ", ".join(f"{head_label(h)} ({float(grid[h]):+.3f})" for h in heads) or "none found"
 
 
+def write_ioi(result: Any, out: Path, model_name: str) -> list[Path]:
+    """``heads.csv`` (``IOIResult.rows``) and one heatmap per grid into ``out`` (created); returns the paths."""
+    from attnlab.report.head_grids import write_head_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result.rows()
+    csv_path = out / "heads.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n = f"{model_name}, {result.n_prompts} IOI prompts"
+    grids = [
+        ("patching.png", result.patching, f"{n}: patching hook_z (normalised)", "0 corrupted, 1 clean", True),
+        ("attribution.png", result.attribution, f"{n}: direct logit attribution", "logit(IO) - logit(S)", True),
+        ("path_patching_q.png", result.path_q, f"{n}: path patching into the name movers' q", "change / clean", True),
+        ("attention_end_io.png", result.attention_io, f"{n}: attention last token -> IO", "weight", False),
+        ("attention_end_s.png", result.attention_s1 + result.attention_s2, f"{n}: attention last token -> S1+S2",
+         "weight", False),
+        ("attention_s2_s1.png", result.attention_s2_s1, f"{n}: attention S2 -> S1", "weight", False),
+    ]  # fmt: skip
+    return [csv_path] + [
+        write_head_grid(grid, out / name, title, label, div) for name, grid, title, label, div in grids
+    ]
+
+
 @circuits_app.command("ioi")
 @guarded
 def ioi(
@@ -76,7 +103,7 @@ def ioi(
     output_folder("out", out)
     import torch
 
-    from attnlab.experiments.ioi import CLASSES, ioi_circuit, top_heads, write_ioi
+    from attnlab.experiments.ioi import CLASSES, ioi_circuit, top_heads
     from attnlab.experiments.prompts.ioi import ioi_prompts
     from attnlab.lens.interventions import head_label
 

@@ -30,11 +30,9 @@ pass, so one pass holds ``batch_size · prompt_batch`` sequences (and their logi
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +44,6 @@ from attnlab.lens.capture import patterns, run_with_cache
 from attnlab.lens.interventions import Head, head_label
 from attnlab.lens.patching import activation_patching, logit_diff, logit_diff_metric, normalised, patching_names
 from attnlab.lens.path_patching import path_patch_heads, path_patching_names
-from attnlab.report.head_grids import write_head_grid
 
 CLASSES = ("name mover", "negative name mover", "S suppression", "S-inhibition", "duplicate-token")
 
@@ -225,27 +222,3 @@ def ioi_circuit(
         classes=classes,
         seconds=seconds,
     )
-
-
-def write_ioi(result: IOIResult, out: Path, model_name: str) -> list[Path]:
-    """``heads.csv`` (``IOIResult.rows``) and one heatmap per grid into ``out`` (created); returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = result.rows()
-    csv_path = out / "heads.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    n = f"{model_name}, {result.n_prompts} IOI prompts"
-    grids = [
-        ("patching.png", result.patching, f"{n}: patching hook_z (normalised)", "0 corrupted, 1 clean", True),
-        ("attribution.png", result.attribution, f"{n}: direct logit attribution", "logit(IO) - logit(S)", True),
-        ("path_patching_q.png", result.path_q, f"{n}: path patching into the name movers' q", "change / clean", True),
-        ("attention_end_io.png", result.attention_io, f"{n}: attention last token -> IO", "weight", False),
-        ("attention_end_s.png", result.attention_s1 + result.attention_s2, f"{n}: attention last token -> S1+S2",
-         "weight", False),
-        ("attention_s2_s1.png", result.attention_s2_s1, f"{n}: attention S2 -> S1", "weight", False),
-    ]  # fmt: skip
-    return [csv_path] + [
-        write_head_grid(grid, out / name, title, label, div) for name, grid, title, label, div in grids
-    ]
