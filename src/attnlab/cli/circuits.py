@@ -25,7 +25,6 @@ circuits_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fin
 
 # the models the command loads, with the ids their prompts start and are padded with (the GGUF's bos / padding)
 MODELS: dict[str, dict[str, int]] = {"smollm2": {"bos": 1, "pad": 2}}
-CORRUPTIONS = ("abc", "s2_flip")
 
 
 def load_model(name: str) -> tuple[Any, Any]:
@@ -36,17 +35,6 @@ def load_model(name: str) -> tuple[Any, Any]:
         return load_smollm2()
     except (FileNotFoundError, ImportError) as err:
         raise ConfigError("model", name, f"cannot load: {err}") from None
-
-
-def _check_options(model: str, n_prompts: int, corruption: str, threads: int | None) -> None:
-    if model not in MODELS:
-        raise ConfigError("model", model, "no loader for this model", list(MODELS))
-    if n_prompts < 2 or n_prompts % 2:
-        raise ConfigError("n_prompts", n_prompts, "must be even and at least 2 (half ABBA, half BABA)")
-    if corruption not in CORRUPTIONS:
-        raise ConfigError("corruption", corruption, "not an IOI corruption", CORRUPTIONS)
-    if threads is not None and threads < 1:
-        raise ConfigError("threads", threads, "must be at least 1")
 
 
 def _heads(result: Any, heads: list, key: str) -> str:
@@ -96,16 +84,19 @@ def ioi(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
 ) -> None:
     """IOI on a pretrained model: logit difference, top heads by patching and by attribution, the head classes."""
-    _check_options(model, n_prompts, corruption, threads)
-    for name, value in (("batch_size", batch_size), ("prompt_batch", prompt_batch), ("top", top)):
-        if value < 1:
-            raise ConfigError(name, value, "must be at least 1")
-    output_folder("out", out)
+    if model not in MODELS:
+        raise ConfigError("model", model, "no loader for this model", list(MODELS))
+    if threads is not None and threads < 1:
+        raise ConfigError("threads", threads, "must be at least 1")
     import torch
 
-    from attnlab.experiments.ioi import CLASSES, ioi_circuit, top_heads
-    from attnlab.experiments.prompts.ioi import ioi_prompts
+    from attnlab.experiments.ioi import CLASSES, check_settings, ioi_circuit, top_heads
+    from attnlab.experiments.prompts.ioi import check_request, ioi_prompts
     from attnlab.lens.interventions import head_label
+
+    check_request(n_prompts, corruption)  # every option is checked before the model loads
+    check_settings(batch_size, prompt_batch, top)
+    output_folder("out", out)
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -120,12 +120,11 @@ def _pattern_names(n_layers: int) -> list[str]:
     return [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
 
 
-def _check(prompts: IOIPrompts, batch_size: int, prompt_batch: int, top: int) -> None:
+def check_settings(batch_size: int, prompt_batch: int, top: int) -> None:
+    """ConfigError unless every setting is at least 1."""
     for name, value in (("batch_size", batch_size), ("prompt_batch", prompt_batch), ("top", top)):
         if value < 1:
             raise ConfigError(name, value, "must be at least 1")
-    if len(prompts) < 1:
-        raise ConfigError("prompts", 0, "needs at least one prompt")
 
 
 @torch.no_grad()
@@ -143,7 +142,7 @@ def ioi_circuit(
 
     ``receivers``: the heads whose queries path patching sends into (default: the name movers found).
     """
-    _check(prompts, batch_size, prompt_batch, top)
+    check_settings(batch_size, prompt_batch, top)
     n_layers = len(model.blocks)
     seconds = {"runs": 0.0, "patching": 0.0, "path patching": 0.0}
     clean_sum = corrupted_sum = correct = 0.0

@@ -161,6 +161,14 @@ def _render(
     return text, ids, slots
 
 
+def check_request(n: int, corruption: str) -> None:
+    """ConfigError unless ``n`` is even and at least 2 and ``corruption`` is one of ``CORRUPTIONS``."""
+    if n < 2 or n % 2:
+        raise ConfigError("n_prompts", n, "must be even and at least 2 (half ABBA, half BABA)")
+    if corruption not in CORRUPTIONS:
+        raise ConfigError("corruption", corruption, "not an IOI corruption", CORRUPTIONS)
+
+
 def ioi_prompts(
     tokenizer: Any,
     n: int,
@@ -175,10 +183,7 @@ def ioi_prompts(
     ``bos``: a token put before every prompt (positions count it); ``pad``: the id after a prompt's end (never read
     by a causal model at or before ``end``); ``names``: the candidates, filtered to single tokens.
     """
-    if corruption not in CORRUPTIONS:
-        raise ConfigError("corruption", corruption, "not an IOI corruption", CORRUPTIONS)
-    if n < 2 or n % 2:
-        raise ConfigError("n_prompts", n, "must be even and at least 2 (half ABBA, half BABA)")
+    check_request(n, corruption)
     pool = single_token_names(tokenizer, names)
     if len(pool) < 5:  # IO, S and three other names for ABC
         raise ConfigError("names", len(pool), "fewer than 5 names are single tokens for this tokenizer")
