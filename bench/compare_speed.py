@@ -1,12 +1,13 @@
-"""Old and new speed ratios in one run: ``attnlab speed`` on an earlier commit and on this tree, back to back.
+"""Old and new speed ratios in one run: ``attnlab speed`` on an earlier commit and on this tree, case by case.
 
     python bench/compare_speed.py --old 9abcb88 --lengths 2048 --out runs/speed-compare
 
 The earlier commit's ``src/`` is exported with ``git archive`` into a temporary folder and run with that folder
-first on ``PYTHONPATH``; this tree runs as installed. Each run times its cases against its own SDPA softmax
-(``ratio_vs_sdpa``), so the two columns are comparable although the machine may drift between the runs. Both runs
-check every case against the reference before timing it (a case that fails its check is not timed). Memory and
-training throughput are off by default: this compares the time of the fast paths.
+first on ``PYTHONPATH``; this tree runs as installed. For each case the two trees run back to back, alternating
+which goes first (old, new; new, old; ...), each timing the case against its own SDPA softmax, interleaved, in the
+same process (``ratio_vs_sdpa``): a slow drift of the machine hits both columns alike. Both check the case against
+the reference before timing it (a case that fails its check is not timed). The dense reference cases are left out
+unless asked for (``--with-reference``): this compares the fast paths. Memory and training throughput are off.
 """
 
 from __future__ import annotations
@@ -33,15 +34,14 @@ def export_src(ref: str, dest: Path) -> Path:
     return dest / "src"
 
 
-def run_speed(src: Path, out: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-c", LAUNCH, "speed", "--out", str(out), "--lengths", args.lengths]
+def run_speed(src: Path, out: Path, case: str, args: argparse.Namespace) -> dict:
+    """One ``attnlab speed`` run of ``case`` (and SDPA softmax, its floor) with the package at ``src``."""
+    cmd = [sys.executable, "-c", LAUNCH, "speed", "--out", str(out), "--lengths", args.lengths, "--case", case]
     cmd += ["--repeats", str(args.repeats), "--long-repeats", str(args.repeats), "--threads", str(args.threads)]
     cmd += ["--no-memory", "--no-train", "--no-xt"]
-    for case in args.case or []:
-        cmd += ["--case", case]
     env = {**os.environ, "PYTHONPATH": str(src)}
     print(f"$ PYTHONPATH={src} attnlab {' '.join(cmd[3:])}", flush=True)
-    subprocess.run(cmd, env=env, check=True)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "speed.json").read_text())
 
 
@@ -53,19 +53,34 @@ def ratios(data: dict) -> dict[tuple[str, int, str], float]:
     }
 
 
+def fast_cases(with_reference: bool) -> list[str]:
+    """The benchmark's case names (this tree's list), SDPA softmax itself left out (it is every run's floor)."""
+    from attnlab.benchmarks.speed.cases import all_cases
+
+    names = [c.name for c in all_cases(flex=True, xt=False) if c.name != "softmax/sdpa"]
+    return [n for n in names if with_reference or not n.endswith("/reference")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--lengths", default="2048", help="comma-separated sequence lengths")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--case", action="append", help="a case or mechanism (repeatable); default all")
+    parser.add_argument("--case", action="append", help="a case (repeatable); default every fast path")
+    parser.add_argument("--with-reference", action="store_true", help="also the dense reference cases")
     parser.add_argument("--out", type=Path, default=Path("runs/speed-compare"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    old: dict[tuple[str, int, str], float] = {}
+    new: dict[tuple[str, int, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        old = ratios(run_speed(export_src(args.old, Path(tmp)), args.out / "old", args))
-    new = ratios(run_speed(ROOT / "src", args.out / "new", args))
+        old_src = export_src(args.old, Path(tmp))
+        for i, case in enumerate(args.case or fast_cases(args.with_reference)):
+            runs = [("old", old_src, old), ("new", ROOT / "src", new)]
+            for tag, src, into in runs if i % 2 == 0 else runs[::-1]:
+                result = ratios(run_speed(src, args.out / tag / case.replace("/", "_"), case, args))
+                into.update({key: value for key, value in result.items() if key[0] == case})
     lines = [f"{'case':34} {'T':>6} {'mode':18} {'old':>6} {'new':>6} {'new/old':>8}"]
     for key in sorted(set(old) | set(new)):
         o, n = old.get(key), new.get(key)

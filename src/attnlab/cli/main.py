@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from attnlab.cli.check import check_app
+from attnlab.cli.circuits import circuits_app
 from attnlab.cli.data import data_app
 from attnlab.cli.experiments import experiments_app
 from attnlab.cli.explain import explain_app
@@ -38,4 +39,9 @@ app.add_typer(
     speed_app,
     name="speed",
     help="Time and peak memory of every mechanism × backend against SDPA, the reference and x-transformers.",
+)
+app.add_typer(
+    circuits_app,
+    name="circuits",
+    help="Find a task's circuit in a pretrained model: patching, attribution, head classes (attnlab circuits ioi).",
 )

@@ -11,6 +11,8 @@ One module per experiment, each citing its paper and, where one exists, the auth
 - ``rope_scaling``: PI, NTK, YaRN, ABF on SmolLM2 without fine-tuning;
 - ``sinks``: does the first-token sink emerge with softmax and with sigmoid attention (Gu et al. 2025,
   arXiv:2410.10781);
+- ``ioi``: the indirect-object-identification circuit found by patching and attribution (Wang et al. 2023,
+  arXiv:2211.00593), on the prompt sets of ``prompts`` (built offline with the model's tokenizer);
 - ``text``: the real text they run on (``pydoc_data.topics``), ``tables``: their table cells.
 
 The dependency points one way: experiments import ``attnlab.lens`` and ``attnlab.train``; the lens never imports

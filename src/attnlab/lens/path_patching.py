@@ -19,7 +19,8 @@ reference run's metric (the identity the tests check). A sender at or above a re
 
 Sender sets are batched: each is one copy of the reference along the batch axis, so a sweep over every head as
 the sender takes two forward passes per ``batch_size`` heads, and both start at the first receiver's layer from
-the reference stream (below it they would recompute the reference run). To the logits it takes no forward pass.
+the reference stream (below it they would recompute the reference run); the first stops at the last receiver's
+layer. To the logits it takes no forward pass.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from attnlab.lens.residual import (
     n_layers,
     require,
     resid_pre_name,
+    run_blocks,
     z_name,
 )
 
@@ -138,7 +140,7 @@ def path_patching(
     first = min(by_layer)
     start = _repeat(require(reference, resid_pre_name(first)), n)
     with hooks(model, step1), capture(model, [z_name(layer) for layer in by_layer]) as patched_z:
-        forward_from(model, first, start)
+        run_blocks(model, first, max(by_layer) + 1, start)  # up to the last receiver: no logits are needed
 
     def receiver_z(layer: int) -> Callable[[Tensor], Tensor]:
         heads = by_layer[layer]

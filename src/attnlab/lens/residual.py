@@ -50,10 +50,16 @@ def forward_from(model: nn.Module, layer: int, resid_pre: Tensor) -> Tensor:
     from ``layer`` on, the final norm and the unembedding (the rest of ``TransformerLM.forward`` and
     ``LlamaLM.forward``). Hook points in those blocks fire as in a full run, ``blocks.{layer}.hook_resid_pre``
     included; patching at layer l and above need not recompute the layers below it."""
+    return model.unembed(final_norm(model)(run_blocks(model, layer, n_layers(model), resid_pre)))
+
+
+def run_blocks(model: nn.Module, start: int, stop: int, resid_pre: Tensor) -> Tensor:
+    """The residual stream after blocks ``start .. stop − 1`` run on ``resid_pre`` [B, T, D] (the input of block
+    ``start``); their hook points fire as in a full run."""
     x = resid_pre
-    for index in range(layer, n_layers(model)):
+    for index in range(start, stop):
         x = model.blocks[index](x, None, index)
-    return model.unembed(final_norm(model)(x))
+    return x
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
