@@ -205,9 +205,16 @@ class Attention(nn.Module):
         )
 
     def choose_path(
-        self, *, t_q: int, t_k: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        *,
+        t_q: int,
+        t_k: int | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        triton_runs: bool | None = None,
     ) -> dispatch.Choice:
-        """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq)."""
+        """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq);
+        ``triton_runs`` fixes whether the Triton kernels run on ``device`` (default: ask, as the forward pass does)."""
         call = self.describe(
             device=device,
             dtype=dtype,
@@ -216,7 +223,7 @@ class Attention(nn.Module):
             score_mod=self.position.score_mod(),
             bias=self.position.score_bias(),
         )
-        return dispatch.choose(call)
+        return dispatch.choose(call if triton_runs is None else dispatch.with_triton(call, triton_runs))
 
     def run_path(
         self,
