@@ -195,7 +195,7 @@ def test_lssa_scores_are_cosines_whatever_the_norms(kernels: ModuleType) -> None
     scaled_q[0, 1, 3] *= 1e3
     scaled_k[0, 2, 5] *= 1e-3
     pairs = ((q, k), (scaled_q, scaled_k))
-    outs = [attend_triton(norm, *norm.prepare(a, b, None)[:2], v, scale=1.0).out for a, b in pairs]
+    outs = [attend_triton(norm, *norm.prepare(a, b, None)[:2], v, scale=1.0, raw_qk=(a, b)).out for a, b in pairs]
     bound = 8 * (16 + 9 + 9) * check.UNIT[torch.float32] * check.amplification(norm, 9)
     assert check.relative_error(outs[1], outs[0]) <= bound
 
