@@ -40,6 +40,8 @@ def devices_present() -> list[str]:
 
 def check_device(value: str, field: str = "device") -> str:
     """``value`` when it names a device present here, else a one-line ``ConfigError``."""
+    if value in ("auto", "cpu"):  # present everywhere: no need to ask CUDA
+        return value
     present = devices_present()
     if not DEVICE_FORM.match(value):
         raise ConfigError(field, value, "not a device (auto, cpu, cuda, cuda:N or mps)", present)
