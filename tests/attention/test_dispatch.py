@@ -25,9 +25,11 @@ WITNESSES = {
     "plain-sdpa": BASE,
     "heads-sdpa-form": replace(BASE, heads_attend=True, heads_sdpa=True),
     "heads-own-attention": replace(BASE, heads_attend=True),
+    "auto-on-triton": dispatch.with_triton(replace(SIGMOID, device="cuda", triton_rule=True), True),
     "auto-on-kernels": replace(KERNELS, softcap=True, sdpa_ok=False),
     "bias-sdpa-form": replace(BASE, score_mod=True, bias="alibi"),
     "relative-bias-sdpa-form": replace(BASE, score_mod=True, bias="relative"),
+    "auto-flex-on-cuda": replace(BASE, device="cuda", score_mod=True, bias="relative", flex_method=True),
     "relative-bias-too-large-on-kernels": replace(
         KERNELS, backend="sdpa", score_mod=True, bias="relative", t_q=2, t_k=2**26
     ),
@@ -119,10 +121,13 @@ def calls_of(layer: torch.nn.Module) -> list[dispatch.Call]:
     score_mod, bias = layer.position.score_mod(), layer.position.score_bias()
     out = []
     for device, dtype, (t_q, t_k), available in itertools.product(
-        ["cpu", "cuda"], [torch.float32, torch.float64], [(64, 64), (1, 64), (3000, 3000)], [False, True]
+        ["cpu", "cuda"],
+        [torch.float32, torch.float64, torch.bfloat16],
+        [(64, 64), (1, 64), (3000, 3000)],
+        [False, True],
     ):
         call = layer.describe(device=device, dtype=dtype, t_q=t_q, t_k=t_k, score_mod=score_mod, bias=bias)
-        call = dispatch.with_kernels(call, available)
+        call = dispatch.with_triton(dispatch.with_kernels(call, available), available)
         out += [call, replace(call, wants_weights=True)]
     return out
 
@@ -154,3 +159,32 @@ def test_a_layer_runs_the_path_choose_names(monkeypatch: pytest.MonkeyPatch) -> 
         assert fast.choose_path(t_q=12, dtype=torch.float64).path == path
         x = torch.randn(2, 12, 32, dtype=torch.float64)
         torch.testing.assert_close(fast(x), slow(x), atol=1e-10, rtol=1e-10)  # float64: exact up to rounding
+
+
+def test_on_cuda_backend_auto_takes_triton_for_the_tiled_normalisers_sdpa_for_softmax_and_flex_for_score_mods() -> None:
+    """What a real layer asks for on a CUDA device where triton runs (described here without one)."""
+    site = AttentionSite(d_model=32, n_heads=4, seq_len=64)
+
+    def path(**attention: object) -> str:
+        layer = build_attention(AttentionConfig(**attention), site)
+        call = layer.describe(
+            device="cuda",
+            dtype=torch.bfloat16,
+            t_q=64,
+            t_k=64,
+            score_mod=layer.position.score_mod(),
+            bias=layer.position.score_bias(),
+        )
+        return dispatch.choose(dispatch.with_triton(call, True)).path
+
+    for name in ("sigmoid", "cog", "lssa", "lssar", "clipped_softmax"):
+        assert path(normaliser=name) == "triton", name
+        assert path(normaliser=name, window=8) == "triton", name
+    assert path(normaliser="softmax") == "sdpa"
+    assert path(normaliser="softmax", normaliser_args={"softcap": 30.0}) == "flex"  # no Triton kernel caps
+    assert path(normaliser="softmax", position="t5") == "flex"
+    assert path(normaliser="softmax", position="alibi") == "sdpa_alibi"
+    assert path(normaliser="sigmoid", position="alibi") == "reference"  # a score_mod no kernel applies
+    layer = build_attention(AttentionConfig(normaliser="sigmoid"), site)
+    call = layer.describe(device="cuda", dtype=torch.bfloat16, t_q=64, t_k=64, score_mod=None, bias=None)
+    assert dispatch.choose(dispatch.with_triton(call, False)).path == "reference"  # triton absent: as before

@@ -195,7 +195,7 @@ def test_lssa_scores_are_cosines_whatever_the_norms(kernels: ModuleType) -> None
     scaled_q[0, 1, 3] *= 1e3
     scaled_k[0, 2, 5] *= 1e-3
     pairs = ((q, k), (scaled_q, scaled_k))
-    outs = [attend_triton(norm, *norm.prepare(a, b, None)[:2], v, scale=1.0).out for a, b in pairs]
+    outs = [attend_triton(norm, *norm.prepare(a, b, None)[:2], v, scale=1.0, raw_qk=(a, b)).out for a, b in pairs]
     bound = 8 * (16 + 9 + 9) * check.UNIT[torch.float32] * check.amplification(norm, 9)
     assert check.relative_error(outs[1], outs[0]) <= bound
 
@@ -228,3 +228,24 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
     for rule in ("sigmoid", "lssar"):
         for kernel in ("attn_fwd", "attn_bwd_dq", "attn_bwd_dkdv"):
             assert any(line.startswith(f"{rule} {kernel} ") for line in lines), done.stdout
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "lssa"])
+def test_a_layer_on_the_triton_path_equals_its_reference(
+    kernels: ModuleType, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Attention.run_path("triton")`` (what the dispatch picks on CUDA) wires the layer to the kernel: LSSA's
+    raw q, k reach it. Run here under the interpreter by making ``choose`` answer triton on the CPU."""
+    from attnlab.attention import AttentionConfig, AttentionSite, build_attention, dispatch
+
+    site = AttentionSite(d_model=32, n_heads=4, seq_len=40)
+    torch.manual_seed(0)
+    fast = build_attention(AttentionConfig(normaliser=name, window=9), site)
+    slow = build_attention(AttentionConfig(normaliser=name, window=9, backend="reference"), site)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 33, 32)
+    want = slow(x)
+    monkeypatch.setattr(dispatch, "choose", lambda call: dispatch.Choice("triton", "auto-on-triton", "test"))
+    got = fast(x)
+    bound = 8 * (8 + 33 + 33) * check.UNIT[torch.float32] * check.amplification(fast.normaliser, 33)
+    assert check.relative_error(got, want) <= bound

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from typer.testing import CliRunner
 
@@ -64,3 +66,17 @@ def test_bad_input_is_one_line(args: list[str], field: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_on_cuda_a_sigmoid_model_takes_the_triton_kernels_and_softmax_stays_on_sdpa() -> None:
+    """Explained for CUDA (on a machine without one: as a GPU with this environment would run it)."""
+    for attention, path, rule in (
+        ('{"normaliser": "sigmoid"}', "triton", "auto-on-triton"),
+        ('{"normaliser": "softmax"}', "sdpa", "plain-sdpa"),
+        ('{"normaliser": "softmax", "position": "t5"}', "flex", "auto-flex-on-cuda"),
+    ):
+        args = ["explain", "--attention", attention, "--seq-len", "64", "--device", "cuda", "--dtype", "bfloat16"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert {(line[7], line[8]) for line in layer_lines(result.output)} == {(path, rule)}, result.output

@@ -44,6 +44,7 @@ from attnlab.attention import dispatch
 from attnlab.attention.config import AttentionConfig, AttentionSite
 from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, build_mask, repeat_kv
 from attnlab.attention.fast import native
+from attnlab.attention.fast import triton as fast_triton
 from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.attention.normalisers.tiled import TiledNormaliser
@@ -171,6 +172,7 @@ class Attention(nn.Module):
             bias=bias,
             qk_norm=norm.normalises_in_kernel(),
         )
+        triton_rule = tile_rule and fast_triton.supports(norm.chunked_rule())
         kind = "alibi" if isinstance(bias, AlibiBias) else "relative" if isinstance(bias, RelativeBias) else None
         return dispatch.Call(
             backend=backend,
@@ -189,6 +191,8 @@ class Attention(nn.Module):
             softcap=getattr(norm, "softcap", None) is not None,
             tile_rule=tile_rule,
             native_rule=native_rule,
+            triton_rule=triton_rule,
+            flex_method=hasattr(norm, "attend_flex"),
             normaliser_attends=hasattr(norm, "attend"),
             backend_method=hasattr(norm, f"attend_{backend}"),
             heads_attend=hasattr(self.heads, "attend"),
@@ -197,12 +201,20 @@ class Attention(nn.Module):
             score_mod=score_mod is not None,
             bias=kind,
             native_available=native.available,
+            triton_available=lambda: fast_triton.available(device) is None,
         )
 
     def choose_path(
-        self, *, t_q: int, t_k: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        *,
+        t_q: int,
+        t_k: int | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        triton_runs: bool | None = None,
     ) -> dispatch.Choice:
-        """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq)."""
+        """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq);
+        ``triton_runs`` fixes whether the Triton kernels run on ``device`` (default: ask, as the forward pass does)."""
         call = self.describe(
             device=device,
             dtype=dtype,
@@ -211,7 +223,7 @@ class Attention(nn.Module):
             score_mod=self.position.score_mod(),
             bias=self.position.score_bias(),
         )
-        return dispatch.choose(call)
+        return dispatch.choose(call if triton_runs is None else dispatch.with_triton(call, triton_runs))
 
     def run_path(
         self,
@@ -244,7 +256,11 @@ class Attention(nn.Module):
             return self.heads.attend_sdpa(q, k, v, bias=bias, **common)
         if path == "heads":
             return self.heads.attend(q, k, v, score_mod=score_mod, **common)
-        if path in ("flex", "kernel_chunked", "recurrent", "fft"):
+        if path == "triton":
+            return fast_triton.attend_triton(norm, q, k, v, causal=causal, scale=scale, window=window, raw_qk=raw_qk)
+        if path == "flex":  # backend flex, or backend auto on CUDA
+            return norm.attend_flex(q, k, v, score_mod=score_mod, **common)
+        if path in ("kernel_chunked", "recurrent", "fft"):
             return getattr(norm, f"attend_{self.cfg.backend}")(q, k, v, score_mod=score_mod, **common)
         if path == "normaliser":
             return norm.attend(q, k, v, score_mod=score_mod, **common)

@@ -17,6 +17,7 @@ The paths (what runs, where it lives):
 - ``native``: the normaliser's tile rule on the compiled CPU kernels (``attnlab.attention.fast.native``);
 - ``chunked``: the same rule in PyTorch tiles (``attnlab.attention.fast.chunked``);
 - ``flex``: compiled FlexAttention (``attnlab.attention.fast.flex``);
+- ``triton``: the normaliser's chunked rule as a Triton kernel on CUDA (``attnlab.attention.fast.triton``);
 - ``kernel_chunked`` / ``recurrent`` / ``fft``: kernel (linear) attention's chunked scan, recurrence, FFT;
 - ``heads_sdpa`` / ``heads``: a heads module's own SDPA form (sinks) or its own computation (differential,
   talking heads, sinks, relative convolutions);
@@ -66,6 +67,8 @@ class Call:
     softcap: bool = False  # softmax with logit soft-capping
     tile_rule: bool = True  # the normaliser is computed by a tile rule (chunked backend of score normalisers)
     native_rule: bool = True  # the compiled kernels run that rule for this call (``native.covers``)
+    triton_rule: bool = False  # that rule has a Triton kernel (``fast.triton.supports``: not soft-capping)
+    flex_method: bool = False  # the normaliser has ``attend_flex`` (softmax)
     normaliser_attends: bool = False  # kernel (linear) attention: the normaliser computes attention itself
     backend_method: bool = False  # the normaliser has ``attend_<backend>`` for the requested backend
     heads_attend: bool = False  # the heads module computes attention itself (differential, talking, sinks)
@@ -75,6 +78,8 @@ class Call:
     bias: BiasKind | None = None  # ... with a typed bias (ALiBi, T5) the SDPA forms and the kernels apply
     # whether the compiled kernels are built (building them on first use takes ~45 s: asked only when needed)
     native_available: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
+    # whether the Triton kernels run on this call's device (``fast.triton.available(device) is None``)
+    triton_available: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,38 @@ def kernels_run(c: Call) -> bool:
 
 def flex_runs(c: Call) -> bool:
     return flex_kernels.runs_on(c.dtype, c.t_q, c.t_k, c.device)
+
+
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_runs(c: Call) -> bool:
+    """A CUDA call of a score normaliser whose chunked rule has a Triton kernel, without a score_mod (no kernel
+    applies one) or a hook reading the weights, in a dtype the kernels take, with triton able to run there."""
+    return (
+        c.device == "cuda"
+        and _score_path(c)
+        and c.tile_rule
+        and c.triton_rule
+        and not c.score_mod
+        and not c.wants_weights
+        and c.dtype in TRITON_DTYPES
+        and c.triton_available()
+    )
+
+
+def auto_flex_on_cuda(c: Call) -> bool:
+    """Backend auto on CUDA for softmax with a score_mod or soft-capping (no SDPA form above took it), where
+    compiled FlexAttention runs, with no hook reading the weights."""
+    return (
+        c.backend == "auto"
+        and c.device == "cuda"
+        and _score_path(c)
+        and c.flex_method
+        and (c.score_mod or c.softcap)
+        and not c.wants_weights
+        and flex_runs(c)
+    )
 
 
 def window_goes_tiled(c: Call) -> bool:
@@ -192,6 +229,12 @@ RULES: tuple[Rule, ...] = (
         "the heads module computes attention itself (its weights are not normaliser(scores))",
     ),
     Rule(
+        "auto-on-triton",
+        "triton",
+        lambda c: c.backend == "auto" and triton_runs(c),
+        "backend auto on CUDA: the normaliser's chunked rule as a Triton kernel (no score_mod, no hook on the weights)",
+    ),
+    Rule(
         "auto-on-kernels",
         "native",
         lambda c: auto_prefers_kernels(c) and kernels_run(c),
@@ -208,6 +251,12 @@ RULES: tuple[Rule, ...] = (
         "sdpa_relative",
         lambda c: fused(c) and c.score_mod and c.sdpa_forms and c.bias == "relative" and relative_bias_fits(c),
         "a T5 bias through SDPA on CPU: banded, or a mask small enough to materialise",
+    ),
+    Rule(
+        "auto-flex-on-cuda",
+        "flex",
+        auto_flex_on_cuda,
+        "backend auto on CUDA: softmax with a score_mod or soft-capping through compiled FlexAttention",
     ),
     Rule(
         "relative-bias-too-large-on-kernels",
@@ -320,7 +369,13 @@ PATHS: dict[str, Callable[[Call], bool]] = {
         _score_path(c) and kernels_run(c) and (not c.score_mod or c.bias is not None) and not c.wants_weights
     ),
     "chunked": lambda c: _score_path(c) and c.tile_rule and not c.wants_weights,
-    "flex": lambda c: _score_path(c) and c.backend == "flex" and flex_runs(c) and not c.wants_weights,
+    "flex": lambda c: (
+        _score_path(c)
+        and flex_runs(c)
+        and not c.wants_weights
+        and (c.backend_method if c.backend == "flex" else c.backend == "auto" and c.device == "cuda" and c.flex_method)
+    ),
+    "triton": triton_runs,
     "kernel_chunked": lambda c: (
         c.normaliser_attends and c.backend == "chunked" and c.backend_method and not c.wants_weights
     ),
@@ -348,3 +403,8 @@ def choose(call: Call) -> Choice:
 def with_kernels(call: Call, available: bool) -> Call:
     """``call`` with the kernels' availability fixed (tests and explanations of a machine without a compiler)."""
     return replace(call, native_available=lambda: available)
+
+
+def with_triton(call: Call, available: bool) -> Call:
+    """``call`` with the Triton kernels' availability fixed (tests, and explanations of a machine without a GPU)."""
+    return replace(call, triton_available=lambda: available)

@@ -110,7 +110,8 @@ def compare(
             grad_out = torch.randn_like(out)
         else:
             tiles = {"block_m": block, "block_n": block}
-            out = attend_triton(norm, qp, kp, args[2], causal=causal, window=window, scale=scale, **tiles).out
+            raw = {"raw_qk": (args[0], args[1])}  # LSSA's kernel normalises the raw q, k itself
+            out = attend_triton(norm, qp, kp, args[2], causal=causal, window=window, scale=scale, **raw, **tiles).out
             assert out.dtype == dtype and out.device == args[2].device
         results.append((out, *torch.autograd.grad(out, args, grad_out.to(device=out.device, dtype=out.dtype))))
     unit = UNIT[dtype]
@@ -144,7 +145,7 @@ def speed(name: str, t: int, *, device: str = "cuda", d_head: int = 64, heads: i
 
         def run() -> torch.Tensor:
             qp, kp, scale = norm.prepare(q, k, None)
-            return attend_triton(norm, qp, kp, v, causal=True, scale=scale).out
+            return attend_triton(norm, qp, kp, v, causal=True, scale=scale, raw_qk=(q, k)).out
 
     grad = torch.randn(batch, heads, t, d_head, device=device, dtype=torch.bfloat16)
     forward = triton.testing.do_bench(run)

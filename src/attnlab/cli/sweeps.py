@@ -53,9 +53,10 @@ def _run(
     report_dir: Path | None,
     backend: str = "local",
     address: str | None = None,
+    gpus: int = 0,
 ) -> None:
     from attnlab.report.markdown import write_report
-    from attnlab.runner.local import check_pool, plan_workers, run_local
+    from attnlab.runner.local import check_gpus, check_pool, plan_workers, run_local
     from attnlab.runner.store import Store
     from attnlab.sweeps import load_sweep
 
@@ -64,6 +65,8 @@ def _run(
     if address is not None and backend != "ray":
         raise ConfigError("address", address, "is for the Ray backend only", ["--backend ray"])
     check_pool(workers, threads)  # before the database is made; Ray checks its own against the cluster's CPUs
+    if backend == "local":
+        check_gpus(gpus, workers)
     output_folder("report", report_dir)
     sweep = load_sweep(sweep_name)
     runs = sweep.runs()
@@ -72,7 +75,8 @@ def _run(
     with Store(db) as store:
         store.enqueue(runs)
         todo = sum(store.status(r.run_id) != "done" for r in runs)
-        n_workers, n_threads = plan_workers(max(todo, 1), workers, threads)
+        local_gpus = gpus if backend == "local" else 0
+        n_workers, n_threads = plan_workers(max(todo, 1), local_gpus or workers, threads)
         console.print(
             f"sweep [bold]{sweep.name}[/bold]: {len(runs)} runs, {len(runs) - todo} already done; "
             f"{n_workers if workers != 0 else 'in-process'} worker(s) × {n_threads} thread(s); database {db}"
@@ -94,9 +98,11 @@ def _run(
             if backend == "ray":
                 from attnlab.runner.ray_backend import run_ray
 
-                summary = run_ray(runs, store, address=address, workers=workers, threads=n_threads, on_done=on_done)
+                summary = run_ray(
+                    runs, store, address=address, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus
+                )
             else:
-                summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done)
+                summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus)
         console.print(
             f"finished in {time.perf_counter() - t0:.0f} s: {summary.done} done, {summary.failed} failed, "
             f"{summary.skipped} skipped (already done)"
@@ -129,9 +135,12 @@ def run(
     report: Annotated[Path | None, typer.Option(help="write the HTML + markdown report with plots here")] = None,
     backend: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://host:port)")] = None,
+    gpus: Annotated[
+        int, typer.Option(help="local: GPUs to use, one run per GPU (CUDA_VISIBLE_DEVICES); ray: GPUs per run")
+    ] = 0,
 ) -> None:
     """Run a sweep; finished runs in the database are skipped, unfinished ones re-run."""
-    guard(lambda: _run(sweep, db, workers, threads, report, backend, address), on_interrupt=RESUME_HINT)
+    guard(lambda: _run(sweep, db, workers, threads, report, backend, address, gpus), on_interrupt=RESUME_HINT)
 
 
 @sweeps_app.command()

@@ -4,11 +4,14 @@
 no-op hook at each named hook point, and asks every attention layer the same question its forward pass asks:
 ``Attention.choose_path`` → ``attnlab.attention.dispatch.choose``, for ``seq_len`` queries against as many keys.
 On a CPU the answer may depend on whether the compiled kernels are available: asking builds them on first use
-(``attnlab.attention.fast.native``), as the first forward pass would. ``format_explanation`` prints the rows.
+(``attnlab.attention.fast.native``), as the first forward pass would. For CUDA on a machine without one, the
+Triton kernels count as running where triton is installed (what a GPU with this environment would do).
+``format_explanation`` prints the rows.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,11 +61,14 @@ def explain_model(
         raise ConfigError("hooks", unknown[0], "unknown hook point", [*sorted(points)[:8], "..."])
     for name in hooks:
         points[name].register_forward_hook(lambda *_: None)
+    # CUDA explained on a machine without one: the Triton kernels run there if triton is installed
+    absent_gpu = torch.device(device).type == "cuda" and not torch.cuda.is_available()
+    triton_runs = importlib.util.find_spec("triton") is not None if absent_gpu else None
     rows = []
     for name, module in model.named_modules():
         if not isinstance(module, Attention):
             continue
-        choice = module.choose_path(t_q=t, t_k=t, device=device, dtype=dtype)
+        choice = module.choose_path(t_q=t, t_k=t, device=device, dtype=dtype, triton_runs=triton_runs)
         site, attention = module.site, module.cfg
         rows.append(
             LayerPath(

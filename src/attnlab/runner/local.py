@@ -4,6 +4,9 @@ The parent process is the only writer of the results database. At most ``workers
 and each is marked ``running`` when it is handed to a worker, so the database always says which runs
 were under way. Ctrl-C (or SIGTERM) puts those back in the queue; after a SIGKILL they are still
 ``running`` and the next start re-runs them. Finished runs are never repeated.
+
+With ``gpus=N`` the pool has N workers, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``, set in the worker before
+torch touches CUDA): one run per GPU, and a run's ``device="cuda"`` is its worker's GPU.
 """
 
 from __future__ import annotations
@@ -96,8 +99,26 @@ def plan_workers(n_runs: int, workers: int | None, threads: int | None) -> tuple
     return workers, threads
 
 
-def _worker_init(threads: int) -> None:
-    """Pool worker set-up: its thread count, and Ctrl-C left to the parent."""
+def check_gpus(gpus: int, workers: int | None) -> None:
+    """``gpus`` (one worker per GPU) within the GPUs present, and no other worker count alongside it."""
+    import torch
+
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < 0 or gpus > present:
+        raise ConfigError("gpus", gpus, f"{present} GPU(s) present here", f"0 to {present}")
+    if gpus and workers is not None and workers != gpus:
+        raise ConfigError("workers", workers, f"--gpus {gpus} runs one worker per GPU", [gpus])
+
+
+def pin_gpu(gpu_ids: object) -> None:
+    """Take one GPU index from the pool's queue and make it this process's only CUDA device."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get_nowait())  # type: ignore[attr-defined]
+
+
+def _worker_init(threads: int, gpu_ids: object = None) -> None:
+    """Pool worker set-up: its GPU (with ``gpus``), its thread count, and Ctrl-C left to the parent."""
+    if gpu_ids is not None:
+        pin_gpu(gpu_ids)
     set_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and requeues
 
@@ -109,12 +130,15 @@ def run_local(
     threads: int | None = None,
     on_start: Callable[[RunConfig], None] | None = None,
     on_done: OnDone | None = None,
+    gpus: int = 0,
 ) -> SweepSummary:
-    """Run every run of ``runs`` that is not ``done`` in ``store``. ``workers=0`` runs in this process."""
+    """Run every run of ``runs`` that is not ``done`` in ``store``. ``workers=0`` runs in this process;
+    ``gpus=N``: N workers, one per GPU."""
+    check_gpus(gpus, workers)
     todo, summary = pending(runs, store)
     if not todo:
         return summary
-    n_workers, n_threads = plan_workers(len(todo), workers or None, threads)
+    n_workers, n_threads = plan_workers(len(todo), gpus or workers or None, threads)
     recorder = Recorder(store, summary, on_start, on_done)
     begin, record = recorder.begin, recorder.record
 
@@ -132,7 +156,7 @@ def run_local(
 
     queue = list(reversed(todo))
     in_flight: dict[Future, RunConfig] = {}
-    pool = _new_pool(n_workers, n_threads)
+    pool = _new_pool(n_workers, n_threads, gpus)
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         while queue or in_flight:
@@ -154,7 +178,7 @@ def run_local(
                         queue.append(other)
                     store.requeue_unfinished(r.run_id for r in in_flight.values())
                     in_flight.clear()
-                    pool = _new_pool(n_workers, n_threads)
+                    pool = _new_pool(n_workers, n_threads, gpus)
                 record(run, outcome)
     except BaseException:
         store.requeue_unfinished(r.run_id for r in in_flight.values())
@@ -166,9 +190,17 @@ def run_local(
     return summary
 
 
-def _new_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+def _new_pool(workers: int, threads: int, gpus: int = 0) -> ProcessPoolExecutor:
+    """``workers`` spawned processes; with ``gpus``, each takes one GPU index from a queue as it starts."""
+    context = mp.get_context("spawn")
+    gpu_ids = None
+    if gpus:  # the indices this process sees (CUDA_VISIBLE_DEVICES may already select some)
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        gpu_ids = context.Queue()
+        for i in range(gpus):
+            gpu_ids.put(visible[i].strip() if i < len(visible) else i)
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(threads, gpu_ids)
     )
 
 

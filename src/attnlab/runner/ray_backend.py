@@ -129,13 +129,18 @@ def run_ray(
     threads: int | None = None,
     on_start: Callable[[RunConfig], None] | None = None,
     on_done: OnDone | None = None,
+    gpus: float = 0,
 ) -> SweepSummary:
     """Run every run of ``runs`` that is not ``done`` in ``store`` as Ray tasks; the semantics of ``run_local``.
+
+    ``gpus``: the GPUs each run asks Ray for (``num_gpus``; Ray sets the task's ``CUDA_VISIBLE_DEVICES``).
 
     ``address``: None starts a local Ray with every CPU of this machine (shut down again at the end);
     ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` connect to a running cluster. If Ray is already
     initialised in this process, that instance is used and left running.
     """
+    if gpus < 0:
+        raise ConfigError("gpus", gpus, "must not be negative", "0 or more GPUs per run")
     ray = import_ray()
     plan_ray_workers(1, workers, threads, cluster_cpus=threads or 1, node_cpus=threads or 1)  # bad values: fail now
     todo, summary = pending(runs, store)
@@ -149,8 +154,11 @@ def run_ray(
         started = connect(ray, address)
         stop.install()  # after ray.init, which installs a SIGTERM handler of its own
         total, largest = cluster_cpus(ray)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus > cluster_gpus:  # Ray would wait forever for them
+            raise ConfigError("gpus", gpus, f"the Ray cluster has {cluster_gpus:g} GPU(s)", f"0 to {cluster_gpus:g}")
         n_workers, n_threads = plan_ray_workers(len(todo), workers, threads, total, largest)
-        task = ray.remote(num_cpus=n_threads, max_retries=SYSTEM_RETRIES)(execute_in_worker)
+        task = ray.remote(num_cpus=n_threads, num_gpus=gpus, max_retries=SYSTEM_RETRIES)(execute_in_worker)
         queue = list(reversed(todo))
         while queue or in_flight:
             while queue and len(in_flight) < n_workers:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from attnlab.config import StrictModel
 from attnlab.errors import ConfigError
+from attnlab.train.device import Precision, check_device
 
 
 class TrainConfig(StrictModel):
@@ -22,14 +23,38 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(100, gt=0)
     eval_examples: int = Field(512, gt=0)
     target_accuracy: float | None = Field(None, gt=0, le=1)  # early stop once reached at an evaluation
-    bf16: bool = False  # bf16 autocast (CPU or CUDA)
+    # fp32, or autocast to bf16 / fp16 on the device (fp16 with a gradient scaler): attnlab.train.device. Its
+    # canonical JSON keeps the older ``bf16`` flag (``"bf16": false`` for fp32), so run ids from before stay.
+    precision: Precision = "fp32"
     # torch.compile the model for the training steps (evaluation runs eager). `attnlab speed` measures it on the
     # bench model; on the 2-core CPU its gain did not hold up across runs and a cold compile took ~40 s (README).
     compile: bool = False
+    # auto | cpu | cuda | cuda:N | mps; one not present here is a ConfigError naming those that are
     device: str = "cpu"
     # Length extrapolation: after training, evaluate the task at round(f · T) for each factor f (the task needs
     # with_length); final metrics loss@{f}x, accuracy@{f}x (NaN where the model cannot represent the length).
     extrapolate: list[Annotated[float, Field(gt=0)]] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16(cls, data: Any) -> Any:
+        """Read the older ``bf16`` flag (a stored config, or ``TrainConfig(bf16=True)``) as ``precision``."""
+        if not isinstance(data, dict) or "bf16" not in data:
+            return data
+        data = dict(data)
+        bf16 = data.pop("bf16")
+        if not isinstance(bf16, bool):
+            raise ConfigError("bf16", bf16, "not a boolean (prefer precision)", [False, True])
+        precision = data.get("precision", "bf16" if bf16 else "fp32")
+        if bf16 != (precision == "bf16"):
+            raise ConfigError("bf16", bf16, f"contradicts precision={precision!r}", "precision alone")
+        data["precision"] = precision
+        return data
+
+    @field_validator("device")
+    @classmethod
+    def _present(cls, device: str) -> str:
+        return check_device(device)
 
     @field_validator("extrapolate")
     @classmethod
@@ -42,9 +67,13 @@ class TrainConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` when empty and without ``compile`` when off, so configs (and run ids)
-        from before those fields existed keep their canonical JSON and a resumed sweep finds its finished runs."""
+        """Dump without ``extrapolate`` when empty and without ``compile`` when off, and ``precision`` as the
+        older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields existed keep their
+        canonical JSON and a resumed sweep finds its finished runs."""
         data = handler(self)
+        data["bf16"] = self.precision == "bf16"
+        if self.precision != "fp16":
+            data.pop("precision", None)
         if not self.extrapolate:
             data.pop("extrapolate", None)
         if not self.compile:

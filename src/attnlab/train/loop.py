@@ -1,5 +1,6 @@
-"""One plain training loop: AdamW, linear warmup then cosine decay, optional bf16 autocast,
-deterministic seeding, periodic evaluation, early stop at a target accuracy, and length extrapolation.
+"""One plain training loop: AdamW, linear warmup then cosine decay, on a device in a precision (bf16 or fp16
+autocast, fp16 with a gradient scaler: ``attnlab.train.device``), deterministic seeding, periodic evaluation,
+early stop at a target accuracy, and length extrapolation.
 
 AdamW is Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019, arXiv:1711.05101), decaying matrices
 only; the schedule is linear warmup then cosine decay to a floor (SGDR's cosine, arXiv:1608.03983), as in nanoGPT's
@@ -16,6 +17,9 @@ Length extrapolation (``TrainConfig.extrapolate``): after training, for each fac
 positions: a table of ``max_seq_len`` rows) raises ``PositionRangeError``; the loop records NaN for both metrics,
 logs a warning and keeps the reason in ``TrainResult.notes``. Evaluation is chunked by tokens, so memory at
 8× the training length stays bounded.
+
+The model lives on ``TrainConfig.device`` (``auto`` resolved once); each batch is built on the CPU by its task and
+moved there once per step; only the scalars that are logged (the loss, the evaluation sums) come back.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from attnlab.model.encdec import build_model
 from attnlab.model.transformer import PositionRangeError
 from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
 from attnlab.train.config import TrainConfig
+from attnlab.train.device import autocast, grad_scaler, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +84,21 @@ def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return loss, correct.sum() / scored.sum().clamp(min=1)
 
 
-def run_model(model: nn.Module, batch: Batch, device: str, rows: slice = slice(None)) -> torch.Tensor:
-    """The model's logits [B, T, V] on ``batch.inputs[rows]``, with ``source=batch.source[rows]`` when the batch
-    has one (an encoder-decoder)."""
-    inputs = batch.inputs[rows].to(device)
+def to_device(batch: Batch, device: torch.device, rows: slice = slice(None)) -> Batch:
+    """``batch`` (its ``rows``) on ``device``: one copy per tensor, none when it is there already."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t[rows].to(device, non_blocking=True)
+
+    return Batch(move(batch.inputs), move(batch.targets), None if batch.source is None else move(batch.source))
+
+
+def run_model(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The model's logits [B, T, V] on ``batch.inputs``, with ``source=batch.source`` when the batch has one (an
+    encoder-decoder); the batch is on the model's device."""
     if batch.source is None:
-        return model(inputs)
-    return model(inputs, source=batch.source[rows].to(device))
+        return model(batch.inputs)
+    return model(batch.inputs, source=batch.source)
 
 
 @torch.no_grad()
@@ -96,21 +109,23 @@ def evaluate(
 
     Sequences are scored ``min(chunk, max_tokens // tokens per sequence)`` at a time (at least one).
     """
+    device = resolve_device(cfg.device)
     model.eval()
     try:
         per_row = batch.inputs.shape[1] + (batch.source.shape[1] if batch.source is not None else 0)
         step = max(1, min(chunk, max_tokens // max(per_row, 1)))
         total_loss = total_correct = total_scored = 0.0
         for start in range(0, batch.inputs.shape[0], step):
-            rows = slice(start, start + step)
-            targets = batch.targets[rows].to(cfg.device)
-            with autocast(cfg):
-                logits = run_model(model, batch, cfg.device, rows)
-            n = float((targets != IGNORE).sum())
-            loss, acc = loss_and_accuracy(logits, targets)
-            total_loss += float(loss) * n
-            total_correct += float(acc) * n
-            total_scored += n
+            chunk_batch = to_device(batch, device, slice(start, start + step))
+            with autocast(device, cfg.precision):
+                logits = run_model(model, chunk_batch)
+            n = (chunk_batch.targets != IGNORE).sum()
+            loss, acc = loss_and_accuracy(logits, chunk_batch.targets)
+            # in float64, as Python floats were: one copy back per chunk
+            sums = torch.stack([loss.double() * n, acc.double() * n, n.double()]).tolist()
+            total_loss += sums[0]
+            total_correct += sums[1]
+            total_scored += sums[2]
     finally:
         model.train()
     return {"loss": total_loss / max(total_scored, 1), "accuracy": total_correct / max(total_scored, 1)}
@@ -138,12 +153,6 @@ def evaluate_extrapolation(
     return metrics, notes
 
 
-def autocast(cfg: TrainConfig) -> torch.autocast:
-    """bf16 autocast on the config's device when ``cfg.bf16``, else a disabled (no-op) context."""
-    device_type = torch.device(cfg.device).type
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16)
-
-
 def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``torch.compile(model)`` when ``cfg.compile`` (it shares the parameters), else the model itself. On CPU
     the compiled code is C++: without a compiler this is a ``ConfigError``, not an error deep in inductor."""
@@ -151,7 +160,7 @@ def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         return model
     from attnlab.attention.fast.flex import compiler_available
 
-    if torch.device(cfg.device).type == "cpu" and not compiler_available():
+    if resolve_device(cfg.device).type == "cpu" and not compiler_available():
         raise ConfigError(
             "train.compile", True, "torch.compile on CPU needs a C++ compiler and none is on PATH", [False]
         )
@@ -173,7 +182,7 @@ def train(
         )
     extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
     torch.manual_seed(seed)
-    model = build_model(model_cfg).to(cfg.device)
+    model = build_model(model_cfg).to(resolve_device(cfg.device))
     task: Task = task_cfg.build(seed)
     result = fit(model, task.train_batch, task.eval_batch(cfg.eval_examples), cfg, on_eval=on_eval)
     extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
@@ -207,8 +216,11 @@ def fit(
     Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
     the curves, and the model (in training mode).
     """
+    device = resolve_device(cfg.device)
+    model.to(device)
     stepper = compiled(model, cfg)  # the training steps' forward (evaluation runs the eager model)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=False)
+    scaler = grad_scaler(device, cfg.precision)  # fp16 only; a pass-through otherwise
     curves: list[tuple[int, str, float]] = []
     metrics: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -216,18 +228,20 @@ def fit(
     for step in range(1, cfg.steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, cfg)
-        batch = train_batch(step, cfg.batch_size)
-        with autocast(cfg):
-            logits = run_model(stepper, batch, cfg.device)
-        loss, _ = loss_and_accuracy(logits, batch.targets.to(cfg.device))
+        batch = to_device(train_batch(step, cfg.batch_size), device)
+        with autocast(device, cfg.precision):
+            logits = run_model(stepper, batch)
+        loss, _ = loss_and_accuracy(logits, batch.targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
         aux = model.aux_loss()  # e.g. a router's load-balance loss; None for most mechanisms
         opt.zero_grad(set_to_none=True)
-        (loss if aux is None else loss + aux).backward()
+        scaler.scale(loss if aux is None else loss + aux).backward()
         if cfg.grad_clip is not None:
+            scaler.unscale_(opt)  # clip the true gradients
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        scaler.step(opt)  # skips the step when fp16 gradients overflowed, and lowers the scale
+        scaler.update()
         if on_step is not None:
             on_step(step, loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:

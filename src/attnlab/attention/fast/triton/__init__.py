@@ -126,12 +126,14 @@ def attend_triton(
     causal: bool = True,
     scale: float | None = None,
     window: int | None = None,
+    raw_qk: tuple[Tensor, Tensor] | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> AttnOutput:
-    """A normaliser (one with a chunked backend) on its Triton kernel, as ``NormaliserBase.attend_chunked`` runs it
-    on the chunked one: q, k straight from ``normaliser.prepare`` (LSSA normalises their raw sources itself)."""
-    q, k, qk_norm = normaliser.chunked_inputs(q, k)  # type: ignore[attr-defined]
+    """A normaliser (one with a chunked backend) on its Triton kernel, as ``TiledNormaliser.attend_chunked`` runs it
+    on the chunked one: q, k from ``normaliser.prepare``, and ``raw_qk`` the pair from before it (LSSA's kernel
+    normalises those itself; without them it attends the prepared pair)."""
+    q, k, qk_norm = normaliser.chunked_inputs(q, k, raw_qk)  # type: ignore[attr-defined]
     out = triton_attention(
         normaliser.chunked_rule(),  # type: ignore[attr-defined]
         q,
