@@ -17,6 +17,12 @@ from typing import Any
 import pytest
 import torch
 
+# Triton decides at its first import whether kernels run under its interpreter. Without a GPU, switch it on before
+# anything (torch's inductor included) imports triton, so the Triton kernels' equivalence tests run on the CPU in
+# this process whatever ran before them; on a GPU the compiled kernels are tested instead (bench/device_check.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from attnlab.attention import AttentionConfig
 from attnlab.checks import liven  # lively weights, as the registry-wide checks build them
 from attnlab.model.config import ModelConfig
