@@ -11,7 +11,7 @@ if "ATTNLAB_DATA" not in os.environ:
 
     os.environ["ATTNLAB_DATA"] = tempfile.mkdtemp(prefix="attnlab-test-data-")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from attnlab.attention import AttentionConfig
 from attnlab.checks import liven  # lively weights, as the registry-wide checks build them
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
+from attnlab.registry import registries
 
 # Tiny tensors gain nothing from intra-op threads, and on a busy machine every parallel op waits for a
 # descheduled worker thread (milliseconds per softmax). ATTNLAB_TEST_THREADS=2 runs the suite with two (the
@@ -41,6 +42,17 @@ TEST_SEED = int(os.environ.get("ATTNLAB_TEST_SEED", "0"))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(TEST_SEED)
+
+
+@pytest.fixture(autouse=True)
+def _registries_as_they_were() -> Iterator[None]:
+    """Entries a test registers (a plugin file it imports) are gone after it: later tests, such as the generated
+    docs' check against every registry entry, see the zoo as it is, whatever ran before them."""
+    saved = [(registry, dict(registry._entries)) for registry in registries()]
+    yield
+    for registry, entries in saved:
+        registry._entries.clear()
+        registry._entries.update(entries)
 
 
 @pytest.fixture
