@@ -7,7 +7,9 @@ Three steps, each of which runs what the machine allows and otherwise prints ``s
    table (``tests/attention/test_dispatch.py``) and training on the device (``tests/train/
    test_device_precision.py``), through pytest with its skip reasons;
 2. **speed**: forward and forward + backward of each Triton rule against SDPA in bf16, causal, at T = 1k, 4k and
-   16k (``triton_check.speed``; 16k tokens per call);
+   16k (``triton_check.speed``; 16k tokens per call); then ``attnlab speed``'s cases on the GPU (float32,
+   T = 1k and 4k: every mechanism × backend, the compiled FlexAttention ones included, checked against the
+   reference there and timed against SDPA);
 3. **training**: a short bf16 run of a bench model through the one training loop (``attnlab.train.fit``) on the
    device, once with softmax (SDPA) and once with sigmoid attention (the Triton path on CUDA): tokens/s and
    achieved TFLOP/s (``train_flops_per_token``: 6 × matmul weights + the attention products).
@@ -21,6 +23,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import torch
 
 from attnlab.attention.fast.triton import available
 from attnlab.benchmarks import triton_check
+from attnlab.benchmarks.speed import run_speed
 from attnlab.benchmarks.speed.training import train_flops_per_token
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
@@ -71,9 +75,7 @@ def speed(quick: bool) -> None:
     reason = available("cuda") if torch.cuda.is_available() else "torch sees no CUDA device"
     if reason is not None:
         say(f"skipped: Triton kernels against SDPA on cuda: {reason}")
-        say("skipped: attnlab speed's cases on the device: attnlab speed times CPU tensors only")
         return
-    say("skipped: attnlab speed's cases on the device: attnlab speed times CPU tensors only")
     columns = ("fwd ms", "TFLOP/s", "x sdpa", "fwd+bwd ms", "TFLOP/s", "x sdpa")
     say(f"{'T':>6} {'rule':16} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (9, 8, 7, 11, 8, 7), strict=True)))
     for t in (1024,) if quick else (1024, 4096, 16384):
@@ -84,6 +86,27 @@ def speed(quick: bool) -> None:
             fwd, both = r["fwd_ms"] / base["fwd_ms"], r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
             say(f"{t:6} {name:16} {r['fwd_ms']:9.3f} {r['fwd_tflops']:8.1f} {fwd:7.2f} "
                 f"{r['fwd_bwd_ms']:11.3f} {r['fwd_bwd_tflops']:8.1f} {both:7.2f}")  # fmt: skip
+
+
+def speed_cases(quick: bool) -> None:
+    """``attnlab speed`` on the GPU (float32, causal, 8 heads of 64): every case checked against the reference
+    there, then timed against SDPA, forward and forward + backward; no memory, training or x-transformers."""
+    say("== attnlab speed's cases on cuda (float32; every mechanism × backend against SDPA)")
+    if not torch.cuda.is_available():
+        say("skipped: attnlab speed's cases on cuda: torch sees no CUDA device")
+        return
+    with tempfile.TemporaryDirectory() as out:
+        run_speed(
+            Path(out),
+            lengths=(1024,) if quick else (1024, 4096),
+            repeats=3,
+            long_repeats=3,
+            memory=False,
+            train=False,
+            xt=False,
+            device="cuda",
+            echo=lambda line: say(f"  {line}"),
+        )
 
 
 def tokens_per_s(cfg: ModelConfig, batch: int, steps: int, device: torch.device) -> tuple[float, float, str]:
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"torch {torch.__version__}, GPU: {gpu}")
     status = equivalence(args.quick)
     speed(args.quick)
+    speed_cases(args.quick)
     training(args.quick)
     say(f"done in {time.perf_counter() - start:.0f} s; equivalence tests {'passed' if status == 0 else 'FAILED'}")
     raise SystemExit(status)

@@ -30,6 +30,7 @@ def speed(
     long_repeats: Annotated[int, typer.Option(help="timed repeats per case at T > 2048")] = 3,
     dense_limit: Annotated[int, typer.Option(help="skip dense T×T cases above this T")] = 2048,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    device: Annotated[str, typer.Option(help="where the cases run: auto, cpu, cuda, cuda:N or mps")] = "cpu",
     memory: Annotated[bool, typer.Option(help="measure peak memory (one subprocess per case)")] = True,
     train: Annotated[bool, typer.Option(help="measure training throughput of a small TransformerLM")] = True,
     flex: Annotated[bool, typer.Option(help="include the compiled FlexAttention cases")] = True,
@@ -57,6 +58,7 @@ def speed(
         xt=xt,
         quick=quick,
         threads=threads,
+        device=device,
         echo=typer.echo,
     )
     if db is not None:

@@ -124,7 +124,7 @@ def write_heatmaps(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for rank, r in enumerate(top, 1):
-        P = pats[r["layer"]][0, r["head"]].float().numpy()
+        P = pats[r["layer"]][0, r["head"]].float().cpu().numpy()
         fig, ax = plt.subplots(figsize=(6, 5))
         im = ax.imshow(P, cmap="viridis", vmin=0, vmax=max(float(P.max()), 1e-9))
         fig.colorbar(im, ax=ax)

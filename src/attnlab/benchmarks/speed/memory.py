@@ -1,10 +1,14 @@
-"""Peak memory of each case, in a fresh subprocess per case (Linux ``/proc``).
+"""Peak memory of each case: on the CPU in a fresh subprocess per case (Linux ``/proc``); on a GPU in process.
 
 glibc is told to return every block above 64 KiB to the OS (``MALLOC_MMAP_THRESHOLD_=65536``), so resident memory
 tracks live tensors. For each T and mode: one warm-up call, then the kernel's resident-set high-water mark is reset
 (``/proc/self/clear_refs``, see proc(5)), one call runs and the peak is read (``VmHWM``). Reported: peak minus the
 resident set just before the call, which already holds q, k, v and dO, i.e. what the call itself needs (output,
 saved activations, gradients, workspace).
+
+On CUDA the allocator counts every byte itself: ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``, minus what was allocated just before the call (the same definition), in this
+process (``measure_device_memory``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from attnlab.benchmarks.speed.cases import MODES, Case, all_cases
 from attnlab.benchmarks.speed.rows import add_ratios, row, skip_row
-from attnlab.benchmarks.speed.timing import make_inputs, runner
+from attnlab.benchmarks.speed.timing import make_inputs, runner, synchronize
 
 
 def proc_status_kib(field_name: str) -> int:
@@ -67,8 +71,12 @@ def memory_worker(spec_json: str) -> None:
     print("MEMORY " + json.dumps(out))
 
 
-def memory_available() -> str | None:
-    """None if peak memory can be measured here, else why not."""
+def memory_available(device: torch.device | None = None) -> str | None:
+    """None if peak memory can be measured on ``device`` (default the CPU), else why not."""
+    if device is not None and device.type == "cuda":
+        return None
+    if device is not None and device.type != "cpu":
+        return f"no peak-memory counter for {device.type} in this benchmark (CPU and CUDA only)"
     if not sys.platform.startswith("linux"):
         return f"needs Linux /proc (this is {sys.platform})"
     try:
@@ -125,5 +133,40 @@ def measure_memory(
                     else:
                         rows.append(row(case, t, mode, peak_mib=peak))
         echo(f"  memory {label}: done")
+    add_ratios(rows, "peak_mib", "ratio_vs_sdpa")
+    return rows
+
+
+def measure_device_memory(
+    cases: Sequence[Case], lengths: Sequence[int], dense_limit: int, echo: Callable[[str], None], device: torch.device
+) -> list[dict[str, Any]]:
+    """Peak-memory rows on a CUDA device, in this process: the allocator's peak during one call (after a warm-up
+    call) minus what was allocated before it."""
+    rows: list[dict[str, Any]] = []
+    with device:
+        for case in cases:
+            for t in lengths:
+                if case.dense and t > dense_limit:
+                    rows += [skip_row(case, t, mode, f"dense T×T (T > {dense_limit})") for mode in MODES]
+                    continue
+                inputs = make_inputs(t, device=device)
+                fn = case.build(t)
+                for mode in MODES:
+                    run = runner(fn, inputs, mode)
+                    try:
+                        run()  # warm-up: compilation and workspaces are not the call's memory
+                    except Exception as err:
+                        rows.append(skip_row(case, t, mode, f"{type(err).__name__}: {err}"))
+                        continue
+                    synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                    before = torch.cuda.memory_allocated(device)
+                    run()
+                    synchronize(device)
+                    peak = torch.cuda.max_memory_allocated(device)
+                    rows.append(row(case, t, mode, peak_mib=(peak - before) / 2**20))
+                del inputs, fn
+                gc.collect()
+            echo(f"  memory {case.name}: done")
     add_ratios(rows, "peak_mib", "ratio_vs_sdpa")
     return rows

@@ -33,16 +33,19 @@ from attnlab.benchmarks.speed.cases import (
     XT_PIN,
     select_cases,
 )
-from attnlab.benchmarks.speed.memory import measure_memory, memory_available
+from attnlab.benchmarks.speed.memory import measure_device_memory, measure_memory, memory_available
 from attnlab.benchmarks.speed.tables import plot, render
 from attnlab.benchmarks.speed.targets import targets
 from attnlab.benchmarks.speed.timing import check_cases, time_cases
 from attnlab.benchmarks.speed.training import train_throughput
 from attnlab.errors import ConfigError
 from attnlab.report.plots import write_atomic
+from attnlab.train.device import check_device, resolve_device
 
 
-def machine() -> dict[str, Any]:
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """The machine the benchmark ran on: CPU, cores, versions, threads, load, and the device timed."""
+    device = device or torch.device("cpu")
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -57,6 +60,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "native_kernels": _native_status(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
 
 
@@ -91,6 +96,7 @@ def run_speed(
     xt: bool = True,
     quick: bool = False,
     threads: int | None = None,
+    device: str = "cpu",
     echo: Callable[[str], None] = print,
 ) -> SpeedResults:
     """Check, then time (interleaved, one process) and measure peak memory of attention cases; train throughput.
@@ -98,14 +104,17 @@ def run_speed(
     ``quick``: T = 64, 128, two repeats, five cases, one thread, memory in one subprocess, a tiny training run:
     a smoke test of the whole pipeline. ``threads``: torch threads for the run (default: as set). Writes
     ``speed.json`` and PNG plots of time and memory vs T into ``out_dir``; returns them with the tables.
+    ``device`` (``TrainConfig.device``'s values: auto, cpu, cuda, cuda:N, mps): where the cases' tensors and
+    parameters live and run; one not present here is a one-line error.
     """
+    where = resolve_device(check_device(device))
     if threads is not None and threads < 1:
         raise ConfigError("threads", threads, "must be at least 1", ">= 1")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or (1 if quick else previous))
     try:
         return _run_speed(
-            out_dir, lengths, cases, repeats, long_repeats, dense_limit, memory, train, flex, xt, quick, echo
+            out_dir, lengths, cases, repeats, long_repeats, dense_limit, memory, train, flex, xt, quick, echo, where
         )
     finally:
         torch.set_num_threads(previous)
@@ -124,6 +133,7 @@ def _run_speed(
     xt: bool,
     quick: bool,
     echo: Callable[[str], None],
+    device: torch.device,
 ) -> SpeedResults:
     if repeats < 1 or long_repeats < 1:
         raise ConfigError("repeats", min(repeats, long_repeats), "must be at least 1", ">= 1")
@@ -137,21 +147,26 @@ def _run_speed(
         raise ConfigError("lengths", lengths, "every length must be positive", ">= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = select_cases(cases, flex=flex, xt=xt)
-    echo(f"speed: {len(chosen)} cases, T = {', '.join(map(str, lengths))}, {torch.get_num_threads()} threads")
-    info = machine()
+    echo(
+        f"speed on {device}: {len(chosen)} cases, T = {', '.join(map(str, lengths))}, {torch.get_num_threads()} threads"
+    )
+    info = machine(device)
 
-    checks = check_cases(chosen)
+    checks = check_cases(chosen, device=device)
     failed = [name for name, c in checks.items() if not c["ok"]]
     for name in failed:
         echo(f"  check FAILED {name}: {checks[name].get('error') or checks[name].get('relative_error')}")
     timed = [c for c in chosen if c.name not in failed]
-    time_rows, compiles = time_cases(timed, lengths, repeats, long_repeats, dense_limit, echo)
+    time_rows, compiles = time_cases(timed, lengths, repeats, long_repeats, dense_limit, echo, device)
 
     memory_rows: list[dict[str, Any]] = []
-    memory_note = memory_available() if memory else "not requested"
-    if memory_note is None:
+    memory_note = memory_available(device) if memory else "not requested"
+    if memory_note is None and device.type == "cuda":
+        memory_rows = measure_device_memory(timed, lengths, dense_limit, echo, device)
+        memory_note = "in process: torch.cuda.max_memory_allocated during one call minus memory_allocated before it"
+    elif memory_note is None:
         memory_rows = measure_memory(timed, lengths, dense_limit, flex, xt, echo, one_process=quick)
-    train_data = train_throughput(quick, echo) if train else None
+    train_data = train_throughput(quick, echo, device) if train else None
     info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     data = {

@@ -26,11 +26,23 @@ CHECK_T = 128  # sequence length of the correctness check
 CHECK_TOLERANCE = 1e-4
 
 
-def make_inputs(t: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """q, k, v (leaves requiring grad) and the upstream gradient dO, [1, H, T, D] float32."""
+def make_inputs(t: int, seed: int = 0, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q, k, v (leaves requiring grad) and the upstream gradient dO, [1, H, T, D] float32, on ``device``.
+
+    Drawn on the CPU from a seeded generator and then moved, so every device times the same numbers.
+    """
     g = torch.Generator().manual_seed(seed)
-    q, k, v, d_out = (torch.randn(1, HEADS, t, HEAD_DIM, generator=g) for _ in range(4))
+    drawn = [torch.randn(1, HEADS, t, HEAD_DIM, generator=g, device="cpu") for _ in range(4)]
+    q, k, v, d_out = (x.to(device or "cpu") for x in drawn)
     return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), d_out
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA and MPS run asynchronously; a CPU call has finished on return)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def runner(fn: AttnFn, inputs: tuple[Tensor, ...], mode: str) -> Callable[[], None]:
@@ -55,12 +67,16 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
-def check_cases(cases: Sequence[Case], t: int = CHECK_T) -> dict[str, dict[str, Any]]:
-    """Every case's output vs the attnlab reference of its mechanism at length t (float32)."""
-    q, k, v, _ = make_inputs(t, seed=1)
+def check_cases(
+    cases: Sequence[Case], t: int = CHECK_T, device: torch.device | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every case's output vs the attnlab reference of its mechanism at length t (float32), on ``device``: each
+    case builds its parameters there (``torch.device`` as the default device) and runs on tensors there."""
+    device = device or torch.device("cpu")
+    q, k, v, _ = make_inputs(t, seed=1, device=device)
     expected: dict[str, Tensor] = {}
     report: dict[str, dict[str, Any]] = {}
-    with torch.no_grad():
+    with torch.no_grad(), device:
         for case in cases:
             if case.backend == "reference":
                 expected[case.mechanism] = case.build(t)(q, k, v)
@@ -86,12 +102,31 @@ def time_cases(
     long_repeats: int,
     dense_limit: int,
     echo: Callable[[str], None],
+    device: torch.device | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Interleaved timing of every case at every length: (rows, compile records)."""
+    """Interleaved timing of every case at every length on ``device``: (rows, compile records).
+
+    Each case builds its parameters on the device (it is the default device while they are made) and every timed
+    call ends with ``synchronize``, so an asynchronous device is timed to the end of its work.
+    """
+    device = device or torch.device("cpu")
+    with device:
+        return _time_cases(cases, lengths, repeats, long_repeats, dense_limit, echo, device)
+
+
+def _time_cases(
+    cases: Sequence[Case],
+    lengths: Sequence[int],
+    repeats: int,
+    long_repeats: int,
+    dense_limit: int,
+    echo: Callable[[str], None],
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     compiles: list[dict[str, Any]] = []
     for t in lengths:
-        inputs = make_inputs(t)
+        inputs = make_inputs(t, device=device)
         active: list[tuple[Case, dict[str, Callable[[], None]]]] = []
         for case in cases:
             if case.dense and t > dense_limit:
@@ -103,6 +138,7 @@ def time_cases(
             try:
                 for run in runs.values():
                     run()  # warm-up (flex compiles here)
+                synchronize(device)
             except Exception as err:
                 rows += [skip_row(case, t, mode, f"{type(err).__name__}: {err}") for mode in MODES]
                 continue
@@ -116,6 +152,7 @@ def time_cases(
                 for mode, run in runs.items():
                     start = time.perf_counter()
                     run()
+                    synchronize(device)
                     samples[(case.name, mode)].append(time.perf_counter() - start)
         for case, _ in active:
             for mode in MODES:

@@ -15,16 +15,20 @@ import torch
 from torch import Tensor
 
 from attnlab.benchmarks.speed.cases import seeded
+from attnlab.benchmarks.speed.timing import synchronize
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of an n×n by n×n matmul in ``dtype`` (median of repeats): the machine's practical peak."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: torch.device | None = None) -> float:
+    """Achieved GFLOP/s of an n×n by n×n matmul in ``dtype`` on ``device`` (median of repeats): its practical peak."""
+    device = device or torch.device("cpu")
+    a, b = torch.randn(n, n).to(device, dtype), torch.randn(n, n).to(device, dtype)
     a @ b
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -40,8 +44,8 @@ def train_flops_per_token(model: torch.nn.Module, n_layers: int, d_model: int, t
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, tokens: Tensor, bf16: bool) -> None:
-    """One AdamW step of next-token prediction on ``tokens`` [B, T + 1]."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    """One AdamW step of next-token prediction on ``tokens`` [B, T + 1] (autocast on the tokens' device)."""
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(tokens[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
@@ -49,8 +53,10 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, tokens: Tenso
     opt.zero_grad(set_to_none=True)
 
 
-def train_throughput(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Tokens/s and GFLOP/s of AdamW steps of a small TransformerLM: fp32 / bf16 autocast × eager / compiled."""
+def train_throughput(quick: bool, echo: Callable[[str], None], device: torch.device | None = None) -> dict[str, Any]:
+    """Tokens/s and GFLOP/s of AdamW steps of a small TransformerLM on ``device``: fp32 / bf16 autocast × eager /
+    compiled, against the device's matmul peak."""
+    device = device or torch.device("cpu")
     from attnlab.model.config import ModelConfig
     from attnlab.model.transformer import TransformerLM
 
@@ -64,23 +70,28 @@ def train_throughput(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]
     cfg = ModelConfig(**shape, attention={"position": "rope"})
     t = cfg.max_seq_len
     n = 256 if quick else 2048
-    peaks = {"fp32": matmul_gflops(torch.float32, n), "bf16": matmul_gflops(torch.bfloat16, n)}
+    peaks = {
+        "fp32": matmul_gflops(torch.float32, n, device=device),
+        "bf16": matmul_gflops(torch.bfloat16, n, device=device),
+    }
     results = []
     for precision, compiled in settings:
-        model = seeded(lambda: TransformerLM(cfg))
+        model = seeded(lambda: TransformerLM(cfg)).to(device)
         flops = train_flops_per_token(model, cfg.n_layers, cfg.d_model, t)
         step_model = torch.compile(model) if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        tokens = torch.randint(0, cfg.vocab_size, (batch, t + 1), generator=torch.Generator().manual_seed(0))
+        tokens = torch.randint(0, cfg.vocab_size, (batch, t + 1), generator=torch.Generator().manual_seed(0)).to(device)
 
         start = time.perf_counter()
         for _ in range(2):  # warm-up (and compilation: from inductor's on-disk cache when it holds this graph)
             train_step(step_model, opt, tokens, precision == "bf16")
+        synchronize(device)
         warmup = time.perf_counter() - start
         times = []
         for _ in range(steps):
             start = time.perf_counter()
             train_step(step_model, opt, tokens, precision == "bf16")
+            synchronize(device)
             times.append(time.perf_counter() - start)
         tok_s = batch * t / statistics.median(times)
         gflops = tok_s * flops / 1e9
