@@ -8,8 +8,8 @@ Three steps, each of which runs what the machine allows and otherwise prints ``s
    test_device_precision.py``), through pytest with its skip reasons;
 2. **speed**: forward and forward + backward of each Triton rule against SDPA in bf16, causal, at T = 1k, 4k and
    16k (``triton_check.speed``; 16k tokens per call); then ``attnlab speed``'s cases on the GPU (float32,
-   T = 1k and 4k: every mechanism × backend, the compiled FlexAttention ones included, checked against the
-   reference there and timed against SDPA);
+   T = 1k and 4k: every mechanism × backend but the compiled FlexAttention ones, checked against the reference
+   there and timed against SDPA);
 3. **training**: a short bf16 run of a bench model through the one training loop (``attnlab.train.fit``) on the
    device, once with softmax (SDPA) and once with sigmoid attention (the Triton path on CUDA): tokens/s and
    achieved TFLOP/s (``train_flops_per_token``: 6 × matmul weights + the attention products).
@@ -90,7 +90,9 @@ def speed(quick: bool) -> None:
 
 def speed_cases(quick: bool) -> None:
     """``attnlab speed`` on the GPU (float32, causal, 8 heads of 64): every case checked against the reference
-    there, then timed against SDPA, forward and forward + backward; no memory, training or x-transformers."""
+    there, then timed against SDPA, forward and forward + backward; no memory, training or x-transformers, and
+    not the compiled FlexAttention cases (each compiles its forward and backward at each T, which would not fit
+    the command's few minutes: ``attnlab speed --device cuda --case softmax+alibi/flex`` times one)."""
     say("== attnlab speed's cases on cuda (float32; every mechanism × backend against SDPA)")
     if not torch.cuda.is_available():
         say("skipped: attnlab speed's cases on cuda: torch sees no CUDA device")
@@ -103,6 +105,7 @@ def speed_cases(quick: bool) -> None:
             long_repeats=3,
             memory=False,
             train=False,
+            flex=False,
             xt=False,
             device="cuda",
             echo=lambda line: say(f"  {line}"),
