@@ -133,6 +133,7 @@ class Attention(nn.Module):
         self.sdpa_ok = "sdpa" in norm.capabilities.backends and getattr(self.normaliser, "sdpa_ok", True)
         pos_cls = POSITIONS.get(cfg.position)
         self.position = NoPE() if (site.cross or pos_cls.absolute) else build_position(cfg, site)
+        self.q_norm, self.k_norm = qk_norms(cfg, site, self.heads)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
         self._hoist_hook_points(self.heads)
@@ -288,7 +289,10 @@ class Attention(nn.Module):
         if self.site.cross and context is None:
             raise ValueError("cross-attention needs a context tensor [B, S, D]")
         projection = self.heads.project(x, context)
-        q, k, v = self.hook_q(projection.q), self.hook_k(projection.k), self.hook_v(projection.v)
+        q, k = projection.q, projection.k
+        if self.q_norm is not None:  # qk-norm: on every path, before rotation and before the KV cache
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(projection.v)
         start = cache.length if (cache is not None and not self.site.cross) else 0
         if cache is not None and not self.site.cross and hasattr(cache, "extend_rotated"):
             # the cache rotates: q at the positions it assigns, and every cached key (hook_rot_k sees them all)
@@ -340,6 +344,21 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None, 
         mask = build_mask(t_q, t_k, q.device, causal, window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+
+def qk_norms(cfg: AttentionConfig, site: AttentionSite, heads: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """The query and key norms of ``cfg.qk_norm`` (None, None when off), sized by the heads' q and k vectors.
+
+    The size is read off one projection of a zero token (MLA's queries are nope + rope wide, differential heads
+    split theirs), so every heads module gets norms that fit it without declaring its widths.
+    """
+    if cfg.qk_norm is None:
+        return None, None
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, site.d_model)
+        projection = heads.project(probe, probe if site.cross else None)
+    norm = nn.LayerNorm if cfg.qk_norm == "layernorm" else nn.RMSNorm
+    return norm(projection.q.shape[-1]), norm(projection.k.shape[-1])
 
 
 def build_attention(cfg: AttentionConfig, site: AttentionSite) -> Attention:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from attnlab.attention import linear  # noqa: F401  (registers the kernel-attention family)
 from attnlab.attention.heads import HEADS
@@ -71,6 +71,11 @@ class AttentionConfig(StrictModel):
     backend: str = "auto"  # auto | reference | a backend the normaliser declares (sdpa, chunked, ...)
     scale: float | None = None
     window: int | None = Field(None, gt=0)  # sliding-window attention: each query sees its last `window` keys
+    # Normalise each head's query and key vectors (over d_head, one learned gain shared by the heads) before the
+    # position rotates them: "qk-layernorm" (Dehghani et al. 2023, arXiv:2302.05442; Wortsman et al. 2023,
+    # "Small-scale proxies for large-scale Transformer training instabilities", arXiv:2309.14322), which keeps
+    # attention logits from growing at high learning rates; RMSNorm as in OLMo 2 and Qwen3.
+    qk_norm: Literal["layernorm", "rmsnorm"] | None = None
 
     @model_validator(mode="after")
     def _known_entries(self) -> AttentionConfig:
@@ -99,6 +104,14 @@ class AttentionConfig(StrictModel):
                     )
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump without ``qk_norm`` when off, so configs (and run ids) from before the field keep their JSON."""
+        data = handler(self)
+        if self.qk_norm is None:
+            data.pop("qk_norm", None)
+        return data
+
     def check_kv_cache(self, site: AttentionSite, field: str = "attention") -> None:
         """Reject KV-cache decoding with an entry that does not support it."""
         NORMALISERS.check(self.normaliser_at(site), "kv_cache", "KV-cache decoding", f"{field}.normaliser")
@@ -119,6 +132,8 @@ class AttentionConfig(StrictModel):
             parts.append(self.heads)
         if self.window is not None:
             parts.append(f"window={self.window}")
+        if self.qk_norm is not None:
+            parts.append(f"qk_norm={self.qk_norm}")
         for args in (self.normaliser_args, self.heads_args):
             parts += [f"{k}={v}" for k, v in sorted(args.items())]
         return "+".join(parts)

@@ -20,6 +20,9 @@ class TrainConfig(StrictModel):
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     min_lr_frac: float = Field(0.1, ge=0, le=1)  # cosine decays to lr · min_lr_frac
     grad_clip: float | None = Field(1.0, gt=0)
+    # z-loss: + z_loss · mean(log² Z) over scored positions, Z the softmax normaliser of the output logits (PaLM,
+    # arXiv:2204.02311, §5 with 1e-4; Wortsman et al. 2023, arXiv:2309.14322: it removes output-logit divergence)
+    z_loss: float = Field(0.0, ge=0)
     eval_every: int = Field(100, gt=0)
     eval_examples: int = Field(512, gt=0)
     target_accuracy: float | None = Field(None, gt=0, le=1)  # early stop once reached at an evaluation
@@ -67,8 +70,8 @@ class TrainConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` when empty and without ``compile`` when off, and ``precision`` as the
-        older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields existed keep their
+        """Dump without ``extrapolate`` when empty, without ``compile`` and ``z_loss`` when off, and ``precision``
+        as the older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields existed keep their
         canonical JSON and a resumed sweep finds its finished runs."""
         data = handler(self)
         data["bf16"] = self.precision == "bf16"
@@ -78,4 +81,6 @@ class TrainConfig(StrictModel):
             data.pop("extrapolate", None)
         if not self.compile:
             data.pop("compile", None)
+        if not self.z_loss:
+            data.pop("z_loss", None)
         return data

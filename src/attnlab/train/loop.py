@@ -84,6 +84,13 @@ def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return loss, correct.sum() / scored.sum().clamp(min=1)
 
 
+def log_z_squared(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean(log² Z) over scored positions, Z = Σ exp(logits) of each position: the z-loss term (float32)."""
+    scored = targets.flatten() != IGNORE
+    log_z = torch.logsumexp(logits.float().flatten(0, 1)[scored], dim=-1)
+    return log_z.square().mean() if log_z.numel() else log_z.sum()
+
+
 def to_device(batch: Batch, device: torch.device, rows: slice = slice(None)) -> Batch:
     """``batch`` (its ``rows``) on ``device``: one copy per tensor, none when it is there already."""
 
@@ -208,9 +215,10 @@ def fit(
 
     ``train_batch(step, batch_size)`` gives the batch of step 1, 2, …, ``cfg.steps``, called once per step in that
     order (``Task.train_batch``, or any other source, e.g. a generator-driven sampler). AdamW on ``param_groups``,
-    ``lr_at``'s warmup and cosine decay, gradient clipping at ``cfg.grad_clip``, a model's ``aux_loss()`` added to
-    the loss; every ``cfg.eval_every`` steps and at the last one the model is evaluated on ``eval_set``
-    (``on_eval(step, metrics)``), and training stops early once ``cfg.target_accuracy`` is reached.
+    ``lr_at``'s warmup and cosine decay, gradient clipping at ``cfg.grad_clip``, a model's ``aux_loss()`` and
+    ``cfg.z_loss`` · ``log_z_squared`` added to the loss; every ``cfg.eval_every`` steps and at the last one the
+    model is evaluated on ``eval_set`` (``on_eval(step, metrics)``), and training stops early once
+    ``cfg.target_accuracy`` is reached.
     ``on_step(step, loss)`` is called after every update with that step's training loss.
 
     Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
@@ -235,8 +243,11 @@ def fit(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
         aux = model.aux_loss()  # e.g. a router's load-balance loss; None for most mechanisms
+        total = loss if aux is None else loss + aux
+        if cfg.z_loss:
+            total = total + cfg.z_loss * log_z_squared(logits, batch.targets)
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss if aux is None else loss + aux).backward()
+        scaler.scale(total).backward()
         if cfg.grad_clip is not None:
             scaler.unscale_(opt)  # clip the true gradients
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
