@@ -149,3 +149,33 @@ def test_head_table_has_one_row_per_layer_and_head_sorted_by_a_column() -> None:
 def test_induction_score_rejects_a_length_that_is_not_bos_plus_two_copies() -> None:
     with pytest.raises(ValueError, match="2·seq_half"):
         induction_score(induction_stripe(5), seq_half=4)
+
+
+def test_windowed_attention_distance_by_hand() -> None:
+    from attnlab.lens.metrics import windowed_attention_distance
+
+    # query 3 puts 0.5 on key 0 (distance 3 → clipped to 2), 0.25 on key 2 (1) and 0.25 on itself (0)
+    P = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    P[0, 0, 3] = torch.tensor([0.5, 0.0, 0.25, 0.25])
+    P[0, 0, 2, 1] = 1.0  # previous token: 1
+    P[0, 0, 0, 0] = 1.0  # itself: 0
+    waad = windowed_attention_distance(P, window=2)[0, 0]
+    torch.testing.assert_close(waad[[0, 2, 3]], torch.tensor([0.0, 1.0, 0.5 * 2 + 0.25], dtype=torch.float64))
+    assert torch.isnan(waad[1])  # query 1 has no mass
+    assert windowed_attention_distance(P, window=10)[0, 0, 3] == pytest.approx(0.5 * 3 + 0.25)
+    sigmoid_rows = P * 3.0  # unnormalised rows are L1-normalised first
+    torch.testing.assert_close(
+        windowed_attention_distance(sigmoid_rows, 2), windowed_attention_distance(P, 2), equal_nan=True
+    )
+
+
+def test_future_attention_influence_by_hand() -> None:
+    from attnlab.lens.metrics import future_attention_influence
+
+    # a causal uniform pattern over 4 tokens: key 0 gets 1/2, 1/3, 1/4 from queries 1..3
+    P = torch.tril(torch.ones(4, 4, dtype=torch.float64))
+    P = (P / P.sum(-1, keepdim=True))[None, None]
+    fai = future_attention_influence(P)[0, 0]
+    expected = torch.tensor([(1 / 2 + 1 / 3 + 1 / 4) / 3, (1 / 2 + 1 / 3 + 1 / 4 - 1 / 2) / 2, 1 / 4], dtype=P.dtype)
+    torch.testing.assert_close(fai[:3], expected)
+    assert torch.isnan(fai[3])  # no query after the last key

@@ -2,7 +2,7 @@
 
 - ``capture``: a cached forward pass that records hook points (``run_with_cache``, ``patterns``);
 - ``metrics``: pure functions over attention patterns ``[batch, head, q, k]`` (sinks, induction, previous-token,
-  duplicate-token, entropy, distance, negative mass);
+  duplicate-token, entropy, distance, windowed distance and future influence, negative mass);
 - ``interventions``: head ablation (zero / mean), scaling and other edits of a head's output through ``hook_z``;
 - ``losses``: next-token losses, the one place predictions are scored; ``copy_task``: the ``[BOS] + x + x`` probe;
 - ``inspect``: score every head of a pretrained model (``attnlab inspect``);
@@ -19,6 +19,7 @@ from attnlab.lens.metrics import (
     detection_score,
     duplicate_detection_pattern,
     duplicate_token_score,
+    future_attention_influence,
     head_output_norm,
     head_table,
     hidden_sinks,
@@ -30,6 +31,7 @@ from attnlab.lens.metrics import (
     row_normalise,
     sink_rate,
     sink_scores,
+    windowed_attention_distance,
 )
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "detection_score",
     "duplicate_detection_pattern",
     "duplicate_token_score",
+    "future_attention_influence",
     "head_output_norm",
     "head_table",
     "hidden_sinks",
@@ -50,4 +53,5 @@ __all__ = [
     "run_with_cache",
     "sink_rate",
     "sink_scores",
+    "windowed_attention_distance",
 ]

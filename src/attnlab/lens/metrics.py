@@ -268,6 +268,42 @@ def mean_attended_distance(P: Tensor) -> Tensor:
     return d.masked_fill(mass == 0, math.nan).nanmean((0, 2))
 
 
+def windowed_attention_distance(P: Tensor, window: int) -> Tensor:
+    """Windowed average attention distance (WAAD) of every query: ``Σ_j p_ij · min(i − j, W)``, [B, H, Tq].
+
+    Li et al. 2025, "Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables Fine-Grained Policy
+    Optimization" (arXiv:2510.13554, §3): how far back a token looks, with distances clipped at the window W so a
+    few far keys (a first-token sink) do not dominate; locally focused heads give small values with a sawtooth
+    across phrase boundaries. ``p`` is ``row_normalise``'s L1-normalised row (magnitudes for signed rows); i is the
+    query's absolute position (bottom-right alignment); a row with no mass is NaN. Per query, not averaged: the
+    paper reads it along the sequence.
+    """
+    _check(P)
+    if window < 1:
+        raise ValueError(f"window={window}: must be at least 1")
+    p = row_normalise(P).abs()
+    distance = _query_positions(P)[:, None] - torch.arange(P.shape[-1], device=P.device)[None, :]
+    clipped = distance.clamp(min=0, max=window).to(P.dtype)  # keys after the query (non-causal) count as 0
+    waad = (p * clipped).sum(-1)
+    return waad.masked_fill(P.abs().sum(-1) == 0, math.nan)
+
+
+def future_attention_influence(P: Tensor) -> Tensor:
+    """Future attention influence (FAI) of every key: the mean weight it receives from the queries after it,
+    ``(1 / |{i > j}|) Σ_{i > j} p_ij``, [B, H, Tk].
+
+    Li et al. 2025 (arXiv:2510.13554, §3): a token's global importance for what follows, read off globally focused
+    heads (its anchors receive attention long after they appear). ``p`` as in ``windowed_attention_distance``; a key
+    that no later query sees (the last one) is NaN. Unlike ``sink_scores``, the key's own query is excluded.
+    """
+    _check(P)
+    p = row_normalise(P).abs()
+    later = _query_positions(P)[:, None] > torch.arange(P.shape[-1], device=P.device)[None, :]  # [Tq, Tk]
+    count = later.sum(0).to(P.dtype)  # [Tk]
+    total = (p * later.to(P.dtype)).sum(-2)  # [B, H, Tk]
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
+
+
 def negative_mass(P: Tensor) -> Tensor:
     """Share of a head's attention mass that is negative: ``Σ max(−w, 0) / Σ |w|`` over batch, queries, keys.
 
