@@ -339,8 +339,9 @@ def leaderboard_caption(entries: list[Entry], scope: str = "task") -> str:
     if has_intervals(entries):
         parts = [
             f"Mean over seeds at the best learning rate. {CI}: of the ranking metric, Student t over seeds, mean ± "
-            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test against the {scope}'s best over the seeds both "
-            f"finished, p Holm-corrected over the {scope}'s comparisons; tied: cannot be told apart at α = 0.05."
+            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test against the {scope}'s best "
+            f"over the seeds both finished, p Holm-corrected over the {scope}'s comparisons; tied: cannot be told "
+            "apart at α = 0.05."
         ]
     else:
         parts = ["One seed per row: no interval and no test (one run cannot tell the mechanism from the seed)."]
