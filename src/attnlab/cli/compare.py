@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -35,7 +36,14 @@ def compare(
         check_sweep_name(store, sweep)
         result = compare_mechanisms(store.runs(sweep=sweep), a, b, metric=metric, lr=lr)
     title = f"compare {a} − {b} (paired over shared seeds)"
-    table = Table(title=escape(title), caption=escape(comparison_caption(result, lr)), title_justify="left")
+    table = Table(
+        title=escape(title),
+        caption=escape(comparison_caption(result, lr)),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # as the leaderboard's
+        pad_edge=False,
+        collapse_padding=True,
+    )
     table.caption_justify = "left"
     for col in COMPARE_COLUMNS:
         table.add_column(col, justify="left" if col in ("task", "position", "metric") else "right")
