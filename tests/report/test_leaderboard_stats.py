@@ -302,3 +302,17 @@ def test_a_bad_ranking_or_target_is_one_line_naming_it(field: str, kwargs: dict[
     with pytest.raises(ConfigError) as err:
         leaderboard([row("a", 0, 0.5)], **kwargs)
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_a_continued_run_finds_its_transition_in_the_rung_below() -> None:
+    """The last rung's row holds steps 400–600 only; the rung it continued from reached 0.99 at step 200."""
+    final = row("a", 0, 0.999)
+    rung = row("a", 0, 0.995, stop_at=300)
+    other_seed = row("a", 1, 0.999, stop_at=300)  # another run: its curve must not be borrowed
+    curves = {
+        final["run_id"]: [(400, "eval_accuracy", 0.999), (500, "eval_accuracy", 0.999), (600, "eval_accuracy", 0.999)],
+        rung["run_id"]: [(100, "eval_accuracy", 0.3), (200, "eval_accuracy", 0.995), (300, "eval_accuracy", 0.995)],
+        other_seed["run_id"]: [(100, "eval_accuracy", 0.999)],
+    }
+    [entry] = leaderboard([final, rung, other_seed], curves=curves)
+    assert (entry.emergence.median_step, entry.seeds) == (200.0, 1)

@@ -111,6 +111,35 @@ def run_target(row: Mapping[str, Any], target: float | None = None) -> float:
     return float(own) if own is not None else DEFAULT_TARGET
 
 
+def with_rungs(rows: Iterable[Mapping[str, Any]], curves: Curves) -> dict[str, list[tuple[int, str, float]]]:
+    """Each run's curve with the points of the search rungs it continued from, at steps its own curve lacks.
+
+    A learning-rate search continues a promoted run from its checkpoint, so the row of its last rung may hold only
+    the steps after that checkpoint; the transition can lie in a rung below. Rungs of one run share the sweep,
+    task, mechanism, position, width, learning rate and seed.
+    """
+    rows = list(rows)
+    lineage: dict[tuple, list[str]] = defaultdict(list)
+    for row in rows:
+        if not is_final(row):
+            lineage[_lineage_key(row)].append(row["run_id"])
+    out = {run_id: list(points) for run_id, points in curves.items()}
+    for row in rows:
+        rungs = lineage.get(_lineage_key(row), []) if is_final(row) else []
+        own = out.setdefault(row["run_id"], [])
+        seen = {(step, name) for step, name, _ in own}
+        for rung in rungs:
+            extra = [p for p in curves.get(rung, ()) if (p[0], p[1]) not in seen]
+            own.extend(extra)
+            seen |= {(step, name) for step, name, _ in extra}
+    return out
+
+
+def _lineage_key(row: Mapping[str, Any]) -> tuple:
+    keys = ("sweep", "task", "mechanism", "position", "width", "lr", "seed")
+    return tuple(row.get(k) for k in keys)
+
+
 def run_emergence(row: Mapping[str, Any], curves: Curves, target: float | None = None) -> float:
     """The first evaluation step of the row's ``eval_accuracy`` curve at or above its target; NaN if never."""
     curve = curves.get(row["run_id"], ())

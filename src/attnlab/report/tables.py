@@ -34,6 +34,7 @@ from attnlab.report.leaderboard_stats import (
     targets_text,
     versus_cell,
     versus_task_best,
+    with_rungs,
 )
 from attnlab.stats import EmergenceSummary, Interval, VersusBest, grid_edge, mean_interval
 
@@ -165,6 +166,8 @@ def leaderboard(
     tried: dict[tuple, set[float]] = defaultdict(set)
     for row in rows:
         tried[_group(row)].add(row["lr"])
+    if curves is not None:
+        curves = with_rungs(rows, curves)  # a continued run's transition may lie in a rung below it
     rows = final_rows(rows)
     metrics = {task: metric or ranking_metric(task, rows) for task in {r["task"] for r in rows}}
     groups: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -339,9 +342,9 @@ def leaderboard_caption(entries: list[Entry], scope: str = "task") -> str:
     if has_intervals(entries):
         parts = [
             f"Mean over seeds at the best learning rate. {CI}: of the ranking metric, Student t over seeds, mean ± "
-            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test against the {scope}'s best "
-            f"over the seeds both finished, p Holm-corrected over the {scope}'s comparisons; tied: cannot be told "
-            "apart at α = 0.05."
+            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test of that metric against the "
+            f"{scope}'s best mean, over the seeds both finished, p Holm-corrected over the {scope}'s comparisons; "
+            "tied: cannot be told apart at α = 0.05."
         ]
     else:
         parts = ["One seed per row: no interval and no test (one run cannot tell the mechanism from the seed)."]
