@@ -152,3 +152,14 @@ def test_a_bad_rank_by_is_one_line(paired: Path) -> None:
         2,
         "error: rank_by='speed': is not a ranking (allowed: score, emergence)\n",
     )
+
+
+def test_no_common_task_is_one_line_naming_what_a_ran(tmp_path: Path) -> None:
+    wide = sweep(["sigmoid"], [0]).model_copy(update={"widths": [32]})
+    db = fill(tmp_path / "apart.sqlite", [sweep(["softmax"], [0]), wide], {"softmax": SOFTMAX, "sigmoid": SIGMOID})
+    result = runner.invoke(app, ["compare", str(db), "softmax", "sigmoid"])
+    expected = (
+        "error: B='sigmoid': finished no task, position and width that softmax finished "
+        "(allowed: softmax finished mqar / rope / d16)\n"
+    )
+    assert (result.exit_code, result.output) == (2, expected)

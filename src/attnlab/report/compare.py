@@ -81,6 +81,9 @@ def compare_mechanisms(
         runs[(r["mechanism"], (r["task"], r["position"], r["width"]))][r["lr"]].append(r)
     groups_a = {g for m, g in runs if m == a}
     groups_b = {g for m, g in runs if m == b}
+    if not groups_a & groups_b:
+        ran = ", ".join(_names(groups_a)) or "nothing that finished"
+        raise ConfigError("B", b, f"finished no task, position and width that {a} finished", f"{a} finished {ran}")
     out = []
     for group in sorted(groups_a & groups_b):
         task = group[0]

@@ -92,7 +92,8 @@ def seed_values(runs: Iterable[Mapping[str, Any]], metric: str) -> dict[int, flo
     two runs of one seed (e.g. from two sweeps) are averaged."""
     by_seed: dict[int, list[float]] = defaultdict(list)
     for run in runs:
-        value = float(run["final"].get(metric, math.nan))
+        value = run["final"].get(metric)
+        value = float(value) if isinstance(value, int | float) else math.nan  # a null in the JSON: no value
         by_seed[int(run["seed"])].append(value if math.isfinite(value) else math.nan)
     return {seed: statistics.fmean(values) for seed, values in sorted(by_seed.items())}
 
