@@ -145,7 +145,8 @@ def comparison_caption(result: Comparison, lr: float | None = None) -> str:
     parts = [
         f"{result.a} − {result.b}, {at}, paired over the seeds both finished: the mean difference, its 95% Student-t "
         "interval over seeds, and the paired t-test's two-sided p-value (raw, and Holm-corrected over the rows). "
-        "With one shared seed there is no interval and no test."
+        "With one shared seed there is no interval and no test. For a loss, lower is better: a negative "
+        f"difference favours {result.a}."
     ]
     if result.only_a:
         parts.append(f"Only {result.a} ran: {', '.join(result.only_a)}.")
