@@ -95,7 +95,8 @@ def test_the_html_has_one_leaderboard_per_task_with_a_row_per_group(make_db: Mak
     report = report_of(store, tmp_path / "two")
     tables = re.findall(r'<table class="leaderboard">(.*?)</table>', report.html, re.S)
     assert [t.count("<tr>") for t in tables] == [1 + 4, 1 + 4]  # header + 2 mechanisms × 2 widths, per task
-    assert ("## induction\n\n| task |" in report.md, "## mqar\n\n| task |" in report.md) == (True, True)
+    headed = [bool(re.search(rf"## {task}\n\n[^\n]+\n\n\| task \|", report.md)) for task in ("induction", "mqar")]
+    assert headed == [True, True]  # each task's heading, the table's caption, the table
 
 
 def test_every_linked_png_is_a_valid_plot(full: Report) -> None:
@@ -158,8 +159,10 @@ def test_an_lm_task_is_ranked_by_loss_with_its_perplexity(make_db: MakeDb, tmp_p
     store.conn.execute("UPDATE runs SET task = 'lm'")  # no lm task is registered yet: relabel the rows
     report = report_of(store, tmp_path / "lm")
     [softmax] = [e for e in leaderboard(store.runs()) if e.mechanism == "softmax"]
-    assert "| task | mechanism | position | width | best lr | loss | ppl | accuracy |" in report.md
-    assert f"| lm | softmax | rope | 16 | 0.003 | {softmax.loss:.3f} | {math.exp(softmax.loss):.2f} |" in report.md
+    ci = softmax.interval
+    assert "| task | mechanism | position | width | best lr | loss | 95% CI | ppl | accuracy |" in report.md
+    expected = f"| lm | softmax | rope | 16 | 0.003 ↑ | {softmax.loss:.3f} | \\[{ci.low:.3f}, {ci.high:.3f}\\] |"
+    assert expected + f" {math.exp(softmax.loss):.2f} |" in report.md
 
 
 def row(task: str, lr: float, final: dict[str, float]) -> dict:

@@ -11,6 +11,7 @@ import typer
 
 from attnlab.cli.check import check_app
 from attnlab.cli.circuits import circuits_app
+from attnlab.cli.compare import compare_app
 from attnlab.cli.data import data_app
 from attnlab.cli.experiments import experiments_app
 from attnlab.cli.explain import explain_app
@@ -27,6 +28,7 @@ app.add_typer(zoo_app)  # zoo, docs
 app.add_typer(explain_app)  # explain
 app.add_typer(check_app)  # check
 app.add_typer(sweeps_app)  # run, demo, presets, leaderboard, report, export
+app.add_typer(compare_app)  # compare
 app.add_typer(inspect_app)  # inspect
 app.add_typer(quantise_app)  # quantise
 app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")

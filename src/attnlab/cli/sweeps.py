@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,6 +29,14 @@ sweeps_app = typer.Typer(add_completion=False)
 
 BACKENDS = ["local", "ray"]
 RESUME_HINT = "unfinished runs stay queued; run the same command to resume"
+RANK_BY_HELP = (
+    "score (the task's metric) or emergence (MQAR, induction, copying: the median step the target accuracy "
+    "was first reached, never = +inf; other tasks by their metric)"
+)
+TARGET_HELP = (
+    "the accuracy an emergence step is measured at (default: each run's own train.target_accuracy, else 0.99; "
+    "a run that stopped early at its own target cannot show a higher one)"
+)
 
 
 def open_results(db: Path) -> Store:
@@ -113,16 +122,32 @@ def _run(
             console.print(f"report: {path}")
 
 
-def print_leaderboard(store: Store, sweep: str | None) -> None:
-    """The leaderboard of ``store`` (one sweep's runs, or all) as a rich table."""
-    from attnlab.report.tables import COLUMNS, entry_cells, leaderboard
+def print_leaderboard(store: Store, sweep: str | None, rank_by: str = "score", target: float | None = None) -> None:
+    """The leaderboard of ``store`` (one sweep's runs, or all) as a rich table, with its caption (the interval
+    and test, or that it is built on one seed; the edge marks; the emergence target) under the title."""
+    from attnlab.report.tables import cells, cli_columns, has_intervals, leaderboard, leaderboard_caption
 
-    entries = leaderboard(store.runs(sweep=sweep))
-    table = Table(title="leaderboard (best over learning rates, mean over seeds)", title_justify="left")
-    for col in COLUMNS:
+    curves: dict[str, list[tuple[int, str, float]]] = {}
+    for run_id, step, name, value in store.metrics(sweep=sweep):
+        curves.setdefault(run_id, []).append((step, name, value))
+    entries = leaderboard(store.runs(sweep=sweep), curves=curves, target=target, rank_by=rank_by)
+    seeds = "mean over seeds" if has_intervals(entries) else "one seed per row, no intervals"
+    ranked = "; ranked by emergence step where measured, else by the task's metric" if rank_by == "emergence" else ""
+    title = f"leaderboard (best over learning rates, {seeds}{ranked})"
+    table = Table(
+        title=escape(title),
+        caption=escape(leaderboard_caption(entries, "task")),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules, padding shared: 13 columns fit a pipe's 140 without wrapping
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.caption_justify = "left"
+    columns = cli_columns(entries)
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("task", "mechanism", "position") else "left")
     for e in entries:  # escaped: task labels like lm[length=128 tokenizer=byte] are not rich markup
-        table.add_row(*(escape(cell) for cell in entry_cells(e)))
+        table.add_row(*(escape(cell) for cell in cells(e, columns)))
     console.print(table)
 
 
@@ -165,11 +190,20 @@ def presets() -> None:
 
 @sweeps_app.command()
 @guarded
-def leaderboard(db: Annotated[Path, typer.Argument(help="results database")], sweep: str | None = None) -> None:
-    """Print the leaderboard of a results database."""
+def leaderboard(
+    db: Annotated[Path, typer.Argument(help="results database")],
+    sweep: str | None = None,
+    rank_by: Annotated[str, typer.Option(help=RANK_BY_HELP)] = "score",
+    target: Annotated[float | None, typer.Option(help=TARGET_HELP)] = None,
+) -> None:
+    """Print the leaderboard of a results database: mean over seeds, 95% t interval, test against the best."""
+    from attnlab.report.leaderboard_stats import check_rank_by, check_target
+
+    check_rank_by(rank_by)
+    check_target(target)
     with open_results(db) as store:
         check_sweep_name(store, sweep)
-        print_leaderboard(store, sweep)
+        print_leaderboard(store, sweep, rank_by, target)
 
 
 @sweeps_app.command()
@@ -178,14 +212,21 @@ def report(
     db: Annotated[Path, typer.Argument(help="results database")],
     out: Annotated[Path | None, typer.Option(help="report folder (default: next to the database)")] = None,
     sweep: Annotated[str | None, typer.Option(help="only this sweep's runs")] = None,
+    rank_by: Annotated[str, typer.Option(help=RANK_BY_HELP)] = "score",
+    target: Annotated[float | None, typer.Option(help=TARGET_HELP)] = None,
 ) -> None:
     """Write report.html (self-contained) and report.md with leaderboards and plots for a results database."""
+    from attnlab.report.leaderboard_stats import check_rank_by, check_target
     from attnlab.report.markdown import write_report
 
+    check_rank_by(rank_by)
+    check_target(target)
     folder = output_folder("out", out if out is not None else db.with_suffix(""))
     with open_results(db) as store:
         check_sweep_name(store, sweep)
-        path = write_report(store, folder, sweep=sweep, title=f"attnlab report: {db.name}")
+        path = write_report(
+            store, folder, sweep=sweep, title=f"attnlab report: {db.name}", rank_by=rank_by, target=target
+        )
     console.print(f"report: {path} and {path.with_suffix('.html')}")
 
 

@@ -31,13 +31,15 @@ from attnlab.report.document import (
     render_markdown,
     slug,
 )
+from attnlab.report.leaderboard_stats import final_rows
 from attnlab.report.speed_section import speed_blocks
 from attnlab.report.tables import (
     Entry,
+    cells,
     extrapolation_key,
     fmt,
     leaderboard,
-    leaderboard_cells,
+    leaderboard_caption,
     leaderboard_columns,
     lower_is_better,
     safe_exp,
@@ -47,10 +49,19 @@ from attnlab.runner.store import Store
 Key = tuple[str, str, str, int]  # task, mechanism, position, width
 
 
-def write_report(store: Store, out_dir: Path, sweep: str | None = None, title: str = "attnlab report") -> Path:
+def write_report(
+    store: Store,
+    out_dir: Path,
+    sweep: str | None = None,
+    title: str = "attnlab report",
+    *,
+    rank_by: str = "score",
+    target: float | None = None,
+) -> Path:
     """Write ``report.md`` (with its PNGs) and ``report.html`` into ``out_dir``; returns the markdown's path.
 
-    ``sweep`` limits the report to one sweep's runs. Every file is written to a temporary name and renamed.
+    ``sweep`` limits the report to one sweep's runs; ``rank_by`` and ``target`` are ``tables.leaderboard``'s.
+    Every file is written to a temporary name and renamed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +69,7 @@ def write_report(store: Store, out_dir: Path, sweep: str | None = None, title: s
     curves: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     for run_id, step, name, value in store.metrics(sweep=sweep):
         curves[run_id].append((step, name, value))
-    blocks = build_blocks(rows, curves, f"{store.path}") + speed_blocks(store)
+    blocks = build_blocks(rows, curves, f"{store.path}", rank_by=rank_by, target=target) + speed_blocks(store)
     for block in blocks:
         if isinstance(block, Figure):
             plots.write_atomic(out_dir / block.name, block.png)
@@ -67,9 +78,16 @@ def write_report(store: Store, out_dir: Path, sweep: str | None = None, title: s
     return md_path
 
 
-def build_blocks(rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, str, float]]], db: str) -> list[Block]:
+def build_blocks(
+    rows: list[dict[str, Any]],
+    curves: dict[str, list[tuple[int, str, float]]],
+    db: str,
+    *,
+    rank_by: str = "score",
+    target: float | None = None,
+) -> list[Block]:
     """The report's content from run rows (``Store.runs``) and their curves (run_id → [(step, name, value)])."""
-    entries = leaderboard(rows)
+    entries = leaderboard(rows, curves=curves, target=target, rank_by=rank_by)
     counts = defaultdict(int)
     for r in rows:
         counts[r["status"]] += 1
@@ -86,9 +104,11 @@ def build_blocks(rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, s
         Paragraph(
             [
                 "Each leaderboard row is one (mechanism, position, width): the learning rate with the best mean "
-                "over seeds, and the mean over seeds at that learning rate. Tasks are ranked by accuracy, except "
-                "language modelling (and tasks reporting no accuracy), ranked by loss in nats/token with the "
-                "perplexity ppl = exp(loss)."
+                "over seeds, and the mean over seeds at that learning rate, with a 95% Student-t interval over "
+                "seeds and a paired test against the task's best (Holm-corrected over the task). Tasks are ranked "
+                "by accuracy, except language modelling (and tasks reporting no accuracy), ranked by loss in "
+                "nats/token with the perplexity ppl = exp(loss). Intermediate rungs of a learning-rate search "
+                "are not ranked."
             ]
         ),
     ]
@@ -100,7 +120,7 @@ def build_blocks(rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, s
         while name in used:  # two task names with the same file-safe form: keep their files apart
             name += "_"
         used.add(name)
-        blocks += task_blocks(task, task_entries, task_rows, curves, name)
+        blocks += task_blocks(task, task_entries, task_rows, curves, name, rank_by)
     blocks += failed_blocks(rows)
     blocks += all_runs_blocks(rows)
     return blocks
@@ -126,7 +146,7 @@ def _chosen_runs(entries: list[Entry], rows: list[dict[str, Any]]) -> dict[Key, 
     """Per entry, the finished run at its best learning rate with the lowest seed (whose curves are drawn)."""
     best = {(e.task, e.mechanism, e.position, e.width): e.best_lr for e in entries}
     chosen: dict[Key, dict[str, Any]] = {}
-    for row in rows:
+    for row in final_rows(rows):  # not an intermediate rung of a learning-rate search
         key = (row["task"], row["mechanism"], row["position"], row["width"])
         lowest = key not in chosen or row["seed"] < chosen[key]["seed"]
         if row["status"] == "done" and best.get(key) == row["lr"] and lowest:
@@ -140,6 +160,7 @@ def task_blocks(
     rows: list[dict[str, Any]],
     curves: dict[str, list[tuple[int, str, float]]],
     name: str = "",
+    rank_by: str = "score",
 ) -> list[Block]:
     """One task's section: leaderboard, width plot, extrapolation, curves, wall time.
 
@@ -147,13 +168,15 @@ def task_blocks(
     """
     name = name or slug(task)
     metric = entries[0].metric
-    columns = list(leaderboard_columns(metric))
+    columns = list(leaderboard_columns(metric, entries))
+    better = "lower" if lower_is_better(metric) else "higher"
+    ranked = "emergence step, then " if entries[0].emergence is not None and rank_by == "emergence" else ""
     blocks: list[Block] = [
         Heading(2, task, anchor=f"task-{name}"),
-        Table(columns, [leaderboard_cells(e) for e in entries], numeric=set(range(3, len(columns))), css="leaderboard"),
+        Paragraph([leaderboard_caption(entries)]),
+        Table(columns, [cells(e, columns) for e in entries], numeric=set(range(3, len(columns))), css="leaderboard"),
+        Paragraph([f"Ranked by {ranked}{metric} ({better} is better) at the best learning rate."]),
     ]
-    better = "lower" if lower_is_better(metric) else "higher"
-    blocks.append(Paragraph([f"Ranked by {metric} ({better} is better) at the best learning rate."]))
     finished = [e for e in entries if e.score == e.score]
     label = _labeler(finished)
 

@@ -19,6 +19,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnlab.report.leaderboard_stats import (
+    INTERVAL_KIND,
+    LEVEL,
+    Curves,
+    check_rank_by,
+    check_target,
+    emergence_cell,
+    emergence_summary,
+    emerges,
+    final_rows,
+    run_target,
+    seed_values,
+    targets_text,
+    versus_cell,
+    versus_task_best,
+    with_rungs,
+)
+from attnlab.stats import EmergenceSummary, Interval, VersusBest, grid_edge, mean_interval
+
 LOSS_TASKS = frozenset({"lm"})  # tasks ranked by loss whatever else they report
 LOWER_IS_BETTER = frozenset({"loss", "ppl", "perplexity"})
 EXTRAPOLATION = re.compile(r"(\w+)@([\d.]+)x")
@@ -41,6 +60,11 @@ class Entry:
     failed: int  # failed runs in this group (all learning rates)
     metric: str = "accuracy"  # the metric that chose the learning rate and ranks the entry
     finals: dict[str, float] = field(default_factory=dict)  # every final metric, mean over seeds at the best lr
+    scores: dict[int, float] = field(default_factory=dict)  # the ranking metric per seed at the best lr (nan: failed)
+    lrs: tuple[float, ...] = ()  # the learning rates tried for this group (every row, search rungs included)
+    versus: VersusBest | None = None  # the paired test against the task's best (Holm over the task)
+    emergence: EmergenceSummary | None = None  # emergence tasks with curves only
+    targets: tuple[float, ...] = ()  # the emergence targets of its runs
 
     @property
     def score(self) -> float:
@@ -51,6 +75,19 @@ class Entry:
     def ppl(self) -> float:
         """Perplexity exp(loss), with the loss in nats per scored token."""
         return safe_exp(self.loss)
+
+    @property
+    def interval(self) -> Interval:
+        """The ranking metric's mean over the finished seeds at the best lr with its 95% Student-t interval
+        (kind ``"none"`` with fewer than two seeds)."""
+        return mean_interval(self.scores.values(), INTERVAL_KIND, LEVEL)
+
+    @property
+    def lr_edge(self) -> str | None:
+        """``"high"`` / ``"low"`` when the best lr is the largest / smallest of two or more tried, else None."""
+        if len(self.lrs) < 2 or self.best_lr != self.best_lr:
+            return None
+        return grid_edge(self.best_lr, self.lrs)
 
 
 def safe_exp(value: float) -> float:
@@ -103,17 +140,40 @@ def _rank_value(value: float, metric: str) -> float:
     return value if lower_is_better(metric) else -value
 
 
-def leaderboard(rows: list[dict[str, Any]], metric: str | None = None) -> list[Entry]:
+def leaderboard(
+    rows: list[dict[str, Any]],
+    metric: str | None = None,
+    *,
+    curves: Curves | None = None,
+    target: float | None = None,
+    rank_by: str = "score",
+) -> list[Entry]:
     """Group runs by (task, mechanism, position, width); choose the lr with the best mean metric over seeds.
 
     ``metric=None`` ranks each task by ``ranking_metric``; a name forces that metric for every task. Ties
-    between learning rates go to the smaller one. Failed runs never choose but are counted.
+    between learning rates go to the smaller one. Failed runs never choose but are counted. Intermediate rungs
+    of a learning-rate search are left out (``final_rows``), but their learning rates count as tried (``lrs``,
+    for the edge flag). Each entry carries its per-seed scores (its 95% t interval) and its paired test against
+    the task's best, Holm-corrected over the task (``leaderboard_stats``).
+
+    With ``curves`` (run_id → [(step, name, value)]), entries of an emergence task get the step their runs first
+    reached the target accuracy (``target``, else each run's own, else 0.99). ``rank_by="emergence"`` then
+    chooses their learning rate and ranks them by it (median step, "never" as +∞, then more seeds reached);
+    other tasks, and every task without ``curves``, are ranked by the metric.
     """
+    check_rank_by(rank_by)
+    check_target(target)
+    tried: dict[tuple, set[float]] = defaultdict(set)
+    for row in rows:
+        tried[_group(row)].add(row["lr"])
+    if curves is not None:
+        curves = with_rungs(rows, curves)  # a continued run's transition may lie in a rung below it
+    rows = final_rows(rows)
     metrics = {task: metric or ranking_metric(task, rows) for task in {r["task"] for r in rows}}
     groups: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     failed: dict[tuple, int] = defaultdict(int)
     for row in rows:
-        key = (row["task"], row["mechanism"], row["position"], row["width"])
+        key = _group(row)
         if row["status"] == "done" and metrics[row["task"]] in row["final"]:
             groups[key][row["lr"]].append(row)
         elif row["status"] == "failed":
@@ -122,13 +182,20 @@ def leaderboard(rows: list[dict[str, Any]], metric: str | None = None) -> list[E
     out = []
     for key, by_lr in groups.items():
         chosen = metrics[key[0]]
+        lrs = tuple(sorted(tried[key]))
         if not by_lr:
-            out.append(Entry(*key, math.nan, math.nan, math.nan, 0, 0.0, 0.0, failed[key], metric=chosen))
+            out.append(Entry(*key, math.nan, math.nan, math.nan, 0, 0.0, 0.0, failed[key], metric=chosen, lrs=lrs))
             continue
+        with_emergence = emerges(next(iter(by_lr.values()))[0])
+        summaries: dict[float, EmergenceSummary] = {}
+        if with_emergence and curves is not None:
+            summaries = {lr: emergence_summary(runs, curves, target) for lr, runs in by_lr.items()}
 
-        def order(item: tuple[float, list[dict]], chosen: str = chosen) -> tuple[float, float]:
+        def order(item: tuple[float, list[dict]], chosen: str = chosen, summaries: dict = summaries) -> tuple:
             lr, runs = item
-            return _rank_value(_mean(r["final"][chosen] for r in runs), chosen), lr
+            value = _rank_value(_mean(r["final"][chosen] for r in runs), chosen)
+            first = summaries[lr].sort_key if summaries and rank_by == "emergence" else ()
+            return (*first, value, lr)
 
         lr, runs = min(by_lr.items(), key=order)
         names = sorted({name for r in runs for name in r["final"]})
@@ -145,13 +212,47 @@ def leaderboard(rows: list[dict[str, Any]], metric: str | None = None) -> list[E
                 failed=failed[key],
                 metric=chosen,
                 finals=finals,
+                scores=seed_values(runs, chosen),
+                lrs=lrs,
+                emergence=summaries.get(lr),
+                targets=tuple(sorted({run_target(r, target) for r in runs})) if summaries else (),
             )
         )
-    out.sort(key=lambda e: (e.task, _rank_value(e.score, e.metric), e.mechanism, e.position, e.width))
+    for task in {e.task for e in out}:
+        named = {entry_name(e): e for e in out if e.task == task}
+        higher = not lower_is_better(next(iter(named.values())).metric)
+        verdicts = versus_task_best({name: e.scores for name, e in named.items()}, higher)
+        for name, e in named.items():
+            e.versus = verdicts[name]
+    out.sort(key=lambda e: (e.task, *_first_key(e, rank_by), _rank_value(e.score, e.metric), *_names(e)))
     return out
 
 
+def _group(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    return (row["task"], row["mechanism"], row["position"], row["width"])
+
+
+def _names(e: Entry) -> tuple[str, str, int]:
+    return (e.mechanism, e.position, e.width)
+
+
+def entry_name(e: Entry) -> str:
+    """An entry's name within its task: ``mechanism / position / d<width>``."""
+    return f"{e.mechanism} / {e.position} / d{e.width}"
+
+
+def _first_key(e: Entry, rank_by: str) -> tuple[float, ...]:
+    """The emergence sort key first in an emergence ranking (an entry without one: never, none reached)."""
+    if rank_by != "emergence":
+        return ()
+    return e.emergence.sort_key if e.emergence is not None else (math.inf, 0.0)
+
+
 COLUMNS = ("task", "mechanism", "position", "width", "best lr", "accuracy", "loss", "seeds", "steps", "s/run")
+CI = "95% CI"  # the ranking metric's Student-t interval over seeds
+VERSUS = "vs best"  # the paired test against the task's best, Holm-corrected
+EMERGED = "emerged at"  # the median step the target accuracy was reached (reached / seeds)
+EDGE_MARK = {"high": " ↑", "low": " ↓"}
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -161,48 +262,101 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def entry_cells(e: Entry) -> list[str]:
-    """The cells of ``COLUMNS`` for one entry (the command line's leaderboard); the failed count goes next to
-    the ranking metric."""
-    failed = f" ({e.failed} failed)" if e.failed else ""
-    return [
-        e.task,
-        e.mechanism,
-        e.position,
-        str(e.width),
-        f"{e.best_lr:g}",
-        fmt(e.accuracy) + (failed if e.metric != "loss" else ""),
-        fmt(e.loss) + (failed if e.metric == "loss" else ""),
-        str(e.seeds),
-        f"{e.steps:.0f}",
-        f"{e.wall_s:.0f}",
-    ]
+def has_intervals(entries: Iterable[Entry]) -> bool:
+    """Whether any entry has two or more finished seeds, so the table has interval and test columns."""
+    return any(e.interval.has_interval for e in entries)
 
 
-def leaderboard_columns(metric: str) -> tuple[str, ...]:
-    """A task's leaderboard columns: its ranking metric first (with ppl after a loss), then the other one."""
+def _optional(entries: list[Entry]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The optional columns: (after the ranking metric, after the seeds)."""
+    intervals = has_intervals(entries)
+    after_seeds = ((VERSUS,) if intervals else ()) + ((EMERGED,) if any(e.emergence for e in entries) else ())
+    return ((CI,) if intervals else ()), after_seeds
+
+
+def cli_columns(entries: list[Entry]) -> tuple[str, ...]:
+    """The command line's columns for ``entries`` of every task: accuracy and loss, the interval of each row's
+    ranking metric, the test and emergence columns where some entry has them."""
+    after_metric, after_seeds = _optional(entries)
+    return (*COLUMNS[:7], *after_metric, "seeds", *after_seeds, *COLUMNS[-2:])
+
+
+def leaderboard_columns(metric: str, entries: list[Entry] | None = None) -> tuple[str, ...]:
+    """A task's leaderboard columns: its ranking metric first (its interval, then ppl after a loss), then the
+    other one; the test and emergence columns where some of ``entries`` have them."""
+    after_metric, after_seeds = _optional(entries or [])
     if metric == "accuracy":
-        return COLUMNS
-    if metric == "loss":
-        middle: tuple[str, ...] = ("loss", "ppl", "accuracy")
+        middle: tuple[str, ...] = ("accuracy", *after_metric, "loss")
+    elif metric == "loss":
+        middle = ("loss", *after_metric, "ppl", "accuracy")
     else:
-        middle = (metric, "accuracy", "loss")
-    return (*COLUMNS[:5], *middle, *COLUMNS[-3:])
+        middle = (metric, *after_metric, "accuracy", "loss")
+    return (*COLUMNS[:5], *middle, "seeds", *after_seeds, *COLUMNS[-2:])
 
 
-def leaderboard_cells(e: Entry) -> list[str]:
-    """The cells of ``leaderboard_columns(e.metric)`` for one entry."""
-    failed = f" ({e.failed} failed)" if e.failed else ""
+def interval_cell(interval: Interval) -> str:
+    """``[0.781, 0.843]``; ``–`` without an interval."""
+    if not interval.has_interval:
+        return "–"
+    return f"[{fmt(interval.low)}, {fmt(interval.high)}]"
+
+
+def lr_cell(e: Entry) -> str:
+    """The best learning rate, marked ↑ / ↓ at the largest / smallest tried."""
+    if e.best_lr != e.best_lr:
+        return "–"
+    edge = e.lr_edge
+    return f"{e.best_lr:g}" + (EDGE_MARK[edge] if edge else "")
+
+
+def cells(e: Entry, columns: Iterable[str]) -> list[str]:
+    """One entry's cells under ``columns`` (``cli_columns`` or ``leaderboard_columns``); the failed count goes
+    next to the ranking metric (next to accuracy when that column is not shown)."""
+    columns = tuple(columns)
     values = {
+        "task": e.task,
+        "mechanism": e.mechanism,
+        "position": e.position,
+        "width": str(e.width),
+        "best lr": lr_cell(e),
         "accuracy": fmt(e.accuracy),
         "loss": fmt(e.loss),
         "ppl": fmt(e.ppl, 2),
         e.metric: fmt(e.score),
+        CI: interval_cell(e.interval),
+        "seeds": str(e.seeds),
+        VERSUS: versus_cell(e.versus),
+        EMERGED: emergence_cell(e.emergence),
+        "steps": f"{e.steps:.0f}",
+        "s/run": f"{e.wall_s:.0f}",
     }
-    values[e.metric] += failed
-    cells = [e.task, e.mechanism, e.position, str(e.width), f"{e.best_lr:g}" if e.best_lr == e.best_lr else "–"]
-    middle = leaderboard_columns(e.metric)[5:-3]
-    return [*cells, *(values[c] for c in middle), str(e.seeds), f"{e.steps:.0f}", f"{e.wall_s:.0f}"]
+    if e.failed:
+        values[e.metric if e.metric in columns else "accuracy"] += f" ({e.failed} failed)"
+    return [values[c] for c in columns]
+
+
+def leaderboard_caption(entries: list[Entry], scope: str = "task") -> str:
+    """What a leaderboard's numbers are: the mean, the interval and test (or that it is built on one seed), the
+    edge marks and the emergence target, as far as ``entries`` use them. ``scope`` names the family Holm
+    corrects over ("task" for a task's table)."""
+    if has_intervals(entries):
+        parts = [
+            f"Mean over seeds at the best learning rate. {CI}: of the ranking metric, Student t over seeds, mean ± "
+            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test of that metric against the "
+            f"{scope}'s best mean, over the seeds both finished, p Holm-corrected over the {scope}'s comparisons; "
+            "tied: cannot be told apart at α = 0.05."
+        ]
+    else:
+        parts = ["One seed per row: no interval and no test (one run cannot tell the mechanism from the seed)."]
+    if any(e.lr_edge for e in entries):
+        parts.append("↑ / ↓: the best learning rate is the largest / smallest tried; the optimum may lie beyond.")
+    targets = [t for e in entries if e.emergence for t in e.targets]
+    if targets:
+        parts.append(
+            f"{EMERGED}: the first evaluation step with accuracy ≥ {targets_text(targets)}, median over seeds "
+            "(never reached counts as +∞), and the seeds that reached it."
+        )
+    return " ".join(parts)
 
 
 def md_cell(text: str) -> str:
@@ -212,6 +366,7 @@ def md_cell(text: str) -> str:
 
 def markdown_table(entries: list[Entry]) -> str:
     """The command line's leaderboard columns as a markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(md_cell(c) for c in entry_cells(e)) + " |" for e in entries]
+    columns = cli_columns(entries)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(md_cell(c) for c in cells(e, columns)) + " |" for e in entries]
     return "\n".join(lines)
