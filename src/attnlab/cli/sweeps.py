@@ -94,7 +94,9 @@ def _run(
             todo += sum(len(p.pending) for _, p in current)
             todo += sum(g.planned_runs() - sum(len(r.trials) for r in p.rungs) for g, p in current)
         local_gpus = gpus if backend == "local" else 0
-        n_workers, n_threads = plan_workers(max(todo, 1), local_gpus or workers, threads)
+        # a search's thread count follows from its whole plan, not from what is left, so a resumed search trains
+        # with the thread count of an uninterrupted one (runs repeat bitwise only at a fixed thread count)
+        n_workers, n_threads = plan_workers(max(total if searching else todo, 1), local_gpus or workers, threads)
         console.print(
             f"sweep [bold]{sweep.name}[/bold]: {total} runs{' planned' if searching else ''}, {total - todo} already "
             f"done; {n_workers if workers != 0 else 'in-process'} worker(s) × {n_threads} thread(s); database {db}"
