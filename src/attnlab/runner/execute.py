@@ -64,7 +64,8 @@ def execute(config_json: str, resume: bytes = b"") -> RunOutcome:
             state = from_bytes(resume) if resume else None
         except StateMismatch:
             state = None
-        result = train(cfg.model, cfg.task, cfg.train, cfg.seed, resume=state)
+        continued = {"resume": state} if state is not None else {}  # from scratch: the call it always was
+        result = train(cfg.model, cfg.task, cfg.train, cfg.seed, **continued)
         return RunOutcome(
             run_id,
             True,
