@@ -240,3 +240,41 @@ def test_failed_runs_are_results_and_the_search_goes_on(tmp_path: Path, sweep: S
     assert math.isnan(plan.rungs[0].ranking[-1].mean)
     assert plan.best_lr == 1e-2  # the largest that did not fail
     assert calls == [8, 4, 2]
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def cli_output(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from attnlab.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_search_status_of_a_sweep_without_a_search_is_one_line(tmp_path: Path) -> None:
+    Store(tmp_path / "r.sqlite").close()
+    code, output = cli_output(["search-status", "quick", "--db", str(tmp_path / "r.sqlite")])
+    assert (code, output.strip()) == (
+        2,
+        "error: sweep='quick': has no learning-rate search (allowed: a sweep with search=SearchConfig(...))",
+    )
+
+
+def test_search_status_prints_each_rung_and_the_winner(searched: tuple, tmp_path: Path) -> None:
+    db, _, [(_, plan)] = searched
+    sweep_file = tmp_path / "tiny_search.py"
+    sweep_file.write_text(
+        "from attnlab.runner.config import SearchConfig, Sweep\nfrom attnlab.train.config import TrainConfig\n"
+        "SWEEP = Sweep(name='tiny-search', tasks=[{'name': 'mqar', 'vocab': 16, 'length': 16, 'num_kv_pairs': 2}],"
+        " mechanisms=[{'normaliser': 'softmax'}], widths=[16], seeds=[0, 1], model={'n_layers': 1, 'n_heads': 2},"
+        " train=TrainConfig(steps=40, batch_size=16, eval_every=10, eval_examples=64),"
+        f" search=SearchConfig(lrs={LRS}, min_steps=10, eta=2))\n"
+    )
+    code, output = cli_output(["search-status", str(sweep_file), "--db", str(db)])
+    assert code == 0, output
+    assert "rungs of 10 / 20 / 40 steps keep 4 → 2 → 1 learning rates (η=2)" in " ".join(output.split())
+    assert f"best {plan.best_lr:g}" in output
+    assert output.count("mqar softmax / rope d16") == 4  # three rungs and the winner

@@ -228,15 +228,17 @@ def search_status(
     db: Annotated[Path, typer.Option(help="results database")] = Path("runs/results.sqlite"),
 ) -> None:
     """Print a learning-rate search's plans from a database: each rung's results, ranking and the winners."""
-    from attnlab.cli.search_view import status_table, winners_table
+    from attnlab.cli.search_view import describe_search, status_table, winners_table
     from attnlab.runner.search import has_search, plans, search_groups
     from attnlab.sweeps import load_sweep
 
     loaded = load_sweep(sweep)
     if not has_search(loaded):
         raise ConfigError("sweep", sweep, "has no learning-rate search", "a sweep with search=SearchConfig(...)")
+    groups = search_groups(loaded)
     with open_results(db) as store:
-        current = plans(search_groups(loaded), store)
+        current = plans(groups, store)
+    console.print(escape(describe_search(groups)))
     console.print(status_table(current))
     console.print(winners_table(current))
 
