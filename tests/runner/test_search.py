@@ -190,6 +190,13 @@ def test_a_promoted_run_has_the_whole_curve_of_its_uninterrupted_run(searched: t
     }
 
 
+def test_a_finished_search_keeps_every_runs_weights_and_no_training_state(searched: tuple) -> None:
+    db, outcomes, _ = searched
+    with Store(db) as store:
+        assert all(store.checkpoint_path(run.run_id).is_file() for run, _ in outcomes)
+        assert not any(store.state_path(run.run_id).exists() for run, _ in outcomes)
+
+
 def test_a_finished_search_run_again_trains_nothing(searched: tuple, sweep: Sweep) -> None:
     db, _, _ = searched
     batches: list = []

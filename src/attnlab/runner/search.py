@@ -12,7 +12,9 @@ rate). An intermediate rung's run stores its whole training state next to the da
 the run of the next rung, which trains on from it (``Store.resume_state``): a promoted run continues, it does not
 restart, and its results and curves (from step 1) are bitwise those of a run that never stopped (same machine and
 thread count). When that state file is missing (deleted, or another machine's database), the run trains from
-scratch, deterministically, to the same result: it costs time, never correctness.
+scratch, deterministically, to the same result: it costs time, never correctness. Between rounds, the states no
+planned run will continue from (runs not promoted, or whose continuation is done) are deleted; the runs' weights
+stay.
 
 Resumable: a plan is a pure function of the results, and the database is the only record of them. Killed at any
 point (SIGKILL included), the same command recomputes every plan from the database and runs only what is missing:
@@ -86,6 +88,16 @@ class SearchGroup:
                 return plan
             results.update(new)
 
+    def drop_spent_states(self, store: Store, plan: HalvingPlan) -> None:
+        """Delete the training states no run of the plan will continue from: those of a ranked rung's runs whose
+        continuation is not pending (not promoted, or already run). A state is three times a model's weights
+        (weights and AdamW's two moments); the runs' weights themselves stay."""
+        pending = {t.key for t in plan.pending}
+        for rung, after in zip(plan.rungs, plan.rungs[1:], strict=False):
+            for trial in rung.trials:
+                if (trial.lr, trial.seed, after.steps) not in pending:
+                    store.drop_state(self.run(*trial.key).run_id)
+
     def planned_runs(self) -> int:
         """Runs of the whole search when none fails: Σ over rungs of learning rates × seeds."""
         return sum(self.spec.rung_sizes) * len(self.spec.seeds)
@@ -158,6 +170,8 @@ def run_search(
     previous: set[str] = set()
     while True:
         current = plans(groups, store)
+        for group, plan in current:
+            group.drop_spent_states(store, plan)
         if on_plans is not None:
             on_plans(current)
         todo += [group.run(*trial.key) for group, plan in current for trial in plan.pending]

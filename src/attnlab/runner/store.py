@@ -233,6 +233,10 @@ class Store:
         """Write a run's training state atomically, as ``write_checkpoint`` does its weights."""
         return _write_atomic(self.state_path(run_id), data)
 
+    def drop_state(self, run_id: str) -> None:
+        """Delete a run's training state (once no run will continue from it); its weights stay."""
+        self.state_path(run_id).unlink(missing_ok=True)
+
     def resume_state(self, run: RunConfig) -> bytes:
         """The training state ``run`` continues from: that of the finished run of the same config (all but
         ``train.stop_at``) that stopped latest before ``run``'s last step and whose state file is there; ``b""``
