@@ -1,4 +1,9 @@
-"""Sweeps from the command line: ``run``, ``demo``, ``presets``, ``leaderboard``, ``report`` and ``export``.
+"""Sweeps from the command line: ``run``, ``demo``, ``presets``, ``leaderboard``, ``report``, ``export`` and
+``search-status``.
+
+A sweep with a learning-rate search (``Sweep.search``) runs round by round (``attnlab.runner.search``): ``run``
+prints each rung as it is ranked and, at the end, each group's best learning rate and whether it lies at an edge of
+the grid; ``search-status`` prints the same plans from a database without training anything.
 
 A sweep writes into a results database (``runner.store``); the other commands read one. Every path and count is
 checked before any work starts (an unknown preset, a bad worker count or an unusable report folder creates no
@@ -8,6 +13,8 @@ database), and a database that is not attnlab's is refused by ``Store`` with one
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +30,7 @@ from attnlab.cli.options import output_folder
 from attnlab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from attnlab.runner.config import RunConfig
     from attnlab.runner.store import Store
 
 sweeps_app = typer.Typer(add_completion=False)
@@ -64,8 +72,10 @@ def _run(
     address: str | None = None,
     gpus: int = 0,
 ) -> None:
+    from attnlab.cli.search_view import RungPrinter, describe_search, winners_table
     from attnlab.report.markdown import write_report
-    from attnlab.runner.local import check_gpus, check_pool, plan_workers, run_local
+    from attnlab.runner.local import SweepSummary, check_gpus, check_pool, plan_workers, run_local
+    from attnlab.runner.search import fixed_runs, has_search, plans, run_search, search_groups
     from attnlab.runner.store import Store
     from attnlab.sweeps import load_sweep
 
@@ -78,48 +88,94 @@ def _run(
         check_gpus(gpus, workers)
     output_folder("report", report_dir)
     sweep = load_sweep(sweep_name)
-    runs = sweep.runs()
+    searching = has_search(sweep)
+    groups = search_groups(sweep)
+    runs = fixed_runs(sweep) if searching else sweep.runs()
     for line in sweep.skipped():
         console.print(f"[dim]skipped: {line}[/dim]")
     with Store(db) as store:
         store.enqueue(runs)
         todo = sum(store.status(r.run_id) != "done" for r in runs)
+        total = len(runs)
+        if searching:  # every run the search plans when none fails; those with a result are done
+            current = plans(groups, store)
+            total += sum(g.planned_runs() for g in groups)
+            todo += sum(len(p.pending) for _, p in current)
+            todo += sum(g.planned_runs() - sum(len(r.trials) for r in p.rungs) for g, p in current)
         local_gpus = gpus if backend == "local" else 0
-        n_workers, n_threads = plan_workers(max(todo, 1), local_gpus or workers, threads)
+        # a search's thread count follows from its whole plan, not from what is left, so a resumed search trains
+        # with the thread count of an uninterrupted one (runs repeat bitwise only at a fixed thread count)
+        n_workers, n_threads = plan_workers(max(total if searching else todo, 1), local_gpus or workers, threads)
         console.print(
-            f"sweep [bold]{sweep.name}[/bold]: {len(runs)} runs, {len(runs) - todo} already done; "
-            f"{n_workers if workers != 0 else 'in-process'} worker(s) × {n_threads} thread(s); database {db}"
+            f"sweep [bold]{sweep.name}[/bold]: {total} runs{' planned' if searching else ''}, {total - todo} already "
+            f"done; {n_workers if workers != 0 else 'in-process'} worker(s) × {n_threads} thread(s); database {db}"
         )
+        if searching:
+            console.print(escape(describe_search(groups)))
         t0 = time.perf_counter()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task(f"{sweep.name}", total=len(runs), completed=len(runs) - todo)
+            bar = progress.add_task(f"{sweep.name}", total=total, completed=total - todo)
 
             def on_done(run, outcome) -> None:
                 acc = outcome.final.get("accuracy")
                 result = f"accuracy {acc:.3f}" if outcome.ok else f"[red]failed[/red]: {outcome.error.splitlines()[0]}"
+                steps = f" to step {run.train.stop_at}" if run.train.stop_at else ""
+                went_on = f", continued from step {outcome.resumed_from}" if outcome.resumed_from else ""
                 progress.console.print(
-                    f"  {run.task.name} {run.mechanism} / {run.position} d{run.model.d_model} lr {run.train.lr:g} "
-                    f"seed {run.seed}: {result} ({outcome.wall_s:.0f} s)"
+                    f"  {escape(run.task.name)} {run.mechanism} / {run.position} d{run.model.d_model} lr "
+                    f"{run.train.lr:g} seed {run.seed}{steps}: {result} ({outcome.wall_s:.0f} s{went_on})"
                 )
                 progress.advance(bar)
 
-            if backend == "ray":
-                from attnlab.runner.ray_backend import run_ray
+            summary = SweepSummary(0, 0, 0, 0)
 
-                summary = run_ray(
-                    runs, store, address=address, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus
-                )
+            def run_batch(batch: Sequence[RunConfig]) -> None:
+                if backend == "ray":
+                    from attnlab.runner.ray_backend import run_ray
+
+                    done = run_ray(
+                        batch, store, address=address, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus
+                    )
+                else:
+                    done = run_local(batch, store, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus)
+                summary.done, summary.failed = summary.done + done.done, summary.failed + done.failed
+                summary.skipped += done.skipped
+
+            if not searching:
+                run_batch(runs)
             else:
-                summary = run_local(runs, store, workers=workers, threads=n_threads, on_done=on_done, gpus=gpus)
+                with _ray_session(backend, address):  # one Ray instance for every round of the search
+                    finished = run_search(sweep, store, run_batch, on_plans=RungPrinter(progress.console))
+                summary.skipped = total - todo
         console.print(
             f"finished in {time.perf_counter() - t0:.0f} s: {summary.done} done, {summary.failed} failed, "
             f"{summary.skipped} skipped (already done)"
         )
+        if searching:
+            console.print(winners_table(finished))
         print_leaderboard(store, sweep.name)
         if report_dir is not None:
             path = write_report(store, report_dir, sweep=sweep.name, title=f"attnlab sweep {sweep.name}")
             console.print(f"report: {path}")
+
+
+@contextmanager
+def _ray_session(backend: str, address: str | None) -> Iterator[None]:
+    """With the Ray backend, Ray started (or connected) once around the search's rounds, and shut down after
+    when this started it; nothing for the local backend."""
+    if backend != "ray":
+        yield
+        return
+    from attnlab.runner.ray_backend import connect, import_ray
+
+    ray = import_ray()
+    started = connect(ray, address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def print_leaderboard(store: Store, sweep: str | None, rank_by: str = "score", target: float | None = None) -> None:
@@ -181,11 +237,35 @@ def demo(
 @guarded
 def presets() -> None:
     """List the sweep presets."""
+    from attnlab.runner.search import fixed_runs, search_groups
     from attnlab.sweeps import load_sweep, preset_names
 
     for name in preset_names():
         s = load_sweep(name)
-        console.print(f"{name}: {len(s.runs())} runs — tasks {[t.name for t in s.tasks]}")
+        n = len(fixed_runs(s)) + sum(g.planned_runs() for g in search_groups(s))
+        console.print(f"{name}: {n} runs — tasks {[t.name for t in s.tasks]}")
+
+
+@sweeps_app.command("search-status")
+@guarded
+def search_status(
+    sweep: Annotated[str, typer.Argument(help="the sweep with a search: a preset name or a Python file")],
+    db: Annotated[Path, typer.Option(help="results database")] = Path("runs/results.sqlite"),
+) -> None:
+    """Print a learning-rate search's plans from a database: each rung's results, ranking and the winners."""
+    from attnlab.cli.search_view import describe_search, status_table, winners_table
+    from attnlab.runner.search import has_search, plans, search_groups
+    from attnlab.sweeps import load_sweep
+
+    loaded = load_sweep(sweep)
+    if not has_search(loaded):
+        raise ConfigError("sweep", sweep, "has no learning-rate search", "a sweep with search=SearchConfig(...)")
+    groups = search_groups(loaded)
+    with open_results(db) as store:
+        current = plans(groups, store)
+    console.print(escape(describe_search(groups)))
+    console.print(status_table(current))
+    console.print(winners_table(current))
 
 
 @sweeps_app.command()

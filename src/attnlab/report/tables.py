@@ -37,8 +37,8 @@ from attnlab.report.leaderboard_stats import (
     with_rungs,
 )
 from attnlab.stats import EmergenceSummary, Interval, VersusBest, grid_edge, mean_interval
+from attnlab.tasks.base import task_ranking_metric
 
-LOSS_TASKS = frozenset({"lm"})  # tasks ranked by loss whatever else they report
 LOWER_IS_BETTER = frozenset({"loss", "ppl", "perplexity"})
 EXTRAPOLATION = re.compile(r"(\w+)@([\d.]+)x")
 
@@ -120,7 +120,7 @@ def ranking_metric(task: str, rows: Iterable[dict[str, Any]]) -> str:
 
     ``rows`` are the task's rows from ``Store.runs``; see the module docstring for the rule.
     """
-    if task.split("[", 1)[0] in LOSS_TASKS:  # "lm[tokenizer=bpe]": a labelled variant of lm
+    if task_ranking_metric(task) == "loss":  # lm, or a labelled variant of it ("lm[tokenizer=bpe]")
         return "loss"
     finals = [r["final"] for r in rows if r["task"] == task and r["status"] == "done"]
     if finals and not any("accuracy" in f for f in finals) and any("loss" in f for f in finals):

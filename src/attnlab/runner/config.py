@@ -26,6 +26,7 @@ from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.plugins import import_needed, load_plugins, needed
 from attnlab.position import POSITIONS
+from attnlab.stats.halving import log_grid
 from attnlab.tasks import TASKS, TaskConfig, task_from_dict
 from attnlab.tasks.base import extrapolation_tasks
 from attnlab.train.config import TrainConfig
@@ -73,6 +74,12 @@ class RunConfig(StrictModel):
     def run_id(self) -> str:
         return self.model_copy(update={"sweep": "", "plugins": {}}).digest()[:16]
 
+    def stopped_at(self, step: int, lr: float | None = None, seed: int | None = None) -> RunConfig:
+        """This run trained to ``step`` of its schedule (``train.stop_at``; the whole run when ``step`` is
+        ``train.steps``), with another learning rate or seed when given: a trial of the learning-rate search."""
+        train = TrainConfig(**{**dict(self.train), "lr": self.train.lr if lr is None else lr, "stop_at": step})
+        return self.model_copy(update={"train": train, "seed": self.seed if seed is None else seed})
+
     @property
     def mechanism(self) -> str:
         return self.model.attention.label
@@ -115,12 +122,52 @@ def run_from_json(config_json: str, where: str = "this process") -> RunConfig:
         raise config_error(exc, "RunConfig", RunConfig) from None
 
 
+class SearchConfig(StrictModel):
+    """A learning-rate search by successive halving (``attnlab.stats.halving``; run by ``attnlab.runner.search``).
+
+    The grid is ``lrs`` itself or ``points`` values spaced evenly in log from ``low`` to ``high``
+    (``log_grid``). Every learning rate trains, over the sweep's seeds, to ``min_steps``; the best 1/``eta`` of
+    them continue from their checkpoints to ``eta``·``min_steps``, and so on up to the sweep's ``train.steps``.
+    """
+
+    lrs: list[float] = []
+    low: float | None = None
+    high: float | None = None
+    points: int | None = None
+    min_steps: int = Field(gt=0)
+    eta: int = Field(3, ge=2)
+
+    @model_validator(mode="after")
+    def _one_grid(self) -> SearchConfig:
+        ranged = (self.low, self.high, self.points)
+        if self.lrs and any(v is not None for v in ranged):
+            raise ConfigError("lrs", self.lrs, "given with low / high / points", "either lrs or low, high and points")
+        if not self.lrs and any(v is None for v in ranged):
+            raise ConfigError("low", self.low, "a grid needs low, high and points (or lrs)", "e.g. 1e-4, 1e-2, 9")
+        self.grid  # noqa: B018 - validates the grid (positive, distinct, enough points)
+        return self
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The learning rates searched, smallest first."""
+        if self.lrs:
+            if any(not lr > 0 for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+                raise ConfigError("lrs", self.lrs, "must be distinct positive learning rates", "e.g. [1e-3, 3e-3]")
+            return tuple(sorted(self.lrs))
+        assert self.low is not None and self.high is not None and self.points is not None
+        return log_grid(self.low, self.high, self.points)
+
+
 class Sweep(StrictModel):
     """A grid: tasks × mechanisms × positions × widths × learning rates × seeds.
 
     ``mechanisms`` are attention configs (their ``position`` is replaced by each of ``positions``
     unless ``positions`` is empty). ``model`` holds the other ModelConfig fields (depth, heads, MLP);
     vocabulary and training length come from each task.
+
+    With ``search``, the learning rates are not a grid axis but searched per (task, mechanism, position, width)
+    by successive halving (``attnlab.runner.search``): ``lrs`` is left out, ``runs()`` are the search's first
+    rung, and the later rungs are planned from their results.
     """
 
     name: str
@@ -134,6 +181,7 @@ class Sweep(StrictModel):
     train: TrainConfig = TrainConfig()
     # True: drop the grid points a mechanism cannot serve (listed by ``skipped()``) instead of rejecting the sweep.
     skip_unsupported: bool = False
+    search: SearchConfig | None = None
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -154,12 +202,34 @@ class Sweep(StrictModel):
         for key in ("vocab_size", "d_model", "attention", "max_seq_len"):
             if key in self.model:
                 raise ConfigError(f"model.{key}", self.model[key], "is set by the sweep's axes, not in model")
+        if self.search is not None:
+            self._check_search(self.search)
         runs, _ = self._expand()  # every point of the grid must be a valid run (or be skippable)
         if not runs:
             raise ConfigError("sweep", self.name, "every point of the grid is unsupported", self.skipped())
         return self
 
+    def _check_search(self, search: SearchConfig) -> None:
+        if "lrs" in self.model_fields_set:
+            raise ConfigError("lrs", self.lrs, "is set by search (its grid)", ["leave lrs out"])
+        if self.train.stop_at is not None:
+            raise ConfigError("train.stop_at", self.train.stop_at, "is set by search (its rungs)", [None])
+        if search.min_steps > self.train.steps:
+            allowed = f"1 to train.steps={self.train.steps}"
+            raise ConfigError("search.min_steps", search.min_steps, "is beyond the training steps", allowed)
+        if search.min_steps % self.train.eval_every:
+            allowed = f"a multiple of train.eval_every={self.train.eval_every}"
+            raise ConfigError("search.min_steps", search.min_steps, "is not an evaluation step", allowed)
+
     def runs(self) -> list[RunConfig]:
+        """The grid's runs; with ``search``, its first rung (every learning rate and seed, to ``min_steps``)."""
+        runs = self._expand()[0]
+        if self.search is None:
+            return runs
+        return [run.stopped_at(self.search.min_steps) for run in runs]
+
+    def grid_runs(self) -> list[RunConfig]:
+        """Every point of the grid trained to ``train.steps`` (with ``search``: every learning rate of its grid)."""
         return self._expand()[0]
 
     def skipped(self) -> list[str]:
@@ -169,9 +239,8 @@ class Sweep(StrictModel):
     def _expand(self) -> tuple[list[RunConfig], list[str]]:
         out: list[RunConfig] = []
         skipped: list[str] = []
-        for task, mech, width, lr, seed in itertools.product(
-            self.tasks, self.mechanisms, self.widths, self.lrs, self.seeds
-        ):
+        lrs = self.lrs if self.search is None else self.search.grid
+        for task, mech, width, lr, seed in itertools.product(self.tasks, self.mechanisms, self.widths, lrs, self.seeds):
             for position in self.positions or [mech.position]:
                 attention = (
                     mech

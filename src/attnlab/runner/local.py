@@ -52,11 +52,13 @@ class Recorder:
     ):
         self.store, self.summary, self.on_start, self.on_done = store, summary, on_start, on_done
 
-    def begin(self, run: RunConfig) -> None:
-        """Mark ``run`` running (it is being handed to a worker) and tell ``on_start``."""
+    def begin(self, run: RunConfig) -> bytes:
+        """Mark ``run`` running (it is being handed to a worker), tell ``on_start``, and return the training state it
+        continues from (``Store.resume_state``; ``b""``: from scratch), for the worker."""
         self.store.start(run.run_id)
         if self.on_start is not None:
             self.on_start(run)
+        return self.store.resume_state(run)
 
     def record(self, run: RunConfig, outcome: RunOutcome) -> None:
         """Write a finished or failed run (curves and status in one transaction) and tell ``on_done``."""
@@ -64,6 +66,8 @@ class Recorder:
         if outcome.ok:
             if outcome.checkpoint:  # the weights first: a run marked done always has its checkpoint
                 self.store.write_checkpoint(run.run_id, outcome.checkpoint)
+            if outcome.state:  # and its training state, when it stopped before its last step
+                self.store.write_state(run.run_id, outcome.state)
             self.store.finish(run.run_id, outcome.final, outcome.curves, **where)
             self.summary.done += 1
         else:
@@ -145,9 +149,9 @@ def run_local(
     if workers == 0:
         set_threads(n_threads)
         for run in todo:
-            begin(run)
+            resume = begin(run)
             try:
-                outcome = execute(run.canonical_json())
+                outcome = execute(run.canonical_json(), resume)
             except BaseException:
                 store.requeue_unfinished([run.run_id])
                 raise
@@ -162,8 +166,7 @@ def run_local(
         while queue or in_flight:
             while queue and len(in_flight) < n_workers:
                 run = queue.pop()
-                begin(run)
-                in_flight[pool.submit(execute, run.canonical_json())] = run
+                in_flight[pool.submit(execute, run.canonical_json(), begin(run))] = run
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in finished:
                 if fut not in in_flight:  # requeued when the pool broke on an earlier future of this batch

@@ -78,10 +78,11 @@ def plan_ray_workers(
     return workers, threads
 
 
-def execute_in_worker(config_json: str, threads: int) -> RunOutcome:
-    """The body of a Ray task: ``threads`` torch threads, then ``execute`` (which never raises for a failing run)."""
+def execute_in_worker(config_json: str, threads: int, resume: bytes = b"") -> RunOutcome:
+    """The body of a Ray task: ``threads`` torch threads, then ``execute`` (which never raises for a failing run),
+    continuing from the training state ``resume`` when the driver sent one."""
     set_threads(threads)
-    return execute(config_json)
+    return execute(config_json, resume)
 
 
 def connect(ray: ModuleType, address: str | None) -> bool:
@@ -163,8 +164,7 @@ def run_ray(
         while queue or in_flight:
             while queue and len(in_flight) < n_workers:
                 run = queue.pop()
-                recorder.begin(run)
-                in_flight[task.remote(run.canonical_json(), n_threads)] = run
+                in_flight[task.remote(run.canonical_json(), n_threads, recorder.begin(run))] = run
             finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
             stop.check()
             for ref in finished:

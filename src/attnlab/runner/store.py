@@ -5,6 +5,11 @@ error text, host, timings and final metrics. ``metrics``: (run_id, step, name, v
 curves and its ``done`` status are written in the same transaction, so a run is either finished with
 all its data or not finished at all; a restarted sweep re-runs whatever is not ``done``.
 
+Next to the database, ``x.checkpoints/`` holds each finished run's weights (``RUN.safetensors``) and, for a run
+that stopped before its last step (``train.stop_at``: an intermediate rung of the learning-rate search), its whole
+training state (``RUN.state.safetensors``, ``attnlab.train.state``), from which ``resume_state`` lets a later run of
+the same config continue.
+
 ``benchmarks``: one row per benchmark run (``attnlab speed --db``) with its whole JSON result; ``speed``: its
 time and peak-memory rows (case, T, mode, value, ratio to SDPA), flattened for queries and the report. A
 benchmark's id is the sha1 of its JSON, so storing the same result twice is one row.
@@ -218,12 +223,54 @@ class Store:
 
     def write_checkpoint(self, run_id: str, data: bytes) -> Path:
         """Write a run's weights atomically (tmp + rename), so a killed sweep never leaves half a file."""
-        path = self.checkpoint_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return path
+        return _write_atomic(self.checkpoint_path(run_id), data)
+
+    def state_path(self, run_id: str) -> Path:
+        """The training state of a run that stopped at ``train.stop_at`` (it exists once the run is done)."""
+        return self.checkpoint_dir / f"{run_id}.state.safetensors"
+
+    def write_state(self, run_id: str, data: bytes) -> Path:
+        """Write a run's training state atomically, as ``write_checkpoint`` does its weights."""
+        return _write_atomic(self.state_path(run_id), data)
+
+    def drop_state(self, run_id: str) -> None:
+        """Delete a run's training state (once no run will continue from it); its weights stay."""
+        self.state_path(run_id).unlink(missing_ok=True)
+
+    def resume_state(self, run: RunConfig) -> bytes:
+        """The training state ``run`` continues from: that of the finished run of the same config (all but
+        ``train.stop_at``) that stopped latest before ``run``'s last step and whose state file is there; ``b""``
+        when there is none (``run`` then trains from scratch, to the same result: a deleted state file costs time,
+        not correctness)."""
+        last = run.train.stop_at or run.train.steps
+        mine = _lineage(run.canonical_json())
+        rows = self.conn.execute(
+            "SELECT run_id, config FROM runs WHERE status='done' AND task=? AND mechanism=? AND position=?"
+            " AND width=? AND lr=? AND seed=?",
+            (run.task.name, run.mechanism, run.position, run.model.d_model, run.train.lr, run.seed),
+        )
+        earlier = []
+        for row in rows:
+            config = json.loads(row["config"])
+            stop = config.get("train", {}).get("stop_at")
+            if stop is not None and stop < last and _lineage(row["config"]) == mine:
+                earlier.append((stop, row["run_id"]))
+        for _, run_id in sorted(earlier, reverse=True):
+            path = self.state_path(run_id)
+            if path.is_file():
+                return path.read_bytes()
+        return b""
+
+    def outcomes(self, run_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, float]]]:
+        """run_id → (status, final metrics) for the given runs that are in the database."""
+        ids = list(run_ids)
+        out: dict[str, tuple[str, dict[str, float]]] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(f"SELECT run_id, status, final FROM runs WHERE run_id IN ({marks})", chunk):
+                out[row["run_id"]] = (row["status"], json.loads(row["final"]) if row["final"] else {})
+        return out
 
     def finish(
         self,
@@ -351,6 +398,25 @@ class Store:
             }
             for r in rows
         ]
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def _lineage(config_json: str) -> dict[str, Any]:
+    """A run's stored config without what a run and its continuations may differ in: ``train.stop_at``, and the
+    sweep and plugins (not part of a run's identity)."""
+    config = json.loads(config_json)
+    config.pop("sweep", None)
+    config.pop("plugins", None)
+    config["train"] = {k: v for k, v in config.get("train", {}).items() if k != "stop_at"}
+    return config
 
 
 def label_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

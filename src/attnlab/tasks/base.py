@@ -33,6 +33,16 @@ IGNORE = -100
 TASKS: Registry = Registry("task")
 ModelMode = Literal["decoder", "encoder", "encoder_decoder"]
 MODEL_MODES: tuple[str, ...] = ("decoder", "encoder", "encoder_decoder")
+# Tasks ranked by their evaluation loss (lower is better) whatever else they report: token accuracy says little
+# about a language model. Every other task is ranked by accuracy (higher is better). The leaderboards and the
+# learning-rate search (which must know the metric before any run has finished) share this rule.
+LOSS_TASKS = frozenset({"lm"})
+
+
+def task_ranking_metric(task: str) -> str:
+    """``"loss"`` for a task of ``LOSS_TASKS`` (``task`` may be a labelled variant, ``lm[tokenizer=bpe]``), else
+    ``"accuracy"``."""
+    return "loss" if task.split("[", 1)[0] in LOSS_TASKS else "accuracy"
 
 
 @dataclass

@@ -37,6 +37,11 @@ class TrainConfig(StrictModel):
     # Length extrapolation: after training, evaluate the task at round(f · T) for each factor f (the task needs
     # with_length); final metrics loss@{f}x, accuracy@{f}x (NaN where the model cannot represent the length).
     extrapolate: list[Annotated[float, Field(gt=0)]] = []
+    # Stop at this step while following the schedule (warmup, cosine) of ``steps``, and hand back the whole
+    # training state, so a run of the same config with a later stop_at (or none) continues from it exactly: the
+    # learning-rate search's intermediate rungs (attnlab.runner.search). None: train to ``steps``. It must be an
+    # evaluation step (a multiple of eval_every), so the metric a rung ranks by is a point of the full run's curve.
+    stop_at: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -68,11 +73,26 @@ class TrainConfig(StrictModel):
                 raise ConfigError("extrapolate", factors, f"factor {factor:g} is given twice", "distinct factors")
         return factors
 
+    @model_validator(mode="after")
+    def _stop_within_steps(self) -> TrainConfig:
+        """``stop_at`` is an evaluation step up to ``steps``; equal to ``steps`` it is the whole run (None), so a
+        run has one id however its end is written."""
+        if self.stop_at is None:
+            return self
+        if self.stop_at > self.steps:
+            raise ConfigError("stop_at", self.stop_at, f"is beyond steps={self.steps}", f"1 to {self.steps}")
+        if self.stop_at % self.eval_every and self.stop_at != self.steps:
+            allowed = f"a multiple of eval_every={self.eval_every}"
+            raise ConfigError("stop_at", self.stop_at, "is not an evaluation step", allowed)
+        if self.stop_at == self.steps:
+            object.__setattr__(self, "stop_at", None)  # frozen model: normalised once, while it is validated
+        return self
+
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` when empty, without ``compile`` and ``z_loss`` when off, and ``precision``
-        as the older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields existed keep their
-        canonical JSON and a resumed sweep finds its finished runs."""
+        """Dump without ``extrapolate`` when empty, ``compile`` and ``z_loss`` when off and ``stop_at`` when None,
+        and ``precision`` as the older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields
+        existed keep their canonical JSON and a resumed sweep finds its finished runs."""
         data = handler(self)
         data["bf16"] = self.precision == "bf16"
         if self.precision != "fp16":
@@ -83,4 +103,6 @@ class TrainConfig(StrictModel):
             data.pop("compile", None)
         if not self.z_loss:
             data.pop("z_loss", None)
+        if self.stop_at is None:
+            data.pop("stop_at", None)
         return data

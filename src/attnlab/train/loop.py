@@ -41,6 +41,7 @@ from attnlab.model.transformer import PositionRangeError
 from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
 from attnlab.train.config import TrainConfig
 from attnlab.train.device import autocast, grad_scaler, resolve_device
+from attnlab.train.state import TrainState, capture, lineage_json, restore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class TrainResult:
     curves: list[tuple[int, str, float]] = field(default_factory=list)  # (step, name, value)
     model: nn.Module | None = None
     notes: list[str] = field(default_factory=list)  # why a metric is NaN (e.g. learned positions at 2x)
+    state: TrainState | None = None  # with cfg.stop_at: the whole state, to continue from (attnlab.train.state)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -180,9 +182,12 @@ def train(
     cfg: TrainConfig,
     seed: int,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train a fresh model (``build_model(model_cfg)``) on the task; deterministic for a given (configs, seed) on
-    one device. With ``cfg.extrapolate``, the final metrics include the length-extrapolation metrics."""
+    one device. With ``cfg.extrapolate``, the final metrics include the length-extrapolation metrics. ``resume``:
+    continue the same run from that state (``fit``), with results identical to never having stopped."""
     if task_cfg.mode != model_cfg.mode:
         raise ConfigError(
             "model.mode", model_cfg.mode, f"task {task_cfg.name!r} needs a {task_cfg.mode} model", [task_cfg.mode]
@@ -191,7 +196,7 @@ def train(
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(resolve_device(cfg.device))
     task: Task = task_cfg.build(seed)
-    result = fit(model, task.train_batch, task.eval_batch(cfg.eval_examples), cfg, on_eval=on_eval)
+    result = fit(model, task.train_batch, task.eval_batch(cfg.eval_examples), cfg, on_eval=on_eval, resume=resume)
     extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     stats = {name: result.final.pop(name) for name in RUN_STATS}
     result.final.update(extrapolated)
@@ -210,6 +215,7 @@ def fit(
     *,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """The training loop itself, on a model that is already built (and seeded) and a source of batches.
 
@@ -221,6 +227,11 @@ def fit(
     ``cfg.target_accuracy`` is reached.
     ``on_step(step, loss)`` is called after every update with that step's training loss.
 
+    ``cfg.stop_at`` stops at that step under the schedule of ``cfg.steps`` and returns the whole training state
+    (``TrainResult.state``); ``resume`` (a state of the same run, ``attnlab.train.state``) trains on from its step,
+    with its curves, bitwise as if the run had never stopped; a state that stopped early at the target accuracy
+    has nothing left to train and is returned as it is.
+
     Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
     the curves, and the model (in training mode).
     """
@@ -231,9 +242,14 @@ def fit(
     scaler = grad_scaler(device, cfg.precision)  # fp16 only; a pass-through otherwise
     curves: list[tuple[int, str, float]] = []
     metrics: dict[str, float] = {}
+    lineage, before_s, reached = lineage_json(cfg.model_dump(mode="json")), 0.0, False
+    if resume is not None:
+        restore(resume, model, opt, scaler, train_config=lineage, until=cfg.stop_at or cfg.steps)
+        curves, metrics, before_s, reached = list(resume.curves), dict(resume.metrics), resume.train_s, resume.finished
+    step = first = resume.step if resume is not None else 0
+    last = step if reached else (cfg.stop_at or cfg.steps)
     t0 = time.perf_counter()
-    step = 0
-    for step in range(1, cfg.steps + 1):
+    for step in range(first + 1, last + 1):
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, cfg)
         batch = to_device(train_batch(step, cfg.batch_size), device)
@@ -263,11 +279,25 @@ def fit(
             if on_eval is not None:
                 on_eval(step, metrics)
             if cfg.target_accuracy is not None and metrics["accuracy"] >= cfg.target_accuracy:
+                reached = True
                 break
     final = {
         **metrics,
         "steps": float(step),
-        "train_s": time.perf_counter() - t0,
+        "train_s": before_s + time.perf_counter() - t0,
         "params": float(sum(p.numel() for p in model.parameters())),
     }
-    return TrainResult(final=final, curves=curves, model=model)
+    state = None
+    if cfg.stop_at is not None:
+        state = capture(
+            model,
+            opt,
+            scaler,
+            step=step,
+            finished=reached,
+            train_config=lineage,
+            curves=curves,
+            metrics=metrics,
+            train_s=final["train_s"],
+        )
+    return TrainResult(final=final, curves=curves, model=model, state=state)
