@@ -51,7 +51,9 @@ def check(
     tables: dict[tuple[str, ...], list[tuple[str, str]]] = {}
     for key, marks in rows.items():
         tables.setdefault(tuple(marks), []).append(key)
-    for checks, keys in tables.items():
+    # a fixed order whatever order the registries were created in: attention entries, feature maps, then tasks
+    order = {"normaliser": 0, "heads": 1, "position": 2, "feature_map": 3, "task": 4}
+    for checks, keys in sorted(tables.items(), key=lambda item: min(order.get(a, 9) for a, _ in item[1])):
         table = Table(title=f"attnlab check {escape(module)}", title_justify="left")
         table.add_column("entry", style="bold", no_wrap=True)
         for name in checks:
