@@ -84,7 +84,7 @@ def _model_inputs(name: str, tokenizer: Any, text: str | None, file: Path | None
     return tokens, None, labels
 
 
-def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: str | None):
+def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: str | None, step: int | None = None):
     """A trained run as an inspect target → (model, causal, tokens [1, T], seq_half or None, labels None).
 
     The tokens are the first example of the run's own evaluation set; for the induction task the head table
@@ -95,7 +95,7 @@ def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: 
     for option, value in zip(INPUT_OPTIONS, (text, file, task), strict=True):
         if value is not None:
             raise ConfigError(option.lstrip("-"), str(value), "a run is inspected on its own task's evaluation data")
-    model, cfg = load_run(db, name)
+    model, cfg = load_run(db, name, step)
     if cfg.model.mode == "encoder_decoder":
         raise ConfigError("model", name, "is an encoder-decoder run; inspect reads decoder-only or encoder models")
     built = cfg.task.build(cfg.seed)
@@ -107,7 +107,23 @@ def _run_inputs(name: str, db: Path, text: str | None, file: Path | None, task: 
         f"run {name} ({db}): {cfg.task.name} · {cfg.mechanism} / {cfg.position} · d{cfg.model.d_model} "
         f"· {cfg.model.n_layers} layers; first evaluation example, {tokens.shape[1]} tokens"
     )
+    if step is not None:
+        _stored_step_metrics(model, cfg, db, name, step)
     return model, cfg.model.causal, tokens, seq_half, None
+
+
+def _stored_step_metrics(model: Any, cfg: Any, db: Path, name: str, step: int) -> None:
+    """Print the run's evaluation at ``step`` as stored during training next to the same evaluation of the kept
+    weights: they agree, or the weights are not those of that step."""
+    from attnlab.runner.store import Store
+    from attnlab.train.loop import evaluate
+
+    with Store(db) as store:
+        stored = {n[len("eval_") :]: v for s, n, v in store.curves(name) if s == step and n.startswith("eval_")}
+    again = evaluate(model, cfg.task.build(cfg.seed).eval_batch(cfg.train.eval_examples), cfg.train)
+    model.eval()
+    for metric in ("loss", "accuracy"):
+        console.print(f"step {step} {metric}: stored {stored.get(metric, float('nan')):.6f}, now {again[metric]:.6f}")
 
 
 def _checkpoint_pass(folder: Path, text: str | None, file: Path | None, task: str | None, n: int, seed: int):
@@ -143,11 +159,14 @@ def _inspect(
     top: int,
     out: Path | None,
     db: Path | None = None,
+    step: int | None = None,
 ) -> None:
     from attnlab.lens import inspect as lens
 
     output_folder("out", out)
     _one_input(text, file, task)
+    if step is not None and find_run(name, db) is None:
+        raise ConfigError("step", step, f"applies to a run id of a results database, not {name!r}")
     if name in lens.MODELS:
         try:
             model, tokenizer = lens.load_model(name)
@@ -157,7 +176,7 @@ def _inspect(
         tokens, seq_half, labels = _model_inputs(name, tokenizer, text, file, task, n, seed)
         logits, pats = lens.capture_patterns(model, tokens)
     elif (run_db := find_run(name, db)) is not None:
-        model, causal, tokens, seq_half, labels = _run_inputs(name, run_db, text, file, task)
+        model, causal, tokens, seq_half, labels = _run_inputs(name, run_db, text, file, task, step)
         logits, pats = lens.capture_patterns(model, tokens)
     elif Path(name).is_dir():
         logits, pats, tokens, causal, seq_half, labels = _checkpoint_pass(Path(name), text, file, task, n, seed)
@@ -209,6 +228,9 @@ def inspect(
     top: Annotated[int, typer.Option(help="rows of the head table to print (and heatmaps to write)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the full table (CSV) and top heads' heatmaps here")] = None,
     db: Annotated[Path | None, typer.Option(help="the results database of a run id (default: runs/*.sqlite)")] = None,
+    step: Annotated[
+        int | None, typer.Option(help="a run's weights at this step of its training (train.checkpoint_every)")
+    ] = None,
 ) -> None:
     """Score every attention head of a pretrained model or a trained run (induction, sinks, ...) and its loss."""
-    _inspect(model, text, file, task, seq_len, seed, top, out, db)
+    _inspect(model, text, file, task, seq_len, seed, top, out, db, step)

@@ -50,17 +50,27 @@ class ProbeInputs:
     induction: Tensor | None  # [B, 2n + 1]: [BOS] + x + x
     seq_half: int
     causal: bool = True
+    source: Tensor | None = None  # an encoder-decoder's source tokens for ``data``
 
     @staticmethod
-    def build(data: Tensor, vocab: int, max_len: int, seed: int, causal: bool = True, n: int = 4) -> ProbeInputs:
-        """``data`` (the first rows of an evaluation batch) and ``n`` copying sequences of half-length up to 16
-        over ids 1 … vocab − 1 (0 serves as BOS), drawn from ``seed``."""
+    def build(
+        data: Tensor,
+        vocab: int,
+        max_len: int,
+        seed: int,
+        causal: bool = True,
+        source: Tensor | None = None,
+        n: int = 4,
+    ) -> ProbeInputs:
+        """``data`` (the first rows of an evaluation batch, with its ``source`` for an encoder-decoder) and ``n``
+        copying sequences of half-length up to 16 over ids 1 … vocab − 1 (0 serves as BOS), drawn from ``seed``;
+        none for an encoder-decoder (its decoder reads a source) or a vocabulary or length too small."""
         half = min(16, (max_len - 1) // 2)
         induction = None
-        if half >= 2 and vocab >= 3:
+        if half >= 2 and vocab >= 3 and source is None:
             x = torch.randint(1, vocab, (n, half), generator=torch.Generator().manual_seed(seed))
             induction = copy_layout(x, bos=0)
-        return ProbeInputs(data, induction, half, causal)
+        return ProbeInputs(data, induction, half, causal, source)
 
 
 def _layer(name: str) -> int:
@@ -74,22 +84,24 @@ def _watched(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def training_probes(model: nn.Module, inputs: ProbeInputs) -> dict[str, float]:
-    """Every probe of the module docstring on ``inputs`` (tensors on the model's device); the model's training
-    mode is restored afterwards."""
+    """Every probe of the module docstring on ``inputs`` (moved to the model's device); the model's training mode
+    is restored afterwards."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     try:
-        out = _data_probes(model, inputs)
+        out = _data_probes(model, inputs, device)
         if inputs.induction is not None:
-            out |= _induction_probes(model, inputs.induction.to(inputs.data.device), inputs.seq_half)
+            out |= _induction_probes(model, inputs.induction.to(device), inputs.seq_half)
     finally:
         model.train(was_training)
     return out
 
 
-def _data_probes(model: nn.Module, inputs: ProbeInputs) -> dict[str, float]:
+def _data_probes(model: nn.Module, inputs: ProbeInputs, device: torch.device) -> dict[str, float]:
+    data = inputs.data.to(device)
     with capture(model, _watched(model)) as cache:
-        logits = model(inputs.data)
+        logits = model(data) if inputs.source is None else model(data, source=inputs.source.to(device))
     out: dict[str, float] = {
         "probe/logit_max_abs": float(logits.abs().max()),
         "probe/log_z": float(torch.logsumexp(logits.float(), dim=-1).mean()),

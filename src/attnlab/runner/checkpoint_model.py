@@ -16,12 +16,13 @@ from attnlab.runner.config import RunConfig, run_from_json
 from attnlab.runner.store import Store
 
 
-def load_run(db: str | Path, run_id: str) -> tuple[nn.Module, RunConfig]:
+def load_run(db: str | Path, run_id: str, step: int | None = None) -> tuple[nn.Module, RunConfig]:
     """A finished run of a results database → (its trained model in eval mode, its ``RunConfig``).
 
-    The weights are the run's safetensors checkpoint (written by the sweep runner when the run finished); the
-    architecture is rebuilt from the config stored with the run. Raises ``ConfigError`` when the run is unknown,
-    not finished, or has no checkpoint (databases written before checkpoints were stored).
+    The weights are the run's safetensors checkpoint (written by the sweep runner when the run finished), or with
+    ``step`` those it kept at that step of its training (``train.checkpoint_every``); the architecture is rebuilt
+    from the config stored with the run. Raises ``ConfigError`` when the run is unknown, not finished, or has no
+    checkpoint (databases written before checkpoints were stored) or none at ``step`` (the error lists those kept).
     """
     from safetensors.torch import load_file
 
@@ -32,6 +33,12 @@ def load_run(db: str | Path, run_id: str) -> tuple[nn.Module, RunConfig]:
         if row["status"] != "done":
             raise ConfigError("run_id", run_id, f"is {row['status']}, not done: it has no trained weights")
         path = store.checkpoint_path(run_id)
+        if step is not None:
+            kept = store.snapshot_steps(run_id)
+            if step not in kept:
+                allowed = list(kept) or "none: the run was trained without train.checkpoint_every"
+                raise ConfigError("step", step, f"has no kept weights for run {run_id}", allowed)
+            path = kept[step]
     if not path.is_file():
         raise ConfigError("run_id", run_id, f"has no checkpoint ({path} is missing; re-run it to store one)")
     cfg = run_from_json(row["config"])  # imports the plugins that define its entries

@@ -6,9 +6,14 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from attnlab.runner.config import RunConfig
 
 
 @dataclass
@@ -26,13 +31,35 @@ class RunOutcome:
     checkpoint: bytes = b""  # the trained weights as safetensors bytes (the driver writes the file)
     state: bytes = b""  # a run with train.stop_at: its whole training state, to continue from (attnlab.train.state)
     resumed_from: int = 0  # the step of the state it continued from; 0: trained from scratch
+    snapshots: dict[int, bytes] = field(default_factory=dict)  # train.checkpoint_every: step → weights (safetensors)
 
 
-def checkpoint_bytes(model: torch.nn.Module) -> bytes:
-    """The model's state dict as safetensors bytes (tied weights stored once per name; no pickle involved)."""
+def checkpoint_bytes(model: torch.nn.Module | dict[str, torch.Tensor]) -> bytes:
+    """A model's state dict (or a state dict) as safetensors bytes (tied weights stored once per name; no pickle)."""
     from safetensors.torch import save
 
-    return save({name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()})
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    return save({name: t.detach().cpu().clone().contiguous() for name, t in weights.items()})
+
+
+PROBE_EXAMPLES = 16  # evaluation examples the training probes read at each evaluation
+
+
+def training_probe(cfg: RunConfig) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """``train.probes``: the lens's training probes (``attnlab.lens.probes``) on the first ``PROBE_EXAMPLES`` of the
+    run's evaluation set and a copying batch drawn from its seed; the same run probes the same tokens."""
+    from attnlab.lens.probes import ProbeInputs, training_probes
+
+    batch = cfg.task.build(cfg.seed).eval_batch(PROBE_EXAMPLES)
+    inputs = ProbeInputs.build(
+        batch.inputs,
+        cfg.task.vocab_size,
+        cfg.model.max_seq_len,
+        seed=cfg.seed,
+        causal=cfg.model.mode == "decoder",
+        source=batch.source,
+    )
+    return lambda model: training_probes(model, inputs)
 
 
 def set_threads(threads: int) -> None:
@@ -64,8 +91,10 @@ def execute(config_json: str, resume: bytes = b"") -> RunOutcome:
             state = from_bytes(resume) if resume else None
         except StateMismatch:
             state = None
-        continued = {"resume": state} if state is not None else {}  # from scratch: the call it always was
-        result = train(cfg.model, cfg.task, cfg.train, cfg.seed, **continued)
+        extra: dict[str, Any] = {"resume": state} if state is not None else {}  # from scratch: the call it was
+        if cfg.train.probes:
+            extra["probe"] = training_probe(cfg)
+        result = train(cfg.model, cfg.task, cfg.train, cfg.seed, **extra)
         return RunOutcome(
             run_id,
             True,
@@ -75,6 +104,7 @@ def execute(config_json: str, resume: bytes = b"") -> RunOutcome:
             checkpoint=checkpoint_bytes(result.model) if result.model is not None else b"",
             state=to_bytes(result.state) if result.state is not None else b"",
             resumed_from=state.step if state is not None else 0,
+            snapshots={step: checkpoint_bytes(weights) for step, weights in result.snapshots.items()},
             **where,
         )
     except Exception as exc:  # one failing run must not stop its sweep: record the error instead

@@ -68,6 +68,8 @@ class Recorder:
                 self.store.write_checkpoint(run.run_id, outcome.checkpoint)
             if outcome.state:  # and its training state, when it stopped before its last step
                 self.store.write_state(run.run_id, outcome.state)
+            for step, weights in outcome.snapshots.items():  # train.checkpoint_every: the weights through training
+                self.store.write_snapshot(run.run_id, step, weights)
             self.store.finish(run.run_id, outcome.final, outcome.curves, **where)
             self.summary.done += 1
         else:

@@ -225,6 +225,32 @@ class Store:
         """Write a run's weights atomically (tmp + rename), so a killed sweep never leaves half a file."""
         return _write_atomic(self.checkpoint_path(run_id), data)
 
+    def write_snapshot(self, run_id: str, step: int, data: bytes) -> Path:
+        """Write a run's weights at a step of its training (``train.checkpoint_every``) atomically."""
+        return _write_atomic(self.checkpoint_dir / f"{run_id}.step{step}.safetensors", data)
+
+    def snapshot_steps(self, run_id: str) -> dict[int, Path]:
+        """The steps whose weights are kept for ``run_id`` → their files: its own, and those of the earlier stops
+        of its search lineage (a continued run's early steps were trained, and kept, by the run it continued;
+        the weights at a step are the same for every run of one lineage)."""
+        row = self.conn.execute("SELECT config FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            return {}
+        mine = _lineage(row["config"])
+        run = json.loads(row["config"])
+        kin = [
+            r["run_id"]
+            for r in self.conn.execute("SELECT run_id, config FROM runs WHERE status='done' AND seed=?", (run["seed"],))
+            if r["run_id"] == run_id or _lineage(r["config"]) == mine
+        ]
+        found: dict[int, Path] = {}
+        for other in [run_id, *(k for k in kin if k != run_id)]:
+            for path in self.checkpoint_dir.glob(f"{other}.step*.safetensors"):
+                step = path.name[len(other) + len(".step") : -len(".safetensors")]
+                if step.isdigit():
+                    found.setdefault(int(step), path)
+        return dict(sorted(found.items()))
+
     def state_path(self, run_id: str) -> Path:
         """The training state of a run that stopped at ``train.stop_at`` (it exists once the run is done)."""
         return self.checkpoint_dir / f"{run_id}.state.safetensors"

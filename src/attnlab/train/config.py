@@ -42,6 +42,12 @@ class TrainConfig(StrictModel):
     # learning-rate search's intermediate rungs (attnlab.runner.search). None: train to ``steps``. It must be an
     # evaluation step (a multiple of eval_every), so the metric a rung ranks by is a point of the full run's curve.
     stop_at: int | None = Field(None, gt=0)
+    # At each evaluation, the runner also probes the model (attnlab.lens.probes: per-layer max attention logit,
+    # entropy, sink rate, induction score, activation outliers, output logits), stored as curves ``probe/…``.
+    probes: bool = False
+    # Keep the weights at steps N, 2N, 4N, … (N = checkpoint_every, a multiple of eval_every; thinned
+    # geometrically, as what changes early changes fast), so ``attnlab inspect RUN_ID --step S`` can read them.
+    checkpoint_every: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -76,7 +82,10 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _stop_within_steps(self) -> TrainConfig:
         """``stop_at`` is an evaluation step up to ``steps``; equal to ``steps`` it is the whole run (None), so a
-        run has one id however its end is written."""
+        run has one id however its end is written. ``checkpoint_every`` is an evaluation step too."""
+        if self.checkpoint_every is not None and self.checkpoint_every % self.eval_every:
+            allowed = f"a multiple of eval_every={self.eval_every}, so each kept step has its evaluation"
+            raise ConfigError("checkpoint_every", self.checkpoint_every, "is not an evaluation step", allowed)
         if self.stop_at is None:
             return self
         if self.stop_at > self.steps:
@@ -90,9 +99,10 @@ class TrainConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` when empty, ``compile`` and ``z_loss`` when off and ``stop_at`` when None,
-        and ``precision`` as the older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields
-        existed keep their canonical JSON and a resumed sweep finds its finished runs."""
+        """Dump without ``extrapolate`` when empty, ``compile``, ``z_loss`` and ``probes`` when off, ``stop_at`` and
+        ``checkpoint_every`` when None, and ``precision`` as the older ``bf16`` flag unless fp16, so configs (and
+        run ids) from before those fields existed keep their canonical JSON and a resumed sweep finds its finished
+        runs."""
         data = handler(self)
         data["bf16"] = self.precision == "bf16"
         if self.precision != "fp16":
@@ -105,4 +115,8 @@ class TrainConfig(StrictModel):
             data.pop("z_loss", None)
         if self.stop_at is None:
             data.pop("stop_at", None)
+        if not self.probes:
+            data.pop("probes", None)
+        if self.checkpoint_every is None:
+            data.pop("checkpoint_every", None)
         return data

@@ -55,6 +55,16 @@ class TrainResult:
     model: nn.Module | None = None
     notes: list[str] = field(default_factory=list)  # why a metric is NaN (e.g. learned positions at 2x)
     state: TrainState | None = None  # with cfg.stop_at: the whole state, to continue from (attnlab.train.state)
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # cfg.checkpoint_every: step → weights
+
+
+def keeps_snapshot(step: int, every: int | None) -> bool:
+    """Whether the weights at ``step`` are kept with ``checkpoint_every = every``: at every·2ᵏ (k ≥ 0), so a run of
+    S steps keeps about log₂(S / every) of them, dense early, where training changes fastest."""
+    if every is None or step % every:
+        return False
+    multiple = step // every
+    return multiple & (multiple - 1) == 0
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -184,6 +194,7 @@ def train(
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     *,
     resume: TrainState | None = None,
+    probe: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train a fresh model (``build_model(model_cfg)``) on the task; deterministic for a given (configs, seed) on
     one device. With ``cfg.extrapolate``, the final metrics include the length-extrapolation metrics. ``resume``:
@@ -196,7 +207,8 @@ def train(
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(resolve_device(cfg.device))
     task: Task = task_cfg.build(seed)
-    result = fit(model, task.train_batch, task.eval_batch(cfg.eval_examples), cfg, on_eval=on_eval, resume=resume)
+    eval_set = task.eval_batch(cfg.eval_examples)
+    result = fit(model, task.train_batch, eval_set, cfg, on_eval=on_eval, resume=resume, probe=probe)
     extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     stats = {name: result.final.pop(name) for name in RUN_STATS}
     result.final.update(extrapolated)
@@ -216,6 +228,7 @@ def fit(
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     resume: TrainState | None = None,
+    probe: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """The training loop itself, on a model that is already built (and seeded) and a source of batches.
 
@@ -232,10 +245,14 @@ def fit(
     with its curves, bitwise as if the run had never stopped; a state that stopped early at the target accuracy
     has nothing left to train and is returned as it is.
 
+    ``probe(model)`` (``train.probes``: the runner passes the lens's training probes) runs at each evaluation and
+    its values join the curves; ``cfg.checkpoint_every`` keeps the weights at the steps ``keeps_snapshot`` names.
+
     Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
     the curves, and the model (in training mode).
     """
     device = resolve_device(cfg.device)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.to(device)
     stepper = compiled(model, cfg)  # the training steps' forward (evaluation runs the eager model)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=False)
@@ -276,6 +293,10 @@ def fit(
             metrics = evaluate(model, eval_set, cfg)
             for name, value in metrics.items():
                 curves.append((step, f"eval_{name}", value))
+            if probe is not None:
+                curves += [(step, name, value) for name, value in probe(model).items()]
+            if keeps_snapshot(step, cfg.checkpoint_every):
+                snapshots[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if on_eval is not None:
                 on_eval(step, metrics)
             if cfg.target_accuracy is not None and metrics["accuracy"] >= cfg.target_accuracy:
@@ -300,4 +321,4 @@ def fit(
             metrics=metrics,
             train_s=final["train_s"],
         )
-    return TrainResult(final=final, curves=curves, model=model, state=state)
+    return TrainResult(final=final, curves=curves, model=model, state=state, snapshots=snapshots)
