@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from attnlab.attention import HEADS, NORMALISERS, AttentionConfig
+from attnlab.checks import liven
 from attnlab.errors import ConfigError
 from attnlab.hook_points import capture
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
-from conftest import liven, require_supported
+from conftest import require_supported
 
 D_MODEL, N_HEADS, VOCAB = 32, 4, 31
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnlab.checks import liven
 from attnlab.lens.attribution import attribution_names, direct_logit_attribution, logit_lens
 from attnlab.lens.capture import capture_patterns, run_with_cache
 from attnlab.lens.patching import activation_patching, logit_diff_metric, patching_names
@@ -20,7 +21,6 @@ from attnlab.lens.path_patching import path_patching, path_patching_names
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
 from attnlab.train.device import devices_present
-from conftest import liven
 
 DEVICES = ["cpu", "cuda", "mps"]
 B, T, V = 2, 8, 31

@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
+from attnlab.checks import liven
 from attnlab.hook_points import capture, hooks
 from attnlab.lens.outliers import kurtosis
 from attnlab.lens.probes import ProbeInputs, training_probes
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import TransformerLM
-from conftest import liven
 
 T, VOCAB, LAYERS = 8, 20, 2
 
