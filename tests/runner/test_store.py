@@ -126,3 +126,20 @@ def test_a_results_database_of_this_schema_opens_again(tmp_path: Path, runs: lis
         first.enqueue(runs)
     with Store(tmp_path / "results.sqlite") as again:
         assert len(again.runs()) == len(runs)
+
+
+def test_runs_of_one_group_that_differ_in_training_are_labelled_not_averaged_as_seeds(tmp_path, make_sweep) -> None:
+    from attnlab.runner.store import label_variants
+
+    plain = make_sweep(lrs=[1e-3], seeds=[0]).runs()[0]
+    zloss = plain.model_copy(update={"train": plain.train.model_copy(update={"z_loss": 1e-4})})
+    other_seed = plain.model_copy(update={"seed": 1})
+
+    def rows(*runs):
+        keys = {"task": "mqar", "mechanism": "softmax", "position": "rope", "width": 16}
+        return [{**keys, "config": r.canonical_json()} for r in runs]
+
+    labels = [r["mechanism"] for r in label_variants(rows(plain, zloss, other_seed))]
+    assert labels == ["softmax[train.z_loss=default]", "softmax[train.z_loss=0.0001]", "softmax[train.z_loss=default]"]
+    alone = label_variants(rows(plain, other_seed))  # seeds only: the plain name
+    assert [r["mechanism"] for r in alone] == ["softmax", "softmax"]

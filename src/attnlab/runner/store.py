@@ -353,7 +353,7 @@ class Store:
             d = dict(row)
             d["final"] = json.loads(d["final"]) if d["final"] else {}
             out.append(d)
-        return label_tasks(out)
+        return label_variants(label_tasks(out))
 
     def sweeps(self) -> list[str]:
         """The names of the sweeps that have runs here, sorted."""
@@ -468,4 +468,46 @@ def label_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if labels:
             task = json.loads(row["config"]).get("task", {}) if row.get("config") else {}
             row["task"] = labels.get((row["task"], json.dumps(task, sort_keys=True)), row["task"])
+    return rows
+
+
+# What a leaderboard row already names, or may differ in between a group's runs: the axes (task, mechanism,
+# position, width), the learning rate and seed it chooses and averages over, a search's stop, where code lives.
+_GROUPED = {"sweep", "plugins", "seed", "task", "model.attention", "model.d_model", "train.lr", "train.stop_at"}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in _GROUPED:
+            continue
+        if isinstance(value, dict):
+            out |= _flat(value, name + ".")
+        else:
+            out[name] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def label_variants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tell apart runs of one (task, mechanism, position, width) that differ in anything else (a z-loss, the step
+    budget, the depth: two sweeps in one database): ``mechanism`` becomes ``softmax[train.z_loss=0.0001]``, naming
+    the fields that differ, so a leaderboard never averages two configurations as if they were seeds of one.
+    A database where each group has one configuration keeps the plain names."""
+    groups: dict[tuple, dict[str, dict[str, str]]] = {}
+    flat: list[dict[str, str] | None] = []
+    for row in rows:
+        fields = _flat(json.loads(row["config"])) if row.get("config") else None
+        flat.append(fields)
+        if fields is not None:
+            key = (row["task"], row["mechanism"], row["position"], row["width"])
+            groups.setdefault(key, {})[json.dumps(fields, sort_keys=True)] = fields
+    for row, fields in zip(rows, flat, strict=True):
+        variants = groups.get((row["task"], row["mechanism"], row["position"], row["width"]), {})
+        if fields is None or len(variants) < 2:
+            continue
+        names = sorted({k for v in variants.values() for k in v})
+        differ = [k for k in names if len({v.get(k) for v in variants.values()}) > 1]
+        parts = [f"{k}={json.loads(fields[k]) if k in fields else 'default'}" for k in differ]
+        row["mechanism"] = f"{row['mechanism']}[{' '.join(parts)}]"
     return rows
