@@ -18,6 +18,7 @@ from attnlab.cli.explain import explain_app
 from attnlab.cli.inspect import inspect_app
 from attnlab.cli.intervene import intervene_app
 from attnlab.cli.quantise import quantise_app
+from attnlab.cli.sensitivity import sensitivity_app
 from attnlab.cli.speed import speed_app
 from attnlab.cli.sweeps import sweeps_app
 from attnlab.cli.zoo import zoo_app
@@ -31,6 +32,7 @@ app.add_typer(sweeps_app)  # run, demo, presets, leaderboard, report, export
 app.add_typer(compare_app)  # compare
 app.add_typer(inspect_app)  # inspect
 app.add_typer(quantise_app)  # quantise
+app.add_typer(sensitivity_app)  # sensitivity
 app.add_typer(data_app, name="data", help="Build and list the real-text corpora (attnlab data build NAME).")
 # One group for every measured change: head edits (ablate, scale, pear, act) and the cache / position ones.
 intervene_app.registered_commands.extend(experiments_app.registered_commands)

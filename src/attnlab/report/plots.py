@@ -95,6 +95,19 @@ def width_png(series: Series, ylabel: str, title: str, unit_range: bool) -> byte
     return png_bytes(fig)
 
 
+def lr_png(series: Series, ylabel: str, title: str, log_y: bool = False) -> bytes:
+    """A metric against the learning rate (log axis), one line per label: the learning-rate sensitivity plots."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110, layout="constrained")
+    _lines(ax, series, marker="o")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(plain(ylabel))
+    ax.set_title(plain(title))
+    return png_bytes(fig)
+
+
 def extrapolation_png(
     panels: dict[str, Series], xlabel: str, title: str, train_length: float | None, unit_range: Sequence[str] = ()
 ) -> bytes:
