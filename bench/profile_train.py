@@ -17,7 +17,8 @@ around each phase:
 - rest: the step's wall time minus the phases: the loop's own Python (learning-rate update, the finiteness check,
   ``aux_loss``, bookkeeping).
 
-Variants, alternating within each round (before, after; after, before; ...): ``after`` is the library as it is;
+Variants, interleaved step by step (a step of each variant in turn, the order reversed every other round):
+``after`` is the library as it is;
 ``before`` puts back, for the length of its run, the code the step ran before the overhead fixes (copies kept in
 this script, not in the library): the training loss computed with the accuracy's argmax and dropped, AdamW as a
 per-tensor Python loop, and the dense reference computing the masked scores that only a hook reads. Each phase is
@@ -31,9 +32,10 @@ time and its largest loss difference from ``after``. ``--calls`` prints the medi
 are not the model's compute (a batch, the dispatch decision of a layer, ``aux_loss``, a hook point, the optimiser
 forms, gradient clipping).
 
-``--chunked`` adds ``after, backend chunked`` for the mechanisms whose backend ``auto`` takes the dense reference
-(the compiled CPU kernels of ``attnlab.attention.fast.native``, when built): its time and its largest loss
-difference from ``auto``. It is not a fix of this script: backend auto stays as the dispatch table says.
+``--chunked`` adds ``after, backend chunked`` for every mechanism whose layers that backend runs in tiles (on the
+compiled CPU kernels of ``attnlab.attention.fast.native`` when they are built): its time and its largest loss
+difference from backend ``auto`` (SDPA for softmax, the dense reference for the other normalisers of the demo). It
+measures; it changes nothing: backend auto stays as the dispatch table says.
 
 FLOPs are counted analytically (``attnlab.benchmarks.speed.training.train_flops_per_token``): 6 FLOPs per token per
 weight of every ``nn.Linear`` (forward 2, backward 4: the q, k, v, o projections and the tied unembedding; the
@@ -51,7 +53,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
@@ -152,8 +154,9 @@ def now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def replay(run: RunConfig, steps: int) -> dict[str, Any]:
-    """``fit``'s step for ``steps`` steps with a timer per phase (see the module docstring); seconds, and losses."""
+def replay(run: RunConfig, steps: int) -> Generator[None, None, dict[str, Any]]:
+    """``fit``'s step for ``steps`` steps with a timer per phase (see the module docstring), one step per ``next``;
+    returns the seconds (per clock: each phase, and the total of the steps themselves) and the losses."""
     cfg = run.train
     device = resolve_device(cfg.device)
     torch.manual_seed(run.seed)
@@ -169,8 +172,9 @@ def replay(run: RunConfig, steps: int) -> dict[str, Any]:
         for i, clock in enumerate(CLOCKS):
             spent[clock][phase] += b[i] - a[i]
 
-    start = now()
+    total = dict.fromkeys(CLOCKS, 0.0)
     for step in range(1, steps + 1):
+        start = now()
         for group in opt.param_groups:
             group["lr"] = loop.lr_at(step - 1, cfg)
         t0 = now()
@@ -202,13 +206,43 @@ def replay(run: RunConfig, steps: int) -> dict[str, Any]:
         add("forward", t1, t2)
         add("backward", t3, t4)
         add("optimiser", t4, t5)
-    end = now()
-    total = {clock: end[i] - start[i] for i, clock in enumerate(CLOCKS)}
+        end = now()
+        for i, clock in enumerate(CLOCKS):
+            total[clock] += end[i] - start[i]
+        yield
     for clock in CLOCKS:
         spent[clock]["rest"] = total[clock] - sum(spent[clock].values())
     evals = sum(1 for s in range(1, steps + 1) if s % cfg.eval_every == 0 or s == steps)
     params = [p.detach().clone() for p in model.parameters()]
     return {"total_s": total, "phases_s": spent, "losses": losses, "evals": evals, "params": params, "model": model}
+
+
+def interleaved(runs: dict[str, RunConfig], steps: int, order: list[str]) -> dict[str, dict[str, Any]]:
+    """Replay every variant step by step in turn (a step of each, in ``order``, then the next step): a drift of a
+    shared machine's speed hits every variant alike. Each variant's code is in place only during its own steps."""
+    running = {v: replay(runs[v], steps) for v in order}
+    results: dict[str, dict[str, Any]] = {}
+    while running:
+        for v in order:
+            if v not in running:
+                continue
+            with variant(v):
+                try:
+                    next(running[v])
+                except StopIteration as done:
+                    results[v] = done.value
+                    del running[v]
+    return results
+
+
+def replayed(run: RunConfig, steps: int) -> dict[str, Any]:
+    """One variant's replay, run to its end (in whatever code is in place)."""
+    gen = replay(run, steps)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
 
 
 class _Stop(Exception):
@@ -255,9 +289,9 @@ def op_table(run: RunConfig, steps: int = 20) -> str:
     """torch.profiler's table of the ops' own CPU time over ``steps`` replayed steps, and the matmuls' share."""
     from torch.profiler import ProfilerActivity, profile
 
-    replay(run, 3)
+    replayed(run, 3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        replay(run, steps)
+        replayed(run, steps)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMUL_OPS))
@@ -337,10 +371,9 @@ def profile_mechanism(name: str, run: RunConfig, args: argparse.Namespace) -> di
             runs["after, backend chunked"] = chunked
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        order = variants if r % 2 == 0 else variants[::-1]
-        for v in order:
-            with variant(v):
-                results[v].append(replay(runs[v], args.steps))
+        rounds = interleaved(runs, args.steps, variants if r % 2 == 0 else variants[::-1])
+        for v in variants:
+            results[v].append(rounds[v])
     fit_check = {}
     diffs: dict[str, float] = {}
     for v in ("before", "after"):
