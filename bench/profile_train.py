@@ -438,7 +438,7 @@ def main() -> None:
     unknown = [m for m in chosen if m not in runs]
     if unknown:
         parser.error(f"--mechanisms {','.join(unknown)}: not a demo mechanism (allowed: {', '.join(runs)})")
-    info = machine()
+    info = machine(native_status=args.chunked)  # only --chunked needs the kernels (building them takes a minute)
     peak = matmul_gflops(torch.float32, 1024)
     print(
         f"{info['cpu']}, {info['cores']} cores, {torch.get_num_threads()} thread(s), torch {info['torch']}; "

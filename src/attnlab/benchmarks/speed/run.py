@@ -42,7 +42,9 @@ from attnlab.errors import ConfigError
 from attnlab.report.plots import write_atomic
 
 
-def machine() -> dict[str, Any]:
+def machine(native_status: bool = True) -> dict[str, Any]:
+    """The CPU, core and thread counts, versions and load; ``native_status``: also whether the compiled CPU kernels
+    load (asking builds them on first use, about a minute)."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -56,7 +58,7 @@ def machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "native_kernels": _native_status(),
+        "native_kernels": _native_status() if native_status else "not asked",
     }
 
 
