@@ -265,8 +265,8 @@ class Attention(nn.Module):
             return getattr(norm, f"attend_{self.cfg.backend}")(q, k, v, score_mod=score_mod, **common)
         if path == "normaliser":
             return norm.attend(q, k, v, score_mod=score_mod, **common)
-        if path == "reference":
-            return attend_reference(q, k, v, score_mod=score_mod, **common)
+        if path == "reference":  # the masked scores only when a hook reads them
+            return attend_reference(q, k, v, score_mod=score_mod, keep_scores=self.hook_attn_scores.active, **common)
         raise ValueError(f"path={path!r}: unknown (allowed: {', '.join(dispatch.PATHS)})")
 
     def output_from_pattern(self, weights: Tensor, v: Tensor) -> Tensor:

@@ -89,10 +89,13 @@ def attend_reference(
     causal: bool = True,
     scale: float | None = None,
     window: int | None = None,
+    keep_scores: bool = True,
 ) -> AttnOutput:
     """Dense attention: ``out = normaliser(score_mod(q kᵀ · scale), mask) @ v``.
 
     ``window``: sliding-window attention (each query sees the last ``window`` keys, itself included).
+    ``keep_scores=False``: the returned scores are None (the output and weights are unchanged); the masked copy
+    of the scores is one more [B, H, Tq, Tk] pass that only a hook on ``hook_attn_scores`` reads.
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
@@ -108,5 +111,7 @@ def attend_reference(
     mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
     weights = normaliser(scores, mask)
     out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, Dv]
+    if not keep_scores:
+        return AttnOutput(out, None, weights)
     shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
     return AttnOutput(out, shown, weights)

@@ -43,8 +43,9 @@ from attnlab.report.plots import write_atomic
 from attnlab.train.device import check_device, resolve_device
 
 
-def machine(device: torch.device | None = None) -> dict[str, Any]:
-    """The machine the benchmark ran on: CPU, cores, versions, threads, load, and the device timed."""
+def machine(device: torch.device | None = None, native_status: bool = True) -> dict[str, Any]:
+    """The CPU, core and thread counts, versions, load and the device timed; ``native_status``: also whether the
+    compiled CPU kernels load (asking builds them on first use, about a minute)."""
     device = device or torch.device("cpu")
     cpu = platform.processor()
     try:
@@ -59,7 +60,7 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "native_kernels": _native_status(),
+        "native_kernels": _native_status() if native_status else "not asked",
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
