@@ -152,7 +152,8 @@ def test_the_database_holds_exactly_the_runs_of_the_plan(searched: tuple) -> Non
 
 
 def test_each_rung_keeps_the_best_learning_rates_of_the_one_before(searched: tuple) -> None:
-    """Recomputed here from the stored metrics: the mean accuracy over seeds, best first (ties to the smaller lr)."""
+    """Recomputed here from the stored metrics: the mean evaluation loss over seeds (the search's default ranking),
+    best (lowest) first, ties to the smaller lr."""
     db, _, [(group, plan)] = searched
     with Store(db) as store:
         rows = store.runs()
@@ -162,8 +163,8 @@ def test_each_rung_keeps_the_best_learning_rates_of_the_one_before(searched: tup
         for row in rows:
             stop = RunConfig.model_validate_json(row["config"]).train.stop_at or TRAIN.steps
             if stop == budgets[index - 1]:
-                by_lr.setdefault(row["lr"], []).append(row["final"]["accuracy"])
-        best = sorted(by_lr, key=lambda lr: (-statistics.fmean(by_lr[lr]), lr))[: sizes[index]]
+                by_lr.setdefault(row["lr"], []).append(row["final"]["loss"])
+        best = sorted(by_lr, key=lambda lr: (statistics.fmean(by_lr[lr]), lr))[: sizes[index]]
         assert plan.rungs[index].lrs == tuple(sorted(best))
 
 
@@ -239,7 +240,7 @@ def test_failed_runs_are_results_and_the_search_goes_on(tmp_path: Path, sweep: S
                 if run.train.lr == max(LRS):
                     store.fail(run.run_id, "FloatingPointError: training loss is nan")
                 else:
-                    store.finish(run.run_id, {"accuracy": run.train.lr}, [])  # a made-up metric: larger is better
+                    store.finish(run.run_id, {"loss": -run.train.lr}, [])  # a made-up loss: larger lr is better
 
         plans = run_search(sweep, store, batch)
     [(_, plan)] = plans
@@ -285,3 +286,17 @@ def test_search_status_prints_each_rung_and_the_winner(searched: tuple, tmp_path
     assert "rungs of 10 / 20 / 40 steps keep 4 → 2 → 1 learning rates (η=2)" in " ".join(output.split())
     assert f"best {plan.best_lr:g}" in output
     assert output.count("mqar softmax / rope d16") == 4  # three rungs and the winner
+
+
+def test_rank_by_task_ranks_by_the_tasks_own_metric(tmp_path: Path, sweep: Sweep) -> None:
+    """``rank_by="task"``: MQAR's accuracy (larger is better) decides, not the loss."""
+    by_task = sweep.model_copy(update={"search": sweep.search.model_copy(update={"rank_by": "task"})})
+    with Store(tmp_path / "task.sqlite") as store:
+
+        def batch(runs: Any) -> None:
+            store.enqueue(runs)
+            for run in runs:  # the loss prefers the smallest lr, the accuracy the largest
+                store.finish(run.run_id, {"accuracy": run.train.lr, "loss": run.train.lr}, [])
+
+        [(_, plan)] = run_search(by_task, store, batch)
+    assert plan.best_lr == max(LRS)

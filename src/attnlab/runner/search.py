@@ -2,9 +2,10 @@
 
 Each (task, mechanism, position, width) of the sweep is a ``SearchGroup``: the search's grid × the sweep's seeds,
 planned by ``attnlab.stats.halving.plan_halving`` (its module docstring has the method and its sources) from the
-results in the database, ranked by the task's metric (``task_ranking_metric``: accuracy, or the loss of a language
-model). ``run_search`` loops: plan every group from the database, run every group's pending trials in one batch on
-the backend (``run_local`` or ``run_ray``, through ``run_batch``), repeat until every plan is finished.
+results in the database, ranked by the evaluation loss (``SearchConfig.rank_by``; or the task's metric,
+``task_ranking_metric``: accuracy, or the loss of a language model). ``run_search`` loops: plan every group
+from the database, run every group's pending trials in one batch on the backend (``run_local`` or ``run_ray``,
+through ``run_batch``), repeat until every plan is finished.
 
 A trial is an ordinary run: its config is the group's with its learning rate, seed and ``train.stop_at`` (the
 rung's budget; none at the last rung, so the search's final runs are the sweep's plain runs of that learning
@@ -126,7 +127,7 @@ def search_groups(sweep: Sweep | Suite) -> list[SearchGroup]:
             key["train"].pop("lr")
             group = json.dumps(key, sort_keys=True)
             if group not in groups:
-                groups[group] = SearchGroup(run, _spec(part.search, part, run), task_ranking_metric(run.task.name))
+                groups[group] = SearchGroup(run, _spec(part.search, part, run), search_metric(part.search, run))
     return list(groups.values())
 
 
@@ -137,8 +138,13 @@ def _spec(search: SearchConfig, part: Sweep, run: RunConfig) -> HalvingSpec:
         min_steps=search.min_steps,
         max_steps=part.train.steps,
         eta=search.eta,
-        higher_is_better=task_ranking_metric(run.task.name) != "loss",
+        higher_is_better=search_metric(search, run) != "loss",
     )
+
+
+def search_metric(search: SearchConfig, run: RunConfig) -> str:
+    """The final metric that ranks a group's learning rates: ``loss``, or the task's (``rank_by="task"``)."""
+    return "loss" if search.rank_by == "loss" else task_ranking_metric(run.task.name)
 
 
 def fixed_runs(sweep: Sweep | Suite) -> list[RunConfig]:
