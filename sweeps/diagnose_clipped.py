@@ -4,9 +4,9 @@ Clipped softmax (Bondarenko et al. 2023, arXiv:2306.12929) gives a key exactly z
 its own, once its softmax probability falls below −γ / (ζ − γ). The authors scale γ with the training length,
 γ = −α / T (their OPT script: α = 12 at T = 512; their BERT script: γ = −0.025 at T = 128, α = 3.2). The demo uses
 γ = −0.025 at T = 32 (α = 0.8). Here: γ = 0 (with ζ = 1 this is softmax: the control that the code path learns),
-γ = −0.0025, the demo's γ = −0.025, and the authors' α = 3.2 and α = 12 at T = 32; ζ = 1 throughout. The demo's
-model and task and budget (``attnlab.sweeps.quick``) at its better learning rate for softmax, 1e-3;
-two seeds.
+γ = −0.0025 and the demo's γ = −0.025; ζ = 1 throughout. The demo's model, task and budget
+(``attnlab.sweeps.quick``) at its better learning rate for softmax, 1e-3; two seeds. The authors' α at T = 32:
+``diagnose_clipped_alpha.py``.
 
     attnlab run sweeps/diagnose_clipped.py --db runs/diagnose_clipped.sqlite --workers 1 --threads 1
 """
@@ -15,7 +15,7 @@ from attnlab.runner.config import Sweep
 from attnlab.tasks.mqar import MQARConfig
 from attnlab.train.config import TrainConfig
 
-CLIPPED_ARGS = [{"gamma": 0.0}, {"gamma": -0.0025}, {"gamma": -0.025}, {"alpha": 3.2}, {"alpha": 12.0}]
+CLIPPED_ARGS = [{"gamma": 0.0}, {"gamma": -0.0025}, {"gamma": -0.025}]
 
 SWEEP = Sweep(
     name="diagnose-clipped",

@@ -3,6 +3,7 @@
     python bench/diagnose_mechanisms.py paths      # the demo's dispatch path vs the reference, float64
     python bench/diagnose_mechanisms.py init       # gradients and clipped / negative weights at initialisation
     python bench/diagnose_mechanisms.py threshold  # clipped softmax: the probability below which a key gets 0
+    python bench/diagnose_mechanisms.py schedule   # the learning rate at each step under two budgets
     python bench/diagnose_mechanisms.py represent  # can a head attend to the previous token alone (T = 32, RoPE)
     python bench/diagnose_mechanisms.py trained DB [DB ...]   # what each finished run's heads learned
 
@@ -31,7 +32,8 @@ from attnlab.model.explain import explain_model
 from attnlab.runner.checkpoint_model import load_run
 from attnlab.runner.store import Store
 from attnlab.tasks.mqar import MQARConfig
-from attnlab.train.loop import loss_and_accuracy
+from attnlab.train.config import TrainConfig
+from attnlab.train.loop import loss_and_accuracy, lr_at
 
 TASK = MQARConfig(vocab=64, length=32, num_kv_pairs=4)
 MECHANISMS: dict[str, AttentionConfig] = {
@@ -222,6 +224,19 @@ def represent() -> None:
     print_table(["mechanism", "w(previous) mean", "w(previous) min", "max Σ |w| on other keys"], rows)
 
 
+def schedule() -> None:
+    """The learning rate (``attnlab.train.loop.lr_at``: 5 % linear warmup, cosine decay to 10 %) at lr 1e-3 under the
+    demo's 1500-step budget and a 4000-step one, and its sum up to each step (how far AdamW can have moved)."""
+    steps = [100, 500, 900, 1100, 1300, 1500]
+    rows = []
+    for budget in (1500, 4000):
+        cfg = TrainConfig(steps=budget, lr=1e-3)
+        lrs = [lr_at(s, cfg) for s in range(budget)]
+        rows.append([str(budget), "lr", *(f"{lrs[s - 1]:.2e}" for s in steps)])
+        rows.append([str(budget), "Σ lr", *(f"{sum(lrs[:s]):.3f}" for s in steps)])
+    print_table(["budget", "", *(f"step {s}" for s in steps)], rows)
+
+
 def value_positions(tokens: Tensor, n_pairs: int) -> Tensor:
     """[B, T] index of the value each query asks for (the position after its key's occurrence), −1 elsewhere."""
     keys = tokens[:, : 2 * n_pairs : 2]  # [B, P]
@@ -235,10 +250,12 @@ def value_positions(tokens: Tensor, n_pairs: int) -> Tensor:
 
 def trained(dbs: list[str]) -> None:
     """For each finished run with a checkpoint, on the evaluation set of seed 0: accuracy; the previous-token weight
-    at the value positions (the best head of the layers before the last, mean over sequences and positions); the
-    lookup's weight on the asked value at the query positions (the best head of the layers after the first), the
-    share of those weights that are exactly 0 or negative, and that head's weight summed over all P value positions
-    (a head that averages the values, the bag-of-values guess right 1 time in P, puts ~1 there)."""
+    at the value positions (the best head of the layers before the last, mean over sequences and positions), and the
+    share of layer 0's weights (every head) on the previous token there that are exactly 0; the
+    lookup's weight on the asked pair (its value's position and the next) at the query positions (the best head of the
+    layers after the first), the share of those weights that are exactly 0 or negative, and that head's weight summed
+    over positions 1 … 2P (a head that averages the values, the bag-of-values guess right 1 in P times, puts ~1 there).
+    """
     tokens, targets = eval_batch(512)
     n_pairs = TASK.num_kv_pairs
     rows = []
@@ -255,13 +272,15 @@ def trained(dbs: list[str]) -> None:
                 ((i, w[:, :, idx, idx - 1].mean((0, 2)).max().item()) for i, w in enumerate(weights[:-1])),
                 key=lambda x: x[1],
             )
+            prev_zero = (weights[0][:, :, idx, idx - 1] == 0).float().mean().item()  # layer 0, every head
             asked = value_positions(tokens, n_pairs)
             b, t = (targets != -100).nonzero(as_tuple=True)
-            # the lookup: the (layer ≥ 1, head) with the largest mean weight on the asked value at the query positions
-            looks = [(i, w[b, :, t, asked[b, t]]) for i, w in enumerate(weights) if i > 0]  # [N, H] each
+            # the lookup: the (layer ≥ 1, head) with the largest mean weight on the asked value's position or the one
+            # after it (a model may copy key and value into the next position and read there instead)
+            looks = [(i, w[b, :, t, asked[b, t]] + w[b, :, t, asked[b, t] + 1]) for i, w in enumerate(weights) if i > 0]
             look_layer, w_target = max(looks, key=lambda x: x[1].mean(0).max().item())
             best = w_target.mean(0).argmax()
-            on_values = weights[look_layer][b, :, t][:, best, 1 : 2 * n_pairs : 2].sum(-1)
+            on_values = weights[look_layer][b, :, t][:, best, 1 : 2 * n_pairs + 1].sum(-1)
             rows.append(
                 [
                     cfg.model.attention.label,
@@ -270,6 +289,7 @@ def trained(dbs: list[str]) -> None:
                     str(cfg.seed),
                     f"{acc.item():.3f}",
                     f"{prev:.2f} (L{prev_layer})",
+                    f"{prev_zero:.2f}",
                     f"{w_target[:, best].mean().item():.2f} (L{look_layer})",
                     f"{(w_target[:, best] == 0).float().mean().item():.2f}",
                     f"{(w_target[:, best] < 0).float().mean().item():.2f}",
@@ -284,10 +304,11 @@ def trained(dbs: list[str]) -> None:
             "seed",
             "accuracy",
             "prev-token w",
-            "lookup w(asked value)",
+            "L0 prev = 0",
+            "lookup w(asked pair)",
             "= 0",
             "< 0",
-            "lookup Σ w(values)",
+            "lookup Σ w(pairs)",
         ],
         rows,
     )
@@ -295,7 +316,7 @@ def trained(dbs: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["paths", "init", "threshold", "represent", "trained"])
+    parser.add_argument("probe", choices=["paths", "init", "threshold", "represent", "schedule", "trained"])
     parser.add_argument("dbs", nargs="*", help="results databases (trained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -304,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("trained needs at least one results database")
         trained(args.dbs)
     else:
-        {"paths": paths, "init": init, "threshold": threshold, "represent": represent}[args.probe]()
+        {"paths": paths, "init": init, "threshold": threshold, "represent": represent, "schedule": schedule}[
+            args.probe
+        ]()
     return 0
 
 
