@@ -5,6 +5,7 @@
     python bench/diagnose_mechanisms.py threshold  # clipped softmax: the probability below which a key gets 0
     python bench/diagnose_mechanisms.py schedule   # the learning rate at each step under two budgets
     python bench/diagnose_mechanisms.py represent  # can a head attend to the previous token alone (T = 32, RoPE)
+    python bench/diagnose_mechanisms.py runs DB [DB ...]      # one row per finished run of the sweeps
     python bench/diagnose_mechanisms.py trained DB [DB ...]   # what each finished run's heads learned
 
 The model and task are the demo's (``attnlab.sweeps.quick``: MQAR vocab 64, length 32, 4 pairs; 2 layers, width
@@ -30,6 +31,7 @@ from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import build_model
 from attnlab.model.explain import explain_model
 from attnlab.runner.checkpoint_model import load_run
+from attnlab.runner.config import run_from_json
 from attnlab.runner.store import Store
 from attnlab.tasks.mqar import MQARConfig
 from attnlab.train.config import TrainConfig
@@ -237,6 +239,33 @@ def schedule() -> None:
     print_table(["budget", "", *(f"step {s}" for s in steps)], rows)
 
 
+def runs_table(dbs: list[str]) -> None:
+    """One row per finished run of the databases: its mechanism, depth, lr, seed and step budget, the accuracy it
+    ended with, the steps it ran (the early stop at 0.99 ends a run that learns) and the first evaluation (every
+    100 steps) at which its accuracy passed 0.5, the sign that the lookup had begun to form."""
+    rows = []
+    for db in dbs:
+        with Store(db) as store:
+            for r in store.runs(status="done"):
+                cfg = run_from_json(r["config"])
+                acc = [(step, v) for step, name, v in store.curves(r["run_id"]) if name == "eval_accuracy"]
+                half = next((str(step) for step, v in acc if v >= 0.5), "never")
+                rows.append(
+                    [
+                        cfg.model.attention.label,
+                        str(cfg.model.n_layers),
+                        f"{cfg.train.lr:g}",
+                        str(cfg.seed),
+                        str(cfg.train.steps),
+                        f"{r['final']['accuracy']:.3f}",
+                        f"{int(r['final']['steps'])}",
+                        half,
+                    ]
+                )
+    rows.sort(key=lambda row: (row[1], row[0], row[4], float(row[2]), row[3]))
+    print_table(["mechanism", "layers", "lr", "seed", "budget", "accuracy", "steps run", "accuracy ≥ 0.5 at"], rows)
+
+
 def value_positions(tokens: Tensor, n_pairs: int) -> Tensor:
     """[B, T] index of the value each query asks for (the position after its key's occurrence), −1 elsewhere."""
     keys = tokens[:, : 2 * n_pairs : 2]  # [B, P]
@@ -316,14 +345,14 @@ def trained(dbs: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["paths", "init", "threshold", "represent", "schedule", "trained"])
+    parser.add_argument("probe", choices=["paths", "init", "threshold", "represent", "schedule", "runs", "trained"])
     parser.add_argument("dbs", nargs="*", help="results databases (trained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.probe == "trained":
+    if args.probe in ("runs", "trained"):
         if not args.dbs:
-            parser.error("trained needs at least one results database")
-        trained(args.dbs)
+            parser.error(f"{args.probe} needs at least one results database")
+        (runs_table if args.probe == "runs" else trained)(args.dbs)
     else:
         {"paths": paths, "init": init, "threshold": threshold, "represent": represent, "schedule": schedule}[
             args.probe
