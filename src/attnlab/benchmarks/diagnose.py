@@ -316,6 +316,7 @@ def trained(dbs: list[str]) -> None:
                     str(cfg.model.n_layers),
                     f"{cfg.train.lr:g}",
                     str(cfg.seed),
+                    str(cfg.train.steps),
                     f"{acc.item():.3f}",
                     f"{prev:.2f} (L{prev_layer})",
                     f"{prev_zero:.2f}",
@@ -325,12 +326,14 @@ def trained(dbs: list[str]) -> None:
                     f"{on_values.mean().item():.2f}",
                 ]
             )
+    rows.sort(key=lambda row: (row[1], row[0], row[4], float(row[2]), row[3]))
     print_table(
         [
             "mechanism",
             "layers",
             "lr",
             "seed",
+            "budget",
             "accuracy",
             "prev-token w",
             "L0 prev = 0",
