@@ -26,7 +26,7 @@ DEFAULT_TRAIN_JSON = (
     '"grad_clip":1.0,"lr":0.001,"min_lr_frac":0.1,"steps":2000,"target_accuracy":null,"warmup_frac":0.05,'
     '"weight_decay":0.1}'
 )
-# The ids of the quick preset's runs before `precision` existed (``[r.run_id for r in load_sweep("quick").runs()]``
+# The ids of the quick preset's runs before `precision` existed (``[r.run_id for r in old_quick_sweep().runs()]``
 # at the parent commit of this change): the first, and the sha1 of all twelve joined.
 QUICK_FIRST_RUN_ID = "d49f62f25263312b"
 QUICK_RUN_IDS_SHA1 = "2f1d9255ce5458613edfb4b258f30773805f6cbd"
@@ -80,10 +80,32 @@ def test_the_older_bf16_flag_reads_as_precision_and_a_contradiction_is_refused()
         TrainConfig(bf16=True, precision="fp16")
 
 
-def test_the_quick_presets_run_ids_are_unchanged() -> None:
-    from attnlab.sweeps import load_sweep
+def old_quick_sweep():
+    """The quick preset as it was when these ids were recorded (it has since gained seeds and a search)."""
+    from attnlab.runner.config import Sweep
 
-    ids = [run.run_id for run in load_sweep("quick").runs()]
+    return Sweep(
+        name="quick",
+        tasks=[{"name": "mqar", "vocab": 64, "length": 32, "num_kv_pairs": 4}],
+        mechanisms=[
+            {"normaliser": "softmax"},
+            {"normaliser": "sigmoid"},
+            {"normaliser": "cog"},
+            {"normaliser": "lssa"},
+            {"normaliser": "clipped_softmax"},
+            {"normaliser": "softmax", "heads": "gated"},
+        ],
+        positions=["rope"],
+        widths=[64],
+        lrs=[1e-3, 3e-3],
+        seeds=[0],
+        model={"n_layers": 2, "n_heads": 4, "mlp": False},
+        train=TrainConfig(steps=1500, batch_size=64, eval_every=100, eval_examples=512, target_accuracy=0.99),
+    )
+
+
+def test_the_quick_presets_run_ids_are_unchanged() -> None:
+    ids = [run.run_id for run in old_quick_sweep().runs()]
     assert ids[0] == QUICK_FIRST_RUN_ID
     assert hashlib.sha1("".join(ids).encode()).hexdigest() == QUICK_RUN_IDS_SHA1
 
