@@ -14,6 +14,7 @@ import typer
 
 from attnlab.cli.console import console
 from attnlab.cli.guard import guard as _guard
+from attnlab.cli.options import float_list
 from attnlab.errors import ConfigError
 
 intervene_app = typer.Typer(
@@ -53,18 +54,6 @@ def _heads(spec: str | None) -> list[tuple[int, int]] | None:
     from attnlab.lens.interventions import parse_heads
 
     return None if spec is None else parse_heads(spec)
-
-
-def _floats(spec: str, field: str) -> list[float]:
-    out = []
-    for item in (s for s in spec.replace(" ", ",").split(",") if s):
-        try:
-            out.append(float(item))
-        except ValueError:
-            raise ConfigError(field, item, "not a number", "a list like 0,0.5,1,2") from None
-    if not out:
-        raise ConfigError(field, spec, "no values given", "a list like 0,0.5,1,2")
-    return out
 
 
 def _layers(spec: str | None) -> list[int] | None:
@@ -142,7 +131,7 @@ def scale(
     def go() -> None:
         from attnlab.experiments.ablation import scaling_experiment
 
-        chosen, values, task = _heads(heads) or [], _floats(coefs, "coefs"), _task(model, seq_len)
+        chosen, values, task = _heads(heads) or [], float_list("coefs", coefs), _task(model, seq_len)
         m, _ = _load(model)
         res = scaling_experiment(m, chosen, values, task=task, batch=batch, seed=seed)
         console.print(res.table())
