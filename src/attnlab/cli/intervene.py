@@ -153,15 +153,23 @@ def pear(
     text_chunks: Annotated[int, typer.Option(help="chunks of 128 tokens of real text for a side-effect loss")] = 4,
     seed: Annotated[int, typer.Option(help="seed of the training batches (held-out: another seed)")] = 0,
     top: Annotated[int, typer.Option(help="coefficients to list at each end")] = 10,
+    select: Annotated[
+        int | None, typer.Option(help="re-weight only the K heads found by the authors' path patching")
+    ] = None,
 ) -> None:
     """Learn PEAR head coefficients on the copying proxy (model frozen); held-out copying before / after."""
 
     def go() -> None:
         from attnlab.experiments.pear import pear_experiment
         from attnlab.experiments.text import text_chunks as chunks
+        from attnlab.lens.interventions import head_label
 
         if heads is not None and layers is not None:
             raise ConfigError("heads", heads, "give --heads or --layers, not both")
+        if select is not None and (heads is not None or layers is not None):
+            raise ConfigError("select", select, "selects the heads itself: give no --heads or --layers with it")
+        if select is not None and select < 1:
+            raise ConfigError("select", select, "must be at least 1 head")
         chosen, chosen_layers, task = _heads(heads), _layers(layers), _task(model, seq_len)
         m, tok = _load(model)
         text = chunks(tok, 128, text_chunks, from_end=True) if text_chunks > 0 else None
@@ -184,7 +192,15 @@ def pear(
             seed=seed,
             text_tokens=text,
             on_step=progress,
+            select=select,
         )
+        if res.selection is not None:
+            picked = ", ".join(f"{head_label(h)} ({float(res.selection.change[h]):+.3f})" for h in res.selection.heads)
+            console.print(
+                f"path patching (each head's direct path to the logits at its batch mean): copied-token logit "
+                f"{res.selection.base:.3f}; selected {picked}",
+                highlight=False,
+            )
         console.print(res.table())
         console.print(res.coefficient_table(top))
         b, a = res.before, res.after
