@@ -16,7 +16,6 @@ from choice_helpers import ChoiceTokenizer, tiny_choice_lm
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from attnlab.errors import ConfigError
 from attnlab.experiments.mcq import _scores, edit_scores, mcq_circuit, mcq_scores
 from attnlab.experiments.prompts.mcq import arithmetic_questions, fact_questions, mcq_prompts
 from attnlab.experiments.prompts.recall import answer_token, candidate_facts, recall_prompts
@@ -90,17 +89,16 @@ def test_patching_can_be_limited_to_the_first_prompts() -> None:
     assert recall_circuit(model, p, patch_prompts=0).patching.isnan().all()
 
 
-def test_heads_are_the_extremes_of_the_chosen_grid() -> None:
+def test_heads_are_the_extremes_of_their_grids() -> None:
     result = recall_circuit(tiny(), recall_set(), batch_size=12)
-    for by in ("attribution", "patching"):
-        grid = getattr(result, by)
-        memory, context = result.heads(by, 3)
-        assert [grid[h] for h in memory] == sorted((grid[h] for h in memory), reverse=True)
-        assert all(grid[h] > 0 for h in memory) and all(grid[h] < 0 for h in context)
-        assert memory[0] == tuple(int(i) for i in divmod(int(grid.argmax()), 4)) or grid.max() <= 0
-        assert context[0] == tuple(int(i) for i in divmod(int(grid.argmin()), 4)) or grid.min() >= 0
-    with pytest.raises(ConfigError, match="select='dla'"):
-        result.heads("dla", 3)
+    grid = result.attribution
+    memory, context = result.heads(3)
+    assert [grid[h] for h in memory] == sorted((grid[h] for h in memory), reverse=True)
+    assert [grid[h] for h in context] == sorted(grid[h] for h in context)
+    assert all(grid[h] > 0 for h in memory) and all(grid[h] < 0 for h in context) and memory and context
+    assert memory[0] == divmod(int(grid.argmax()), 4) and context[0] == divmod(int(grid.argmin()), 4)
+    restoring = result.restoring(2)
+    assert restoring[0] == divmod(int(result.patching.argmax()), 4) and all(result.patching[h] > 0 for h in restoring)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -203,7 +201,6 @@ runner = CliRunner()
         (["recall", "gpt2"], "error: model='gpt2': no loader for this model (allowed: smollm2)"),
         (["mcq", "gpt2"], "error: model='gpt2': no loader for this model (allowed: smollm2)"),
         (["recall", "smollm2", "--relations", "capital,colour"], "error: relations='colour': not a relation"),
-        (["recall", "smollm2", "--select", "dla"], "error: select='dla': not a head score"),
         (["recall", "smollm2", "--scales", "0,x"], "error: scales='x': not a number"),
         (["recall", "smollm2", "--per-fact", "0"], "error: per_fact=0: must be at least 1"),
         (["recall", "smollm2", "--top", "0"], "error: top=0: must be at least 1"),

@@ -241,7 +241,6 @@ def recall(
     per_fact: Annotated[int, typer.Option(help="counterfactual prompts per fact")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the split and the counterfactuals")] = 0,
     top: Annotated[int, typer.Option(help="heads per set (memory, context) and random control")] = 5,
-    select: Annotated[str, typer.Option(help="score that selects the heads: attribution or patching")] = "attribution",
     scales: Annotated[str, typer.Option(help="coefficients for each head set (0 = ablate)")] = "0,2",
     patch_prompts: Annotated[int | None, typer.Option(help="selection prompts patched (default: all)")] = None,
     batch_size: Annotated[int, typer.Option(help="patched copies per forward pass")] = 16,
@@ -258,7 +257,7 @@ def recall(
 
     from attnlab.cli.options import float_list
     from attnlab.experiments.prompts.recall import RELATIONS, recall_prompts, split_facts
-    from attnlab.experiments.recall import SELECT_BY, check_settings, edit_rates, head_edits, recall_circuit
+    from attnlab.experiments.recall import check_settings, edit_rates, head_edits, recall_circuit
     from attnlab.lens.interventions import random_heads
     from attnlab.report.head_grids import write_head_grid
 
@@ -268,8 +267,6 @@ def recall(
             raise ConfigError("relations", name, "not a relation of the recall set", list(RELATIONS))
     if per_fact < 1:
         raise ConfigError("per_fact", per_fact, "must be at least 1")
-    if select not in SELECT_BY:
-        raise ConfigError("select", select, "not a head score", SELECT_BY)
     check_settings(batch_size, prompt_batch, top, patch_prompts)
     coefs = float_list("scales", scales)
     output_folder("out", out)
@@ -293,20 +290,18 @@ def recall(
         [[label, f"{r.memory:.3f}", f"{r.context:.3f}", f"{r.other:.3f}", f"{r.logit_diff:+.3f}"]
          for label, r in (("query alone", result.bare), ("with counterfactual context", result.context))],
     )  # fmt: skip
-    memory_by_attr, context_by_attr = result.heads("attribution", top)
-    memory_by_patch, context_by_patch = result.heads("patching", top)
-    columns = [list(_ranked(result.attribution, h)) for h in (memory_by_attr, context_by_attr)]
-    columns += [list(_ranked(result.patching, h)) for h in (memory_by_patch, context_by_patch)]
+    memory_heads, context_heads = result.heads(top)
+    columns = [_ranked(result.attribution, memory_heads), _ranked(result.attribution, context_heads)]
+    columns.append(_ranked(result.patching, result.restoring(top)))
     summary.table(
-        f"Top {top} heads (attribution: logit diff memory − context with context; patching: {result.n_patched} "
-        "prompts, last position from the query alone, 0 = with context, 1 = query alone)",
-        ["rank", "memory (attribution)", "context (attribution)", "memory (patching)", "context (patching)"],
+        f"Top {top} heads (attribution: logit diff memory − context, with context; patching: {result.n_patched} "
+        "prompts, the last position from the query alone, 0 = with context, 1 = query alone)",
+        ["rank", "memory heads (attribution)", "context heads (attribution)", "patching, towards memory"],
         [[str(i + 1), *[c[i] if i < len(c) else "" for c in columns]] for i in range(top)],
     )
-    memory_heads, context_heads = result.heads(select, top)
     control = random_heads(lm, top, seed, exclude=memory_heads + context_heads)
     edits = head_edits({"context": context_heads, "memory": memory_heads}, coefs, control)
-    summary.line(f"heads selected by {select}: memory {_labels(memory_heads)}; context {_labels(context_heads)}; "
+    summary.line(f"edited: memory heads {_labels(memory_heads)}; context heads {_labels(context_heads)}; "
                  f"random control {_labels(control)}")  # fmt: skip
     t1 = time.perf_counter()
     rows = edit_rates(lm, test, edits, prompt_batch)

@@ -16,10 +16,12 @@ scale them. Here, on the prompts used for selection:
 - **direct logit attribution** of every head along ``W_U[memory] − W_U[context]`` on the with-context run
   (``attnlab.lens.attribution``): positive heads push the memory answer, negative ones the context answer.
 
-The *memory heads* are the ``top`` heads with the largest positive score (attribution by default, or patching),
-the *context heads* those with the most negative one. ``edit_rates`` then measures prompts that were not used to
-select them (held-out facts) with each set zero-ablated or scaled (``attnlab.lens.interventions.scale_heads``),
-and with as many random heads ablated as a control.
+The *memory heads* are the ``top`` heads with the largest positive attribution, the *context heads* those with the
+most negative one (a signed, direct measure; a positive patching score says only that the head's output with the
+context differs from its output without, in a way that moves the answer to the context: a head through which the
+context acts, or one that recalls the fact when no context competes). ``edit_rates`` then measures prompts that
+were not used to select them (held-out facts) with each set zero-ablated or scaled
+(``attnlab.lens.interventions.scale_heads``), and with as many random heads ablated as a control.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ from attnlab.lens.capture import run_with_cache
 from attnlab.lens.interventions import Head, scale_heads, z_hook_name
 from attnlab.lens.patching import activation_patching, logit_diff, logit_diff_metric, normalised
 from attnlab.lens.residual import at_position
-
-SELECT_BY = ("attribution", "patching")
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,16 @@ class RecallCircuit:
     n_patched: int  # prompts the patching averaged over
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def heads(self, by: str, top: int) -> tuple[list[Head], list[Head]]:
-        """(memory heads, context heads): the ``top`` most positive and most negative heads of the grid ``by``."""
-        if by not in SELECT_BY:
-            raise ConfigError("select", by, "not a head score", SELECT_BY)
-        grid = getattr(self, by)
+    def heads(self, top: int) -> tuple[list[Head], list[Head]]:
+        """(memory heads, context heads): the ``top`` heads whose attribution is most positive (they write the
+        memory answer over the context one) and most negative (the reverse)."""
+        grid = self.attribution
         return top_heads(grid.where(grid > 0, torch.nan), top), top_heads(grid.where(grid < 0, torch.nan), top, False)
+
+    def restoring(self, top: int) -> list[Head]:
+        """The ``top`` heads whose last-position output from the query alone moves the answer most towards memory
+        (largest positive patching score): the heads through which the context acts, or that recall the fact."""
+        return top_heads(self.patching.where(self.patching > 0, torch.nan), top)
 
 
 def check_settings(batch_size: int, prompt_batch: int, top: int, patch_prompts: int | None = None) -> None:
