@@ -243,7 +243,7 @@ def recall(
     top: Annotated[int, typer.Option(help="heads per set (memory, context) and random control")] = 5,
     scales: Annotated[str, typer.Option(help="coefficients for each head set (0 = ablate)")] = "0,2",
     patch_prompts: Annotated[
-        int | None, typer.Option(help="selection prompts patched, the first ones (0: none; all when above their count)")
+        int, typer.Option(help="selection prompts patched, the first ones (0: none; all when above their count)")
     ] = 16,
     batch_size: Annotated[int, typer.Option(help="patched copies per forward pass")] = 16,
     prompt_batch: Annotated[int, typer.Option(help="prompts per forward pass")] = 8,
