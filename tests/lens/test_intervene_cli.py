@@ -105,6 +105,15 @@ def test_pear_prints_held_out_copying_before_and_after(tiny) -> None:
         assert text in result.output
 
 
+def test_pear_select_reweights_the_heads_path_patching_found(tiny) -> None:
+    args = ["--select", "2", "--steps", "2", "--batch", "2", "--seq-len", "5", "--eval-batch", "4"]
+    result = invoke("pear", "smollm2", *args, "--text-chunks", "0", "--top", "2")
+    assert result.exit_code == 0, result.output
+    assert "path patching" in result.output and "selected L" in result.output and "2 coefficients" in result.output
+    assert "select=2" in one_line_error(invoke("pear", "smollm2", "--select", "2", "--layers", "1"))
+    assert "select=0" in one_line_error(invoke("pear", "smollm2", "--select", "0"))
+
+
 def test_act_prints_before_and_after_on_text(tiny) -> None:
     result = invoke(
         "act", "smollm2", "--seq-len", "24", "--calib-chunks", "1", "--heldout-chunks", "2", "--min-layer", "1"

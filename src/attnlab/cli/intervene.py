@@ -14,6 +14,7 @@ import typer
 
 from attnlab.cli.console import console
 from attnlab.cli.guard import guard as _guard
+from attnlab.cli.options import float_list
 from attnlab.errors import ConfigError
 
 intervene_app = typer.Typer(
@@ -53,18 +54,6 @@ def _heads(spec: str | None) -> list[tuple[int, int]] | None:
     from attnlab.lens.interventions import parse_heads
 
     return None if spec is None else parse_heads(spec)
-
-
-def _floats(spec: str, field: str) -> list[float]:
-    out = []
-    for item in (s for s in spec.replace(" ", ",").split(",") if s):
-        try:
-            out.append(float(item))
-        except ValueError:
-            raise ConfigError(field, item, "not a number", "a list like 0,0.5,1,2") from None
-    if not out:
-        raise ConfigError(field, spec, "no values given", "a list like 0,0.5,1,2")
-    return out
 
 
 def _layers(spec: str | None) -> list[int] | None:
@@ -142,7 +131,7 @@ def scale(
     def go() -> None:
         from attnlab.experiments.ablation import scaling_experiment
 
-        chosen, values, task = _heads(heads) or [], _floats(coefs, "coefs"), _task(model, seq_len)
+        chosen, values, task = _heads(heads) or [], float_list("coefs", coefs), _task(model, seq_len)
         m, _ = _load(model)
         res = scaling_experiment(m, chosen, values, task=task, batch=batch, seed=seed)
         console.print(res.table())
@@ -164,15 +153,23 @@ def pear(
     text_chunks: Annotated[int, typer.Option(help="chunks of 128 tokens of real text for a side-effect loss")] = 4,
     seed: Annotated[int, typer.Option(help="seed of the training batches (held-out: another seed)")] = 0,
     top: Annotated[int, typer.Option(help="coefficients to list at each end")] = 10,
+    select: Annotated[
+        int | None, typer.Option(help="re-weight only the K heads found by the authors' path patching")
+    ] = None,
 ) -> None:
     """Learn PEAR head coefficients on the copying proxy (model frozen); held-out copying before / after."""
 
     def go() -> None:
         from attnlab.experiments.pear import pear_experiment
         from attnlab.experiments.text import text_chunks as chunks
+        from attnlab.lens.interventions import head_label
 
         if heads is not None and layers is not None:
             raise ConfigError("heads", heads, "give --heads or --layers, not both")
+        if select is not None and (heads is not None or layers is not None):
+            raise ConfigError("select", select, "selects the heads itself: give no --heads or --layers with it")
+        if select is not None and select < 1:
+            raise ConfigError("select", select, "must be at least 1 head")
         chosen, chosen_layers, task = _heads(heads), _layers(layers), _task(model, seq_len)
         m, tok = _load(model)
         text = chunks(tok, 128, text_chunks, from_end=True) if text_chunks > 0 else None
@@ -195,7 +192,15 @@ def pear(
             seed=seed,
             text_tokens=text,
             on_step=progress,
+            select=select,
         )
+        if res.selection is not None:
+            picked = ", ".join(f"{head_label(h)} ({float(res.selection.change[h]):+.3f})" for h in res.selection.heads)
+            console.print(
+                f"path patching (each head's direct path to the logits at its batch mean): copied-token logit "
+                f"{res.selection.base:.3f}; selected {picked}",
+                highlight=False,
+            )
         console.print(res.table())
         console.print(res.coefficient_table(top))
         b, a = res.before, res.after

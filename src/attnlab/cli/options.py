@@ -19,6 +19,19 @@ def int_list(field: str, text: str) -> list[int]:
     return values
 
 
+def float_list(field: str, text: str) -> list[float]:
+    """Comma- (or space-) separated numbers, as ``--coefs 0,0.5,1,2``."""
+    out = []
+    for item in (s for s in text.replace(" ", ",").split(",") if s):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ConfigError(field, item, "not a number", "a list like 0,0.5,1,2") from None
+    if not out:
+        raise ConfigError(field, text, "no values given", "a list like 0,0.5,1,2")
+    return out
+
+
 @overload
 def output_folder(field: str, path: Path) -> Path: ...
 @overload

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, Self, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +104,19 @@ def top_heads(grid: Tensor, k: int, descending: bool = True) -> list[Head]:
     return [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i].isfinite()]
 
 
-def _chunks(prompts: IOIPrompts, size: int) -> Iterator[IOIPrompts]:
+class Chunkable(Protocol):
+    """A prompt set with a last position per prompt and a ``select(rows)`` (``IOIPrompts``, ``RecallPrompts`` ...)."""
+
+    end: Tensor
+
+    def __len__(self) -> int: ...
+    def select(self, rows: Sequence[int]) -> Self: ...
+
+
+P = TypeVar("P", bound=Chunkable)
+
+
+def length_chunks(prompts: P, size: int) -> Iterator[P]:
     """Groups of ``size`` prompts of similar lengths (sorted by length: less padding to compute)."""
     rows = sorted(range(len(prompts)), key=lambda i: int(prompts.end[i]))
     for start in range(0, len(rows), size):
@@ -152,7 +165,7 @@ def ioi_circuit(
         sums[name] = sums[name] + value if name in sums else value.clone()
 
     names = sorted({*attribution_names(model), *path_patching_names(model), *_pattern_names(n_layers)})
-    for part in _chunks(prompts, prompt_batch):
+    for part in length_chunks(prompts, prompt_batch):
         b = len(part)
         t0 = time.perf_counter()
         clean_logits, clean = run_with_cache(model, part.clean, names)
@@ -197,7 +210,7 @@ def ioi_circuit(
         t0 = time.perf_counter()
         total = torch.zeros_like(attribution)
         pp_names = path_patching_names(model)
-        for part in _chunks(prompts, prompt_batch):
+        for part in length_chunks(prompts, prompt_batch):
             _, clean = run_with_cache(model, part.clean, pp_names)
             _, corrupted = run_with_cache(model, part.corrupted, pp_names)
             metric = logit_diff_metric(part.io, part.s, part.end)

@@ -23,10 +23,17 @@ What the authors' code does, and what is done here:
   present but commented out. It is offered as ``sum_penalty`` (weight, default 0 = the released code) over the
   selected heads of each layer. What the paper text (arXiv:2409.19745) says about it is unverified: it was not
   read here.
-- **head selection**: the authors first find "RAG-suppression heads" by path patching on the proxy task and
-  re-weight only those (5–40 heads of Llama-2-7B). Path patching is not reproduced: here the caller picks the heads
-  (all heads of some layers by default) and the heads whose learned α ends below 1 are reported as suppression
-  heads — the paper reports the learned coefficients end below 1.
+- **head selection** (``Factual-Recall-Mechanism-main-find-heads/path_llama.py`` and ``easy_transformer/
+  fact_utils.py``: ``plot_path_patching``): the authors first find "RAG-suppression heads" by path patching on the
+  proxy task and re-weight only those (5–40 heads of Llama-2-7B). Each head alone is the sender, the receiver is
+  the last layer's residual stream (the logits), and the new input is the same batch with the sender's output
+  replaced by its batch mean ("D_new == D_orig, because we use the batch mean to melt the influence of the head");
+  the score is the change of the copied token's logit. ``path_patching_selection`` does the same with
+  ``attnlab.lens.path_patching`` (every position of the batch patched, the logit averaged over the scored
+  positions of the second copy; the authors patch and read the last position only) and keeps the ``k`` heads whose
+  removal raises the logit most: the heads that suppress copying. ``pear_experiment(select=k)`` re-weights only
+  those; without it the caller picks the heads (all heads of some layers by default), and the heads whose learned α
+  ends below 1 are reported as suppression heads — the paper reports the learned coefficients end below 1.
 
 The coefficients can be folded into the output projection's columns for deployment (zero inference overhead);
 ``PearCoefficients.values()`` gives them as plain floats for ``scale_heads``.
@@ -46,9 +53,13 @@ from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.experiments.tables import cell
+from attnlab.lens.capture import run_with_cache
 from attnlab.lens.copy_task import CopyScores, CopyTask, copy_loss, measure_copy
 from attnlab.lens.interventions import Head, all_heads, check_heads, head_label, scale_heads
 from attnlab.lens.losses import text_loss
+from attnlab.lens.patching import Metric
+from attnlab.lens.path_patching import path_patch_heads, path_patching_names
+from attnlab.lens.residual import z_name
 
 
 # --------------------------------------------------------------------------------------------------- coefficients
@@ -178,6 +189,54 @@ def train_pear(
     return PearTraining(coefficients=coefs.values(), losses=losses, steps=steps, lr=lr)
 
 
+# --------------------------------------------------------------------------------------------------- head selection
+def copy_logit_metric(tokens: Tensor, task: CopyTask) -> Metric:
+    """logits [N, B, T, V] → [N]: the mean logit of the correct next token over the scored positions of ``tokens``
+    (the second copy after its first token; the authors' "iw" metric reads it at the last position only)."""
+    scored = task.targets()
+    target = tokens[:, scored]  # [B, n − 1]
+
+    def metric(logits: Tensor) -> Tensor:
+        before = logits[:, :, scored.start - 1 : scored.stop - 1]  # [N, B, n − 1, V]: the positions predicting them
+        index = target.to(logits.device)[None, :, :, None].expand(logits.shape[0], -1, -1, 1)
+        return before.gather(-1, index).squeeze(-1).mean((1, 2))
+
+    return metric
+
+
+@dataclass(frozen=True)
+class PathSelection:
+    """What ``path_patching_selection`` found: the change of the copied token's logit per head and the heads kept."""
+
+    change: Tensor  # [L, H]: metric with the head's direct path mean-ablated, minus the unpatched metric
+    heads: list[Head]  # the k heads with the largest positive change, largest first
+    base: float  # the unpatched metric
+
+
+@torch.no_grad()
+def path_patching_selection(
+    model: nn.Module, task: CopyTask, k: int, batch: int = 4, seed: int = 0, batch_size: int = 16
+) -> PathSelection:
+    """PEAR's suppression heads: the ``k`` heads whose direct path to the logits, replaced by its batch mean, raises
+    the copied token's logit most on a batch of ``task`` drawn with ``seed`` (see the module docstring)."""
+    from attnlab.experiments.ioi import top_heads
+
+    if k < 1:
+        raise ConfigError("select", k, "must be at least 1 head")
+    if batch < 2:
+        raise ConfigError("batch", batch, "must be at least 2 (the batch mean replaces each head)")
+    device = next(model.parameters()).device
+    tokens = task.batch(batch, torch.Generator().manual_seed(seed)).to(device)
+    logits, reference = run_with_cache(model, tokens, path_patching_names(model))
+    layers = range(len(model.blocks))
+    melted = {z_name(layer): reference[z_name(layer)].mean(0, keepdim=True).expand_as(reference[z_name(layer)])
+              for layer in layers}  # fmt: skip
+    metric = copy_logit_metric(tokens, task)
+    base = float(metric(logits[None])[0])
+    change = path_patch_heads(model, reference, melted, None, metric, batch_size=batch_size) - base
+    return PathSelection(change=change, heads=top_heads(change.where(change > 0, torch.nan), k), base=base)
+
+
 # --------------------------------------------------------------------------------------------------- the experiment
 @dataclass
 class PearResult:
@@ -197,6 +256,7 @@ class PearResult:
     text_before: float | None = None
     text_after: float | None = None
     seconds: float = 0.0
+    selection: PathSelection | None = None  # the path-patching selection, when it chose the heads
 
     def suppression(self) -> list[tuple[Head, float]]:
         """Heads whose coefficient ended below 1, smallest first."""
@@ -247,15 +307,25 @@ def pear_experiment(
     seed: int = 0,
     text_tokens: Tensor | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    select: int | None = None,
+    select_batch: int = 4,
 ) -> PearResult:
     """Train PEAR coefficients (``train_pear``) and measure a held-out copying set before and after.
 
     ``heads`` (default: every head of ``layers``, default all layers). Training batches are drawn from a generator
     seeded with ``seed``, the held-out set from ``seed + 1_000_003``: different random sequences. The "after"
     numbers use the learned coefficients as fixed floats through ``scale_heads`` (the deployed form). With
-    ``text_tokens`` [B, T] the mean next-token loss on them is measured too (a side-effect check).
+    ``text_tokens`` [B, T] the mean next-token loss on them is measured too (a side-effect check). ``select``: re-weight
+    only the ``select`` heads that ``path_patching_selection`` finds on ``select_batch`` sequences of a third seed
+    (``seed + 2_000_003``), instead of ``heads`` / ``layers``.
     """
     task = task or CopyTask(n=25, low=100, high=20000, bos=1)
+    selection = None
+    if select is not None:
+        if heads is not None or layers is not None:
+            raise ConfigError("select", select, "selects the heads itself: give no heads or layers with it")
+        selection = path_patching_selection(model, task, select, select_batch, seed + 2_000_003)
+        heads = selection.heads
     heads = check_heads(model, heads) if heads is not None else all_heads(model, layers)
     if eval_batch < 1:
         raise ConfigError("eval_batch", eval_batch, "must be at least 1")
@@ -284,4 +354,5 @@ def pear_experiment(
         text_before=text_before,
         text_after=text_after,
         seconds=time.perf_counter() - start,
+        selection=selection,
     )
