@@ -65,6 +65,16 @@ def test_the_interval_is_students_t_over_seeds_as_scipy_computes_it() -> None:
     assert (entry.interval.low, entry.interval.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
 
 
+def test_the_interval_is_clipped_to_what_the_metric_can_take() -> None:
+    """[1.0, 1.0, 0.25] (one seed missed the transition): mean 0.75, s = 0.433, half-width 4.3027 · 0.433 / √3 =
+    1.076, so the t interval [−0.326, 1.826] is shown as [0, 1]; its loss [0.0, 0.0, 0.75] is clipped at 0."""
+    [entry] = leaderboard([row("softmax", s, v) for s, v in enumerate([1.0, 1.0, 0.25])])
+    assert (entry.interval.low, entry.interval.high) == (0.0, 1.0)
+    assert entry.interval.mean == pytest.approx(0.75)
+    [lm] = leaderboard([row("softmax", s, v, task="lm") for s, v in enumerate([1.0, 1.0, 0.25])])
+    assert lm.metric == "loss" and lm.interval.low == 0.0 and lm.interval.high == pytest.approx(0.25 + 1.0758, abs=1e-3)
+
+
 def test_the_interval_cell_by_hand() -> None:
     """[0.5, 0.6, 0.7]: mean 0.6, s = 0.1, t(0.975, 2) = 4.302653, half-width 4.302653 · 0.1 / √3 = 0.248414."""
     [entry] = leaderboard([row("softmax", s, v) for s, v in enumerate([0.5, 0.6, 0.7])])

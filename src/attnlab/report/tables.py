@@ -16,7 +16,7 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attnlab.report.leaderboard_stats import (
@@ -79,8 +79,14 @@ class Entry:
     @property
     def interval(self) -> Interval:
         """The ranking metric's mean over the finished seeds at the best lr with its 95% Student-t interval
-        (kind ``"none"`` with fewer than two seeds)."""
-        return mean_interval(self.scores.values(), INTERVAL_KIND, LEVEL)
+        (kind ``"none"`` with fewer than two seeds), clipped to the values the metric can take: [0, 1] for an
+        accuracy, ≥ 0 for a loss. (A t interval is symmetric; with three seeds of which one failed it reaches far
+        beyond them, and a bound no run can cross says nothing.)"""
+        interval = mean_interval(self.scores.values(), INTERVAL_KIND, LEVEL)
+        if not interval.has_interval:
+            return interval
+        low, high = (0.0, 1.0) if metric_name(self.metric) == "accuracy" else (0.0, math.inf)
+        return replace(interval, low=max(interval.low, low), high=min(interval.high, high))
 
     @property
     def lr_edge(self) -> str | None:
@@ -98,10 +104,15 @@ def safe_exp(value: float) -> float:
         return math.inf
 
 
+def metric_name(metric: str) -> str:
+    """The metric without its length-extrapolation factor: ``"accuracy@2x"`` → ``"accuracy"``."""
+    parsed = extrapolation_key(metric)
+    return parsed[0] if parsed else metric
+
+
 def lower_is_better(metric: str) -> bool:
     """Whether smaller values of ``metric`` are better (loss, perplexity, and their @Nx variants)."""
-    parsed = extrapolation_key(metric)
-    return (parsed[0] if parsed else metric) in LOWER_IS_BETTER
+    return metric_name(metric) in LOWER_IS_BETTER
 
 
 def extrapolation_key(name: str) -> tuple[str, float] | None:
@@ -342,8 +353,9 @@ def leaderboard_caption(entries: list[Entry], scope: str = "task") -> str:
     if has_intervals(entries):
         parts = [
             f"Mean over seeds at the best learning rate. {CI}: of the ranking metric, Student t over seeds, mean ± "
-            f"t(0.975, n − 1)·s/√n (no interval with one seed). {VERSUS}: paired t-test of that metric against the "
-            f"{scope}'s best mean, over the seeds both finished, p Holm-corrected over the {scope}'s comparisons; "
+            f"t(0.975, n − 1)·s/√n, clipped to the metric's range (no interval with one seed). {VERSUS}: paired "
+            f"t-test of that metric against the {scope}'s best mean, over the seeds both finished, p Holm-corrected "
+            f"over the {scope}'s comparisons; "
             "tied: cannot be told apart at α = 0.05."
         ]
     else:
