@@ -2,7 +2,7 @@
 a few minutes on 2 CPU cores.
 
 Each mechanism's learning rate is searched by successive halving (``attnlab.runner.search``): both rates train
-every seed to 400 steps, the better one by mean evaluation loss continues from its checkpoints to 1200. The
+every seed to 300 steps, the better one by mean evaluation loss continues from its checkpoints to 1200. The
 leaderboard then shows the mean over the three seeds with a 95% interval, which mechanisms cannot be told apart
 from the best, and the step at which MQAR was learned.
 
@@ -29,7 +29,7 @@ SWEEP = Sweep(
     positions=["rope"],
     widths=[64],
     seeds=[0, 1, 2],
-    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=400),
+    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=300),
     model={"n_layers": 2, "n_heads": 4, "mlp": False},
-    train=TrainConfig(steps=1200, batch_size=64, eval_every=100, eval_examples=512, target_accuracy=0.99),
+    train=TrainConfig(steps=1200, batch_size=64, eval_every=100, eval_examples=256, target_accuracy=0.99),
 )
