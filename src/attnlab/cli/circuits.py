@@ -29,6 +29,18 @@ circuits_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fin
 MODELS: dict[str, dict[str, int]] = {"smollm2": {"bos": 1, "pad": 2}}
 
 
+def _load(model: str, threads: int | None, out: Path) -> tuple[float, Any, Any]:
+    """What every circuits command does once its options are checked: the output folder, the thread count, the
+    clock, the model → (start time, model, tokenizer)."""
+    import torch
+
+    output_folder("out", out)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    return (t0, *load_model(model))
+
+
 def load_model(name: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for a name of ``MODELS``."""
     from attnlab.lens.pretrained.smollm2 import load_smollm2
@@ -94,7 +106,6 @@ def ioi(
         raise ConfigError("model", model, "no loader for this model", list(MODELS))
     if threads is not None and threads < 1:
         raise ConfigError("threads", threads, "must be at least 1")
-    import torch
 
     from attnlab.experiments.ioi import CLASSES, check_settings, ioi_circuit, top_heads
     from attnlab.experiments.prompts.ioi import check_request, ioi_prompts
@@ -102,12 +113,7 @@ def ioi(
 
     check_request(n_prompts, corruption)  # every option is checked before the model loads
     check_settings(batch_size, prompt_batch, top)
-    output_folder("out", out)
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    lm, tokenizer = load_model(model)
+    t0, lm, tokenizer = _load(model, threads, out)
     prompts = ioi_prompts(tokenizer, n_prompts, seed, corruption, **MODELS[model])
     result = ioi_circuit(lm, prompts, batch_size=batch_size, prompt_batch=prompt_batch, top=top)
     console.print(f"{model}: {n_prompts} IOI prompts (seed {seed}), corruption {corruption}, e.g. {prompts.texts[0]!r}")
@@ -255,7 +261,6 @@ def recall(
     """Counterfactual recall: memory vs context answer rates, the heads that move them, the rates after editing
     them (measured on held-out facts)."""
     _start(model, threads)
-    import torch
 
     from attnlab.cli.options import float_list
     from attnlab.experiments.prompts.recall import RELATIONS, recall_prompts, split_facts
@@ -271,11 +276,7 @@ def recall(
         raise ConfigError("per_fact", per_fact, "must be at least 1")
     check_settings(batch_size, prompt_batch, top, patch_prompts)
     coefs = float_list("scales", scales)
-    output_folder("out", out)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    lm, tokenizer = load_model(model)
+    t0, lm, tokenizer = _load(model, threads, out)
     summary = Summary(f"attnlab circuits recall {model}")
     known = _known(lm, tokenizer, model, chosen, summary)
     selection, held_out = split_facts(known, seed)
@@ -349,7 +350,6 @@ def mcq(
     """Multiple choice with the answer moved across A–D: accuracy by position, the letters' logit lens, the bias
     heads and the bias after recalibrating them (measured on held-out questions)."""
     _start(model, threads)
-    import torch
 
     from attnlab.cli.options import float_list
     from attnlab.experiments.ioi import top_heads
@@ -368,11 +368,7 @@ def mcq(
     arithmetic_questions(n_arithmetic, seed)  # checks the count before the model loads
     check_settings(1, prompt_batch, top)
     coefs = float_list("scales", scales)
-    output_folder("out", out)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    lm, tokenizer = load_model(model)
+    t0, lm, tokenizer = _load(model, threads, out)
     summary = Summary(f"attnlab circuits mcq {model}")
     known = _known(lm, tokenizer, model, None, summary)
     questions = fact_questions(known, seed) + arithmetic_questions(n_arithmetic, seed)
