@@ -264,10 +264,10 @@ def cli_output(args: list[str]) -> tuple[int, str]:
 
 def test_search_status_of_a_sweep_without_a_search_is_one_line(tmp_path: Path) -> None:
     Store(tmp_path / "r.sqlite").close()
-    code, output = cli_output(["search-status", "quick", "--db", str(tmp_path / "r.sqlite")])
+    code, output = cli_output(["search-status", "zoology-mqar", "--db", str(tmp_path / "r.sqlite")])
     assert (code, output.strip()) == (
         2,
-        "error: sweep='quick': has no learning-rate search (allowed: a sweep with search=SearchConfig(...))",
+        "error: sweep='zoology-mqar': has no learning-rate search (allowed: a sweep with search=SearchConfig(...))",
     )
 
 
