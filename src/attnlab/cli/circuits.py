@@ -68,6 +68,16 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def head_rows(**grids: Any) -> list[dict]:
+    """One row per head of [L, H] score grids (named by the keywords): ``head``, ``layer``, ``index``, each score."""
+    n_layers, n_heads = next(iter(grids.values())).shape
+    return [
+        {"head": f"L{layer}H{h}", "layer": layer, "index": h, **{k: float(g[layer, h]) for k, g in grids.items()}}
+        for layer in range(n_layers)
+        for h in range(n_heads)
+    ]
+
+
 def write_ioi(result: Any, out: Path, model_name: str) -> list[Path]:
     """``heads.csv`` (``IOIResult.rows``) and one heatmap per grid into ``out`` (created); returns the paths."""
     from attnlab.report.head_grids import write_head_grid
@@ -315,12 +325,7 @@ def recall(
           f"{b.memory:.3f}"] for e, r, b in rows],
     )  # fmt: skip
     result.seconds["edits"] = time.perf_counter() - t1
-    n_layers, n_heads = result.attribution.shape
-    csv_path = write_csv(
-        out / "heads.csv",
-        [{"head": f"L{layer}H{h}", "layer": layer, "index": h, "attribution": float(result.attribution[layer, h]),
-          "patching": float(result.patching[layer, h])} for layer in range(n_layers) for h in range(n_heads)],
-    )  # fmt: skip
+    csv_path = write_csv(out / "heads.csv", head_rows(attribution=result.attribution, patching=result.patching))
     figures = [
         ("attribution.png", result.attribution, "direct logit attribution, memory − context", "logit diff"),
         ("patching.png", result.patching, "patching hook_z at the last position", "0 context, 1 query alone"),
@@ -409,12 +414,7 @@ def mcq(
     summary.table(f"Held-out questions ({len(test)} prompts), bias heads recalibrated", score_cols,
                   [score_row(e.label, sc) for e, sc in rows])  # fmt: skip
     result.seconds["edits"] = time.perf_counter() - t1
-    n_layers, n_heads = result.bias.shape
-    csv_path = write_csv(
-        out / "heads.csv",
-        [{"head": f"L{layer}H{h}", "layer": layer, "index": h, "bias": float(result.bias[layer, h]),
-          "correct_letter": float(result.correct[layer, h])} for layer in range(n_layers) for h in range(n_heads)],
-    )  # fmt: skip
+    csv_path = write_csv(out / "heads.csv", head_rows(bias=result.bias, correct_letter=result.correct))
     figures = [
         ("bias.png", result.bias, f"attribution {LETTERS[s.anchor]} − correct", "logit diff"),
         ("correct_letter.png", result.correct, "attribution correct − other letters", "logit diff"),
