@@ -261,15 +261,16 @@ def extrapolation_blocks(
                 value = e.finals.get(metric, math.nan)
                 if value == value:
                     panels[base][label(e)].append((factor * scale, value))
-                    if base == "loss" and e.metric == "loss":
-                        panels["ppl"][label(e)].append((factor * scale, safe_exp(value)))
-    unit = [m for m in panels if m == "accuracy"]
+                    plain, _, variant = base.partition("[")
+                    if plain == "loss" and e.metric == "loss":
+                        panels["ppl" + _ + variant][label(e)].append((factor * scale, safe_exp(value)))
+    unit = [m for m in panels if m.partition("[")[0] == "accuracy"]
     title = f"{task}: length extrapolation" + (f" (trained at length {length})" if length else "")
     png = plots.extrapolation_png(panels, xlabel, title, float(length) if length else 1.0, unit_range=unit)
 
     columns = ["mechanism"]
     cells: list[tuple[str, float]] = []
-    for base in sorted(keys, key=lambda b: (b != "accuracy", b)):
+    for base in sorted(keys, key=lambda b: (b.partition("[")[0] != "accuracy", b)):
         for factor in sorted(keys[base]):
             columns.append(f"{base} @{factor:g}x" + (f" ({factor * scale:g})" if length else ""))
             cells.append((keys[base][factor], factor))
@@ -282,8 +283,9 @@ def extrapolation_blocks(
     caption = f"{task}: metrics against evaluation length (best learning rate, mean over seeds)"
     note = Paragraph(
         [
-            "Columns: metric @ factor × training length (the length in tokens). – marks a metric that was not "
-            "evaluated (NaN), e.g. learned absolute positions cannot represent a longer sequence."
+            "Columns: metric @ factor × training length (the length in tokens); metric[name]: the same weights "
+            "evaluated with the position encoding name (train.extrapolate_positions). – marks a metric that was "
+            "not evaluated (NaN), e.g. learned absolute positions cannot represent a longer sequence."
         ]
     )
     return [Heading(3, "Length extrapolation"), Figure(f"{name}_extrapolation.png", png, caption), table, note]

@@ -40,7 +40,7 @@ from attnlab.stats import EmergenceSummary, Interval, VersusBest, grid_edge, mea
 from attnlab.tasks.base import task_ranking_metric
 
 LOWER_IS_BETTER = frozenset({"loss", "ppl", "perplexity"})
-EXTRAPOLATION = re.compile(r"(\w+)@([\d.]+)x")
+EXTRAPOLATION = re.compile(r"(\w+)@([\d.]+)x(\[\w+\])?")
 
 
 @dataclass
@@ -105,9 +105,10 @@ def safe_exp(value: float) -> float:
 
 
 def metric_name(metric: str) -> str:
-    """The metric without its length-extrapolation factor: ``"accuracy@2x"`` → ``"accuracy"``."""
+    """The metric without its length-extrapolation factor and position: ``"accuracy@2x"`` and
+    ``"accuracy@2x[rope_ntk_dynamic]"`` → ``"accuracy"``."""
     parsed = extrapolation_key(metric)
-    return parsed[0] if parsed else metric
+    return parsed[0].split("[")[0] if parsed else metric
 
 
 def lower_is_better(metric: str) -> bool:
@@ -116,12 +117,14 @@ def lower_is_better(metric: str) -> bool:
 
 
 def extrapolation_key(name: str) -> tuple[str, float] | None:
-    """``"loss@2x"`` → ``("loss", 2.0)``; None for a metric that is not a length-extrapolation one."""
+    """``"loss@2x"`` → ``("loss", 2.0)``; ``"loss@2x[rope_ntk_dynamic]"`` (the same weights evaluated under another
+    position encoding, ``TrainConfig.extrapolate_positions``) → ``("loss[rope_ntk_dynamic]", 2.0)``; None for a
+    metric that is not a length-extrapolation one."""
     match = EXTRAPOLATION.fullmatch(name)
     if match is None:
         return None
     try:
-        return match.group(1), float(match.group(2))
+        return match.group(1) + (match.group(3) or ""), float(match.group(2))
     except ValueError:  # "1.2.3" matches the pattern but is not a number
         return None
 

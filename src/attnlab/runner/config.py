@@ -24,6 +24,7 @@ from attnlab.attention.linear.feature_maps import FEATURE_MAPS
 from attnlab.config import StrictModel, config_error
 from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
+from attnlab.model.positions import check_positions
 from attnlab.plugins import import_needed, load_plugins, needed
 from attnlab.position import POSITIONS
 from attnlab.stats.halving import log_grid
@@ -63,6 +64,7 @@ class RunConfig(StrictModel):
                 [self.task.mode],
             )
         extrapolation_tasks(self.task, self.train.extrapolate, "train.extrapolate")
+        check_positions(self.model.attention.position, self.train.extrapolate_positions)
         return self
 
     def canonical_json(self) -> str:

@@ -37,6 +37,11 @@ class TrainConfig(StrictModel):
     # Length extrapolation: after training, evaluate the task at round(f · T) for each factor f (the task needs
     # with_length); final metrics loss@{f}x, accuracy@{f}x (NaN where the model cannot represent the length).
     extrapolate: list[Annotated[float, Field(gt=0)]] = []
+    # The same evaluation with the trained weights under other relative position encodings (RoPE-scaling methods:
+    # rope_ntk_dynamic, rope_pi, yarn, ... with their default arguments, the training length from the model), at
+    # the training length and each factor: final metrics loss@{f}x[name], accuracy@{f}x[name]. One training run
+    # instead of one per encoding (attnlab.model.positions.with_position).
+    extrapolate_positions: list[str] = []
     # Stop at this step while following the schedule (warmup, cosine) of ``steps``, and hand back the whole
     # training state, so a run of the same config with a later stop_at (or none) continues from it exactly: the
     # learning-rate search's intermediate rungs (attnlab.runner.search). None: train to ``steps``. It must be an
@@ -80,6 +85,18 @@ class TrainConfig(StrictModel):
         return factors
 
     @model_validator(mode="after")
+    def _positions_need_factors(self) -> TrainConfig:
+        """``extrapolate_positions``: distinct names, and factors to evaluate them at (the entries are checked
+        against the registry when the model is swapped, where the position registry is loaded)."""
+        names = self.extrapolate_positions
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError("extrapolate_positions", names, f"{name!r} is given twice", "distinct names")
+        if names and not self.extrapolate:
+            raise ConfigError("extrapolate_positions", names, "needs length factors", "set extrapolate too")
+        return self
+
+    @model_validator(mode="after")
     def _stop_within_steps(self) -> TrainConfig:
         """``stop_at`` is an evaluation step up to ``steps``; equal to ``steps`` it is the whole run (None), so a
         run has one id however its end is written. ``checkpoint_every`` is an evaluation step too."""
@@ -99,16 +116,18 @@ class TrainConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` when empty, ``compile``, ``z_loss`` and ``probes`` when off, ``stop_at`` and
-        ``checkpoint_every`` when None, and ``precision`` as the older ``bf16`` flag unless fp16, so configs (and
-        run ids) from before those fields existed keep their canonical JSON and a resumed sweep finds its finished
-        runs."""
+        """Dump without ``extrapolate`` and ``extrapolate_positions`` when empty, ``compile``, ``z_loss`` and
+        ``probes`` when off, ``stop_at`` and ``checkpoint_every`` when None, and ``precision`` as the older ``bf16``
+        flag unless fp16, so configs (and run ids) from before those fields existed keep their canonical JSON and a
+        resumed sweep finds its finished runs."""
         data = handler(self)
         data["bf16"] = self.precision == "bf16"
         if self.precision != "fp16":
             data.pop("precision", None)
         if not self.extrapolate:
             data.pop("extrapolate", None)
+        if not self.extrapolate_positions:
+            data.pop("extrapolate_positions", None)
         if not self.compile:
             data.pop("compile", None)
         if not self.z_loss:

@@ -24,6 +24,7 @@ moved there once per step; only the scalars that are logged (the loss, the evalu
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from torch import nn
 from attnlab.errors import ConfigError
 from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import build_model
+from attnlab.model.positions import check_positions, with_position
 from attnlab.model.transformer import PositionRangeError
 from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
 from attnlab.train.config import TrainConfig
@@ -162,22 +164,33 @@ def evaluate(
 def evaluate_extrapolation(
     model: nn.Module, task_cfg: TaskConfig, cfg: TrainConfig, seed: int
 ) -> tuple[dict[str, float], list[str]]:
-    """``loss@{f}x`` and ``accuracy@{f}x`` for each factor f of ``cfg.extrapolate`` (see the module docstring).
+    """``loss@{f}x`` and ``accuracy@{f}x`` for each factor f of ``cfg.extrapolate``, and ``…@{f}x[name]`` (f = 1
+    included) under each of ``cfg.extrapolate_positions`` (see the module docstring).
 
     Returns the metrics and one note per factor the model could not evaluate (its metrics are NaN).
     """
     metrics: dict[str, float] = {}
     notes: list[str] = []
-    for label, longer in extrapolation_tasks(task_cfg, cfg.extrapolate):
-        eval_set = longer.build(seed).eval_batch(cfg.eval_examples)
-        try:
-            result = evaluate(model, eval_set, cfg)
-        except PositionRangeError as err:
-            result = {"loss": math.nan, "accuracy": math.nan}
-            notes.append(f"{label} (length {longer.seq_len}): {err}")
-            log.warning("length extrapolation %s (length %d) not evaluated: %s", label, longer.seq_len, err)
-        metrics[f"loss@{label}"] = result["loss"]
-        metrics[f"accuracy@{label}"] = result["accuracy"]
+    longer = [
+        (label, t, t.build(seed).eval_batch(cfg.eval_examples))
+        for label, t in extrapolation_tasks(task_cfg, cfg.extrapolate)
+    ]
+    variants: list[tuple[str, nn.Module]] = [("", model)]
+    for name in cfg.extrapolate_positions:  # the same weights under another relative encoding
+        variants.append((f"[{name}]", with_position(copy.deepcopy(model), name)))
+    for suffix, variant in variants:
+        sets = longer if not suffix else [("1x", task_cfg, None), *longer]
+        for label, task, eval_set in sets:
+            if eval_set is None:
+                eval_set = task.build(seed).eval_batch(cfg.eval_examples)
+            try:
+                result = evaluate(variant, eval_set, cfg)
+            except PositionRangeError as err:
+                result = {"loss": math.nan, "accuracy": math.nan}
+                notes.append(f"{label}{suffix} (length {task.seq_len}): {err}")
+                log.warning("length extrapolation %s%s (length %d) not evaluated: %s", label, suffix, task.seq_len, err)
+            metrics[f"loss@{label}{suffix}"] = result["loss"]
+            metrics[f"accuracy@{label}{suffix}"] = result["accuracy"]
     return metrics, notes
 
 
@@ -213,6 +226,7 @@ def train(
             "model.mode", model_cfg.mode, f"task {task_cfg.name!r} needs a {task_cfg.mode} model", [task_cfg.mode]
         )
     extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
+    check_positions(model_cfg.attention.position, cfg.extrapolate_positions)
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(resolve_device(cfg.device))
     task: Task = task_cfg.build(seed)

