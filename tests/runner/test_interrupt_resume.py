@@ -205,3 +205,26 @@ def test_after_ctrl_c_runs_finished_before_the_interrupt_are_not_repeated(interr
 @pytest.mark.slow
 def test_after_ctrl_c_the_interrupted_run_is_run_again(interrupted: Scenario) -> None:
     assert interrupted.after_resume[in_flight(interrupted.after_interrupt)]["attempts"] == 2
+
+
+# --- sittings: the wall time of a sweep run in several sittings ---------------------------------------------
+
+
+def sittings(db: Path) -> list[tuple]:
+    return query(db, "SELECT ended, started_at, finished_at FROM sittings ORDER BY sitting_id")
+
+
+@pytest.mark.slow
+def test_a_killed_sitting_ends_at_its_last_finished_run(killed: Scenario) -> None:
+    (first_end, first_start, first_finish), (second_end, second_start, _) = sittings(killed.db)
+    last_done = max(r["finished_at"] for r in killed.after_interrupt.values() if r["status"] == "done")
+    assert (first_end, second_end) == (None, "finished")
+    assert first_start <= first_finish and abs(first_finish - last_done) < 5.0  # touched right after that run
+    assert second_start >= first_finish
+
+
+@pytest.mark.slow
+def test_an_interrupted_sitting_says_so_and_the_total_is_printed(interrupted: Scenario) -> None:
+    assert [row[0] for row in sittings(interrupted.db)] == ["interrupted", "finished"]
+    assert "in 2 sitting(s)" in interrupted.resume_output
+    assert "interrupted" in interrupted.resume_output.split("wall time of sweep interrupted:")[1]

@@ -143,3 +143,28 @@ def test_runs_of_one_group_that_differ_in_training_are_labelled_not_averaged_as_
     assert labels == ["softmax[train.z_loss=default]", "softmax[train.z_loss=0.0001]", "softmax[train.z_loss=default]"]
     alone = label_variants(rows(plain, other_seed))  # seeds only: the plain name
     assert [r["mechanism"] for r in alone] == ["softmax", "softmax"]
+
+
+def test_the_wall_time_of_a_sweep_sums_its_sittings(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([100.0, 160.0, 1000.0, 1030.0, 1090.0, 5000.0])
+    monkeypatch.setattr("attnlab.runner.store.time.time", lambda: next(clock))
+    first = store.begin_sitting("s", workers=2, threads=1)  # 100
+    store.touch_sitting(first)  # 160: then killed
+    second = store.begin_sitting("s", workers=1, threads=2)  # 1000
+    store.touch_sitting(second)  # 1030
+    store.touch_sitting(second, "finished")  # 1090
+    store.begin_sitting("other", workers=1, threads=1)  # 5000: another sweep's, not counted
+    assert [(s["ended"], s["wall_s"]) for s in store.sittings("s")] == [(None, 60.0), ("finished", 90.0)]
+    assert store.wall_time("s") == 150.0 and store.wall_time("other") == 0.0
+
+
+def test_durations_read_as_hours_minutes_seconds() -> None:
+    from attnlab.report.markdown import format_duration
+
+    assert [format_duration(s) for s in (0, 59.6, 60, 3600, 5025)] == [
+        "0 s",
+        "1 min",
+        "1 min",
+        "1 h",
+        "1 h 23 min 45 s",
+    ]

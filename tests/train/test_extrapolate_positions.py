@@ -79,11 +79,11 @@ def test_a_run_evaluates_the_same_weights_under_each_named_encoding() -> None:
 
 
 def test_config_errors_name_the_field() -> None:
-    with pytest.raises(ConfigError, match="extrapolate_positions.*needs length factors"):
+    with pytest.raises(ConfigError, match=r"extrapolate_positions.*needs length factors"):
         TrainConfig(extrapolate_positions=["rope_ntk_dynamic"])
     with pytest.raises(ConfigError, match="given twice"):
         TrainConfig(extrapolate=[2], extrapolate_positions=["yarn", "yarn"])
-    with pytest.raises(ConfigError, match="train.extrapolate_positions.*learned.*not a relative"):
+    with pytest.raises(ConfigError, match=r"train.extrapolate_positions.*learned.*not a relative"):
         RunConfig(task=TASK, model=lm(), train=SHORT.model_copy(update={"extrapolate_positions": ["learned"]}))
     with pytest.raises(ConfigError, match="absolute"):
         RunConfig(task=TASK, model=lm("learned"), train=SHORT.model_copy(update={"extrapolate_positions": ["rope"]}))

@@ -73,7 +73,7 @@ def _run(
     gpus: int = 0,
 ) -> None:
     from attnlab.cli.search_view import RungPrinter, describe_search, winners_table
-    from attnlab.report.markdown import write_report
+    from attnlab.report.markdown import sittings_line, write_report
     from attnlab.runner.local import SweepSummary, check_gpus, check_pool, plan_workers, run_local
     from attnlab.runner.search import fixed_runs, has_search, plans, run_search, search_groups
     from attnlab.runner.store import Store
@@ -113,6 +113,8 @@ def _run(
         if searching:
             console.print(escape(describe_search(groups)))
         t0 = time.perf_counter()
+        sitting = store.begin_sitting(sweep.name, n_workers, n_threads)
+        ended = "interrupted"
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task(f"{sweep.name}", total=total, completed=total - todo)
@@ -127,6 +129,7 @@ def _run(
                     f"{run.train.lr:g} seed {run.seed}{steps}: {result} ({outcome.wall_s:.0f} s{went_on})"
                 )
                 progress.advance(bar)
+                store.touch_sitting(sitting)
 
             summary = SweepSummary(0, 0, 0, 0)
 
@@ -142,16 +145,22 @@ def _run(
                 summary.done, summary.failed = summary.done + done.done, summary.failed + done.failed
                 summary.skipped += done.skipped
 
-            if not searching:
-                run_batch(runs)
-            else:
-                with _ray_session(backend, address):  # one Ray instance for every round of the search
-                    finished = run_search(sweep, store, run_batch, on_plans=RungPrinter(progress.console))
-                summary.skipped = total - todo
+            try:
+                if not searching:
+                    run_batch(runs)
+                else:
+                    with _ray_session(backend, address):  # one Ray instance for every round of the search
+                        finished = run_search(sweep, store, run_batch, on_plans=RungPrinter(progress.console))
+                    summary.skipped = total - todo
+                ended = "finished"
+            finally:
+                store.touch_sitting(sitting, ended)
+        sittings = store.sittings(sweep.name)
         console.print(
             f"finished in {time.perf_counter() - t0:.0f} s: {summary.done} done, {summary.failed} failed, "
             f"{summary.skipped} skipped (already done)"
         )
+        console.print(f"wall time of sweep {sweep.name}: {sittings_line(sittings)}")
         if searching:
             console.print(winners_table(finished))
         print_leaderboard(store, sweep.name)

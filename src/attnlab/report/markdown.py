@@ -70,12 +70,33 @@ def write_report(
     for run_id, step, name, value in store.metrics(sweep=sweep):
         curves[run_id].append((step, name, value))
     blocks = build_blocks(rows, curves, f"{store.path}", rank_by=rank_by, target=target) + speed_blocks(store)
+    sweeps = [sweep] if sweep is not None else store.sweeps()
+    timed = [(name, store.sittings(name)) for name in sweeps]
+    blocks[1:1] = [Paragraph([f"Wall time of sweep {name}: {sittings_line(s)}."]) for name, s in timed if s]
     for block in blocks:
         if isinstance(block, Figure):
             plots.write_atomic(out_dir / block.name, block.png)
     md_path = plots.write_atomic(out_dir / "report.md", render_markdown(title, blocks).encode())
     plots.write_atomic(out_dir / "report.html", render_html(title, blocks).encode())
     return md_path
+
+
+def format_duration(seconds: float) -> str:
+    """``5025`` → ``"1 h 23 min 45 s"``; under a minute, seconds alone."""
+    h, rest = divmod(round(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    return " ".join(f"{v} {u}" for v, u in ((h, "h"), (m, "min"), (sec, "s")) if v or (u == "s" and not (h or m)))
+
+
+def sittings_line(sittings: list[dict[str, Any]]) -> str:
+    """A sweep's wall time over its sittings (``Store.sittings``): ``"1 h 5 min in 2 sitting(s) (42 min, 2×1
+    threads, finished; …)"``; a sitting killed outright counts to its last finished run."""
+    total = format_duration(sum(s["wall_s"] for s in sittings))
+    parts = [
+        f"{format_duration(s['wall_s'])}, {s['workers']}×{s['threads']} threads, {s['ended'] or 'killed'}"
+        for s in sittings
+    ]
+    return f"{total} in {len(sittings)} sitting(s) ({'; '.join(parts)})"
 
 
 def build_blocks(

@@ -10,6 +10,10 @@ that stopped before its last step (``train.stop_at``: an intermediate rung of th
 training state (``RUN.state.safetensors``, ``attnlab.train.state``), from which ``resume_state`` lets a later run of
 the same config continue.
 
+``sittings``: one row per ``attnlab run`` of a sweep (host, workers, threads, start, and the time of its last
+finished run or its end), so a sweep run in several sittings has a wall time in all (``Store.wall_time``); a
+sitting killed outright ends at its last finished run.
+
 ``benchmarks``: one row per benchmark run (``attnlab speed --db``) with its whole JSON result; ``speed``: its
 time and peak-memory rows (case, T, mode, value, ratio to SDPA), flattened for queries and the report. A
 benchmark's id is the sha1 of its JSON, so storing the same result twice is one row.
@@ -65,6 +69,16 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, step, name)
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep, status);
+CREATE TABLE IF NOT EXISTS sittings (
+    sitting_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep       TEXT NOT NULL,
+    host        TEXT,
+    workers     INTEGER,
+    threads     INTEGER,
+    started_at  REAL NOT NULL,
+    finished_at REAL,
+    ended       TEXT
+);
 CREATE TABLE IF NOT EXISTS benchmarks (
     bench_id TEXT PRIMARY KEY,
     kind     TEXT NOT NULL,
@@ -333,6 +347,35 @@ class Store:
                 " host=COALESCE(?, host), pid=COALESCE(?, pid) WHERE run_id=?",
                 (now, now, now, error[-4000:], host or None, pid or None, run_id),
             )
+
+    def begin_sitting(self, sweep: str, workers: int, threads: int) -> int:
+        """Record that a sitting of ``sweep`` starts now; returns its id (see ``touch_sitting``)."""
+        now = time.time()
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO sittings (sweep, host, workers, threads, started_at, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sweep, socket.gethostname(), workers, threads, now, now),
+            )
+        return int(cur.lastrowid or 0)
+
+    def touch_sitting(self, sitting_id: int, ended: str | None = None) -> None:
+        """The sitting is still going now (a run finished), or it ``ended`` ("finished", "interrupted")."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE sittings SET finished_at = ?, ended = COALESCE(?, ended) WHERE sitting_id = ?",
+                (time.time(), ended, sitting_id),
+            )
+
+    def sittings(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """The sittings of ``sweep`` (or of every sweep), oldest first, each with its ``wall_s``."""
+        where, args = ("WHERE sweep = ?", (sweep,)) if sweep is not None else ("", ())
+        rows = self.conn.execute(f"SELECT * FROM sittings {where} ORDER BY sitting_id", args).fetchall()
+        return [{**dict(r), "wall_s": (r["finished_at"] or r["started_at"]) - r["started_at"]} for r in rows]
+
+    def wall_time(self, sweep: str) -> float:
+        """The wall time of every sitting of ``sweep``, in seconds."""
+        return sum(s["wall_s"] for s in self.sittings(sweep))
 
     def requeue_unfinished(self, run_ids: Iterable[str]) -> None:
         """Runs that were running when their sweep died go back to the queue."""
