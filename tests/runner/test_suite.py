@@ -67,5 +67,17 @@ def test_the_standard_preset_covers_every_task_and_the_named_mechanisms() -> Non
     assert {"softmax", "sigmoid", "cog", "lssa", "linear_elu", "based"} <= mechanisms
     extrapolated = [r for r in runs if r.train.extrapolate]
     assert {r.task.name for r in extrapolated} == {"passkey", "lm"}
-    assert "rope_ntk_dynamic" in {r.position for r in extrapolated}
+    assert {p for r in extrapolated for p in r.train.extrapolate_positions} == {"rope_ntk_dynamic"}
     assert {r.model.attention.label for r in runs if r.task.name == "reversal"} == mechanisms - {"based"}
+
+
+def test_the_standard_preset_searches_every_part_over_three_seeds() -> None:
+    from attnlab.runner.search import fixed_runs, search_groups
+
+    suite = load_sweep("standard")
+    assert not fixed_runs(suite)  # every part searches its learning rate
+    groups = search_groups(suite)
+    assert len(groups) == 53  # 9 tasks × 6 mechanisms, but Based sits out reversal
+    assert {tuple(g.spec.seeds) for g in groups} == {(0, 1, 2)}
+    assert {tuple(g.spec.lrs) for g in groups} == {(1e-3, 3e-3)}
+    assert sum(g.planned_runs() for g in groups) == 53 * 9  # 2 rates × 3 seeds to the first rung, 3 continued
