@@ -11,6 +11,7 @@ import typer
 
 from attnlab.cli.check import check_app
 from attnlab.cli.circuits import circuits_app
+from attnlab.cli.claims import claims_app
 from attnlab.cli.compare import compare_app
 from attnlab.cli.data import data_app
 from attnlab.cli.experiments import experiments_app
@@ -45,6 +46,11 @@ app.add_typer(
     speed_app,
     name="speed",
     help="Time and peak memory of every mechanism × backend against SDPA, the reference and x-transformers.",
+)
+app.add_typer(
+    claims_app,
+    name="claims",
+    help="Each source paper's headline claim put to the test, with a verdict: attnlab claims list | run | report.",
 )
 app.add_typer(
     circuits_app,

@@ -14,6 +14,9 @@ the same config continue.
 finished run or its end), so a sweep run in several sittings has a wall time in all (``Store.wall_time``); a
 sitting killed outright ends at its last finished run.
 
+``claim_results``: the measurement of a claim whose experiment is a function (``attnlab.claims``), by claim name
+and version, as JSON, so ``attnlab claims run`` measures it once.
+
 ``benchmarks``: one row per benchmark run (``attnlab speed --db``) with its whole JSON result; ``speed``: its
 time and peak-memory rows (case, T, mode, value, ratio to SDPA), flattened for queries and the report. A
 benchmark's id is the sha1 of its JSON, so storing the same result twice is one row.
@@ -78,6 +81,14 @@ CREATE TABLE IF NOT EXISTS sittings (
     started_at  REAL NOT NULL,
     finished_at REAL,
     ended       TEXT
+);
+CREATE TABLE IF NOT EXISTS claim_results (
+    claim   TEXT NOT NULL,
+    version TEXT NOT NULL,
+    created REAL NOT NULL,
+    host    TEXT,
+    data    TEXT NOT NULL,
+    PRIMARY KEY (claim, version)
 );
 CREATE TABLE IF NOT EXISTS benchmarks (
     bench_id TEXT PRIMARY KEY,
@@ -376,6 +387,21 @@ class Store:
     def wall_time(self, sweep: str) -> float:
         """The wall time of every sitting of ``sweep``, in seconds."""
         return sum(s["wall_s"] for s in self.sittings(sweep))
+
+    def put_claim_result(self, claim: str, version: str, data: dict[str, Any]) -> None:
+        """Keep a claim's measurement (replacing one of the same name and version)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO claim_results (claim, version, created, host, data) VALUES (?, ?, ?, ?, ?)",
+                (claim, version, time.time(), socket.gethostname(), json.dumps(data)),
+            )
+
+    def claim_result(self, claim: str, version: str) -> dict[str, Any] | None:
+        """The kept measurement of ``claim`` at ``version``, or None."""
+        row = self.conn.execute(
+            "SELECT data FROM claim_results WHERE claim = ? AND version = ?", (claim, version)
+        ).fetchone()
+        return json.loads(row["data"]) if row else None
 
     def requeue_unfinished(self, run_ids: Iterable[str]) -> None:
         """Runs that were running when their sweep died go back to the queue."""

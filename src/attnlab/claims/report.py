@@ -1,0 +1,135 @@
+"""The claims table and report: one row per claim (paper, verdict, effect and interval, seeds, command), then one
+section per claim with its statement, rule, measurement and plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from attnlab.claims.base import Claim
+from attnlab.claims.run import ClaimResult
+from attnlab.report import plots
+from attnlab.report.document import Block, Code, Figure, Heading, Paragraph, Table, render_html, render_markdown, slug
+
+COLUMNS = ["claim", "paper", "verdict", "effect [95% interval]", "rule", "seeds", "command"]
+
+
+def effect_cell(result: ClaimResult | None) -> str:
+    if result is None:
+        return "not run"
+    e = result.verdict.effect
+    if e.exact:
+        return f"{e.estimate:.4g} (exact)"
+    if math.isnan(e.low):
+        return f"{e.estimate:.4g} (n = {e.n})"
+    return f"{e.estimate:+.4g} [{e.low:+.4g}, {e.high:+.4g}] (n = {e.n})"
+
+
+def table_rows(claims: list[Claim], results: dict[str, ClaimResult]) -> list[list[str]]:
+    """One row per claim; a claim without a result says "not run"."""
+    rows = []
+    for claim in claims:
+        result = results.get(claim.name)
+        verdict = result.verdict.outcome if result else "not run"
+        rows.append(
+            [
+                claim.name,
+                f"{claim.paper.short} (arXiv:{claim.paper.arxiv})",
+                verdict,
+                effect_cell(result),
+                claim.rule.describe(),
+                claim.seeds,
+                f"attnlab claims run {claim.name}",
+            ]
+        )
+    return rows
+
+
+def measurement_png(result: ClaimResult) -> bytes:
+    """Each series of the measurement (a sweep claim: each arm's value per seed) as points and lines."""
+    m = result.measurement
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110, layout="constrained")
+    for label, points in sorted(m.series.items()):
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", linewidth=1.2, label=plots.plain(label))
+    if ax.lines:
+        ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel(plots.plain(m.xlabel))
+    ax.set_ylabel(plots.plain(m.ylabel))
+    ax.set_title(plots.plain(f"{result.claim.name}: {result.verdict.outcome}"))
+    return plots.png_bytes(fig)
+
+
+def claim_blocks(claim: Claim, result: ClaimResult | None) -> list[Block]:
+    blocks: list[Block] = [
+        Heading(3, claim.name),
+        Paragraph([f"{claim.paper.short}, “{claim.paper.title}” (arXiv:{claim.paper.arxiv}), {claim.where}."]),
+        Paragraph([f"Claim: {claim.statement}"]),
+        Paragraph(
+            [
+                f"Rule, fixed before the run: {claim.rule.quantity}; holds when the 95% interval of the effect "
+                f"satisfies {claim.rule.describe()}. Seeds: {claim.seeds}. Command: ",
+                Code(claim.command),
+                ".",
+            ]
+        ),
+    ]
+    if result is None:
+        return [*blocks, Paragraph(["Not run yet."])]
+    blocks.append(Paragraph([f"Verdict: {result.verdict.outcome} — {effect_cell(result)}; {result.verdict.reason}."]))
+    rows = result.measurement.rows
+    if rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        blocks.append(Table(columns, [[_fmt(r.get(c, "")) for c in columns] for r in rows]))
+    if result.measurement.series:
+        blocks.append(Figure(f"claim_{slug(claim.name)}.png", measurement_png(result), claim.name))
+    if claim.scale_note:
+        blocks.append(Paragraph([f"Scale: {claim.scale_note}"]))
+    return blocks
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def report_blocks(claims: list[Claim], results: dict[str, ClaimResult]) -> list[Block]:
+    """The claims table, then a section per claim."""
+    counts = {
+        o: sum(r.verdict.outcome == o for r in results.values()) for o in ("holds", "does not hold", "inconclusive")
+    }
+    summary = ", ".join(f"{n} {o}" for o, n in counts.items())
+    blocks: list[Block] = [
+        Heading(2, "Claims", anchor="claims"),
+        Paragraph(
+            [
+                f"{len(claims)} claims, {len(results)} with a verdict ({summary}). Each verdict compares the 95% "
+                "interval of the effect with the rule's margin: a claim holds when the whole interval is on the "
+                "claimed side, does not hold when it is wholly on the other, and is inconclusive otherwise."
+            ]
+        ),
+        Table(COLUMNS, table_rows(claims, results), css="claims"),
+    ]
+    for claim in claims:
+        blocks += claim_blocks(claim, results.get(claim.name))
+    return blocks
+
+
+def write_claims_report(claims: list[Claim], results: dict[str, ClaimResult], out_dir: Path) -> Path:
+    """``claims.md`` (with its PNGs) and ``claims.html`` in ``out_dir``; returns the markdown's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blocks = report_blocks(claims, results)
+    for block in blocks:
+        if isinstance(block, Figure):
+            plots.write_atomic(out_dir / block.name, block.png)
+    title = "attnlab claims"
+    path = plots.write_atomic(out_dir / "claims.md", render_markdown(title, blocks).encode())
+    plots.write_atomic(out_dir / "claims.html", render_html(title, blocks).encode())
+    return path

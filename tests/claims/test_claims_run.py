@@ -1,0 +1,132 @@
+"""Claims end to end on tiny experiments: a sweep claim runs through the runner and resumes from the database, a
+function claim is measured once, the registry's claims are well formed, and the CLI reports them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnlab.claims.base import Arm, Claim, FunctionExperiment, Measurement, Paper, SweepExperiment
+from attnlab.claims.registry import all_claims, select
+from attnlab.claims.report import write_claims_report
+from attnlab.claims.run import measure, recorded
+from attnlab.claims.verdict import Rule
+from attnlab.cli.main import app
+from attnlab.errors import ConfigError
+from attnlab.runner.config import SearchConfig, Sweep
+from attnlab.runner.store import Store
+from attnlab.runner.suite import Suite
+from attnlab.train.config import TrainConfig
+
+PAPER = Paper("A paper", "Someone et al.", 2024, "0000.00000")
+TINY = Sweep(
+    name="claims-tiny",
+    tasks=[{"name": "mqar", "vocab": 16, "length": 16, "num_kv_pairs": 2}],
+    mechanisms=[{"normaliser": "softmax"}, {"normaliser": "sigmoid"}],
+    widths=[16],
+    seeds=[0, 1],
+    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=4),
+    model={"n_layers": 1, "n_heads": 2},
+    train=TrainConfig(steps=12, batch_size=8, eval_every=4, eval_examples=32),
+)
+SWEEP_CLAIM = Claim(
+    "tiny-sweep",
+    PAPER,
+    "Sigmoid differs from softmax.",
+    "§1",
+    SweepExperiment(TINY, "loss", Arm("sigmoid", "mqar"), Arm("softmax", "mqar")),
+    Rule("loss difference", "within", 10.0),
+)
+
+
+def test_a_sweep_claim_runs_its_search_and_resumes_from_the_database(tmp_path: Path) -> None:
+    with Store(tmp_path / "c.sqlite") as store:
+        assert recorded(SWEEP_CLAIM, store) is None  # nothing run yet
+        first = measure(SWEEP_CLAIM, store, workers=0)
+        attempts = {r["run_id"]: r["attempts"] for r in store.runs()}
+        again = measure(SWEEP_CLAIM, store, workers=0)
+        assert {r["run_id"]: r["attempts"] for r in store.runs()} == attempts  # nothing ran twice
+        kept = recorded(SWEEP_CLAIM, store)
+    assert len(attempts) == 2 * (2 * 2 + 2)  # 2 mechanisms × (2 rates × 2 seeds to step 4, the best continued)
+    assert first.verdict == again.verdict == kept.verdict
+    effect = first.verdict.effect
+    assert effect.n == 2 and not math.isnan(effect.low)
+    per_arm = {row["arm"]: row["per seed"] for row in first.measurement.rows}
+    a, b = per_arm["sigmoid on mqar"], per_arm["softmax on mqar"]
+    assert first.measurement.values == {s: a[s] - b[s] for s in (0, 1)}  # paired over the shared seeds
+
+
+def test_a_function_claim_is_measured_once(tmp_path: Path) -> None:
+    calls = []
+
+    def run() -> Measurement:
+        calls.append(1)
+        return Measurement(exact=0.01, rows=[{"x": 1}])
+
+    claim = Claim("tiny-fn", PAPER, "Small.", "§2", FunctionExperiment(run), Rule("ratio", "less", 0.02))
+    with Store(tmp_path / "c.sqlite") as store:
+        assert recorded(claim, store) is None
+        assert measure(claim, store).verdict.outcome == "holds"
+        assert measure(claim, store).verdict.outcome == "holds"
+        assert recorded(claim, store).verdict.outcome == "holds"
+    assert len(calls) == 1
+
+
+def test_an_arm_that_matches_no_leaderboard_row_is_a_clear_error(tmp_path: Path) -> None:
+    claim = Claim("bad-arm", PAPER, "x", "§", SweepExperiment(TINY, "loss", Arm("cog")), Rule("q", "greater"))
+    with Store(tmp_path / "c.sqlite") as store:
+        measure(SWEEP_CLAIM, store, workers=0)
+        with pytest.raises(ConfigError, match="arm='cog': matches 0 leaderboard rows"):
+            measure(claim, store, workers=0)
+
+
+def _labels(sweep: Sweep | Suite) -> set[tuple[str, str]]:
+    return {(r.task.name, r.mechanism) for r in sweep.runs()}
+
+
+@pytest.mark.parametrize("claim", list(all_claims().values()), ids=lambda c: c.name)
+def test_every_registered_claim_is_well_formed(claim: Claim) -> None:
+    assert claim.statement.endswith(".") and claim.where and claim.paper.arxiv
+    experiment = claim.experiment
+    if isinstance(experiment, SweepExperiment):
+        labels = _labels(experiment.sweep)
+        for arm in (experiment.a, experiment.b):
+            if arm is not None:
+                assert any(arm.matches(task, mech) for task, mech in labels), (arm, sorted(labels))
+        assert len(claim.seeds.split(",")) >= 3  # every seeded claim runs at least three seeds
+
+
+def test_claims_are_selected_by_name() -> None:
+    names = list(all_claims())
+    assert [c.name for c in select(names[:2])] == names[:2]
+    with pytest.raises(ConfigError, match="claim='nope': is not a claim"):
+        select(["nope"])
+
+
+def test_the_cli_lists_and_reports(tmp_path: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["claims", "list"], terminal_width=250)
+    assert listed.exit_code == 0 and all(name in listed.output for name in all_claims())
+    bad = runner.invoke(app, ["claims", "run", "nope", "--db", str(tmp_path / "c.sqlite")])
+    assert bad.exit_code == 2 and "claim='nope'" in bad.output
+    Store(tmp_path / "c.sqlite").close()
+    out = tmp_path / "report"
+    reported = runner.invoke(app, ["claims", "report", "--db", str(tmp_path / "c.sqlite"), "--out", str(out)])
+    assert reported.exit_code == 0, reported.output
+    assert "not run" in (out / "claims.md").read_text() and (out / "claims.html").exists()
+
+
+def test_the_report_escapes_and_plots(tmp_path: Path) -> None:
+    def run() -> Measurement:
+        return Measurement(exact=0.5, series={"<b>x</b>": [(0.0, 1.0), (1.0, 2.0)]}, rows=[{"<i>": "<script>"}])
+
+    claim = Claim("html-claim", PAPER, "A <claim>.", "§", FunctionExperiment(run), Rule("q", "less", 1.0))
+    with Store(tmp_path / "c.sqlite") as store:
+        result = measure(claim, store)
+    path = write_claims_report([claim], {claim.name: result}, tmp_path / "r")
+    html = (tmp_path / "r" / "claims.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert (tmp_path / "r" / "claim_html-claim.png").exists() and "holds" in path.read_text()
