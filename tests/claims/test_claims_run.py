@@ -84,7 +84,7 @@ def test_an_arm_that_matches_no_leaderboard_row_is_a_clear_error(tmp_path: Path)
 
 
 def _labels(sweep: Sweep | Suite) -> set[tuple[str, str]]:
-    return {(r.task.name, r.mechanism) for r in sweep.runs()}
+    return {(r.task.name, r.mechanism, r.position) for r in sweep.runs()}
 
 
 @pytest.mark.parametrize("claim", list(all_claims().values()), ids=lambda c: c.name)
@@ -95,7 +95,7 @@ def test_every_registered_claim_is_well_formed(claim: Claim) -> None:
         labels = _labels(experiment.sweep)
         for arm in (experiment.a, experiment.b):
             if arm is not None:
-                assert any(arm.matches(task, mech) for task, mech in labels), (arm, sorted(labels))
+                assert any(arm.matches(*label) for label in labels), (arm, sorted(labels))
         assert len(claim.seeds.split(",")) >= 3  # every seeded claim runs at least three seeds
 
 

@@ -41,16 +41,26 @@ class Paper:
 
 @dataclass(frozen=True)
 class Arm:
-    """One side of a comparison: the runs of a task (any, when None) with this mechanism label."""
+    """One side of a comparison: the runs with this mechanism label, on a task and with a position encoding
+    (any, when None)."""
 
     mechanism: str
     task: str | None = None
+    position: str | None = None
 
-    def matches(self, task: str, mechanism: str) -> bool:
-        return mechanism == self.mechanism and (self.task is None or task == self.task)
+    def matches(self, task: str, mechanism: str, position: str) -> bool:
+        return (
+            mechanism == self.mechanism
+            and (self.task is None or task == self.task)
+            and (self.position is None or position == self.position)
+        )
 
     def describe(self) -> str:
-        return self.mechanism + (f" on {self.task}" if self.task else "")
+        return (
+            self.mechanism
+            + (f" / {self.position}" if self.position else "")
+            + (f" on {self.task}" if self.task else "")
+        )
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,9 @@ def sweep_measurement(experiment: SweepExperiment, store: Store) -> Measurement:
     arms = [experiment.a] + ([experiment.b] if experiment.b is not None else [])
     chosen = []
     for arm in arms:
-        found = [e for e in entries if arm.matches(e.task, e.mechanism)]
+        found = [e for e in entries if arm.matches(e.task, e.mechanism, e.position)]
         if len(found) != 1:
-            have = sorted({f"{e.mechanism} on {e.task}" for e in entries})
+            have = sorted({f"{e.mechanism} / {e.position} on {e.task}" for e in entries})
             raise ConfigError("arm", arm.describe(), f"matches {len(found)} leaderboard rows of {tag}", have)
         chosen.append(found[0])
     per_arm = [dict(e.scores) for e in chosen]

@@ -10,9 +10,8 @@ seeds at each one's best learning rate.
 from __future__ import annotations
 
 from attnlab.claims.base import Arm, Claim, Paper, SweepExperiment
+from attnlab.claims.sweeps import mqar_sweep
 from attnlab.claims.verdict import Rule
-from attnlab.runner.config import SearchConfig, Sweep
-from attnlab.train.config import TrainConfig
 
 PAPER = Paper(
     "Simple linear attention language models balance the recall-throughput tradeoff",
@@ -22,17 +21,7 @@ PAPER = Paper(
     "https://github.com/HazyResearch/based",
 )
 
-SWEEP = Sweep(
-    name="claims-based",
-    tasks=[{"name": "mqar", "vocab": 64, "length": 32, "num_kv_pairs": 4}],
-    mechanisms=[{"normaliser": "softmax"}, {"normaliser": "based"}, {"normaliser": "linear_elu"}],
-    positions=["rope"],
-    widths=[64],
-    seeds=[0, 1, 2],
-    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=400),
-    model={"n_layers": 2, "n_heads": 4, "mlp": False},
-    train=TrainConfig(steps=1600, batch_size=64, eval_every=100, eval_examples=256, target_accuracy=0.99),
-)
+SWEEP = mqar_sweep("claims-based", [{"normaliser": "softmax"}, {"normaliser": "based"}, {"normaliser": "linear_elu"}])
 
 CLAIMS = [
     Claim(

@@ -13,27 +13,16 @@ import torch
 
 from attnlab.attention.config import AttentionConfig
 from attnlab.claims.base import Arm, Claim, FunctionExperiment, Measurement, Paper, SweepExperiment
+from attnlab.claims.sweeps import lm_sweep
 from attnlab.claims.verdict import Rule
 from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import build_model
-from attnlab.runner.config import SearchConfig, Sweep
-from attnlab.train.config import TrainConfig
 
 PAPER = Paper("Lossless KV Cache Compression to 2%", "Yang et al.", 2024, "2410.15252")
 
 MODEL = {"n_layers": 4, "n_heads": 4}
 CLLA = {"normaliser": "softmax", "heads": "clla", "heads_args": {"kv_rank": 16, "share_every": 4, "quant_bits": 4}}
-SWEEP = Sweep(
-    name="claims-clla",
-    tasks=[{"name": "lm", "corpus": "stdlib", "tokenizer": "byte", "length": 128}],
-    mechanisms=[{"normaliser": "softmax"}, CLLA],
-    positions=["rope"],
-    widths=[64],
-    seeds=[0, 1, 2],
-    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=200),
-    model=MODEL,
-    train=TrainConfig(steps=600, batch_size=16, eval_every=100, eval_examples=64),
-)
+SWEEP = lm_sweep("claims-clla", [{"normaliser": "softmax"}, CLLA], n_layers=MODEL["n_layers"])
 CLLA_LABEL = AttentionConfig.model_validate(CLLA).label  # how the leaderboard names it
 SCALE = (
     "At width 64 and 4 layers the decoupled RoPE key (d_R = d_head = 16 values per token, kept in float32) weighs "

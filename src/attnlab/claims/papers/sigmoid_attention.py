@@ -9,9 +9,8 @@ b = 0, on byte-level language modelling of the Python standard library, three se
 from __future__ import annotations
 
 from attnlab.claims.base import Arm, Claim, Paper, SweepExperiment
+from attnlab.claims.sweeps import lm_sweep
 from attnlab.claims.verdict import Rule
-from attnlab.runner.config import SearchConfig, Sweep
-from attnlab.train.config import TrainConfig
 
 PAPER = Paper(
     "Theory, Analysis, and Best Practices for Sigmoid Self-Attention",
@@ -21,20 +20,13 @@ PAPER = Paper(
     "https://github.com/apple/ml-sigmoid-attention",
 )
 
-SWEEP = Sweep(
-    name="claims-sigmoid",
-    tasks=[{"name": "lm", "corpus": "stdlib", "tokenizer": "byte", "length": 128}],
-    mechanisms=[
+SWEEP = lm_sweep(
+    "claims-sigmoid",
+    [
         {"normaliser": "softmax"},
         {"normaliser": "sigmoid"},
         {"normaliser": "sigmoid", "normaliser_args": {"bias": 0.0}},
     ],
-    positions=["rope"],
-    widths=[64],
-    seeds=[0, 1, 2],
-    search=SearchConfig(lrs=[1e-3, 3e-3], min_steps=200),
-    model={"n_layers": 2, "n_heads": 4},
-    train=TrainConfig(steps=600, batch_size=16, eval_every=100, eval_examples=64),
 )
 SCALE = (
     "2 layers, width 64, 600 steps of byte-level language modelling (T = 128) on 2 CPU cores, against the paper's "
