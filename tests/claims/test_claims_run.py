@@ -4,6 +4,7 @@ function claim is measured once, the registry's claims are well formed, and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,26 @@ def test_the_report_escapes_and_plots(tmp_path: Path) -> None:
     html = (tmp_path / "r" / "claims.html").read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert (tmp_path / "r" / "claim_html-claim.png").exists() and "holds" in path.read_text()
+
+
+def test_claims_sharing_a_measurement_run_it_once_and_read_their_own_views(tmp_path: Path) -> None:
+    calls = []
+
+    def run() -> Measurement:
+        calls.append(1)
+        return Measurement(rows=[{"a": 1.0, "b": 3.0}, {"a": 2.0, "b": 5.0}])
+
+    def view(column: str) -> Callable[[Measurement], Measurement]:
+        return lambda m: Measurement(values={i: float(r[column]) for i, r in enumerate(m.rows)})
+
+    claims = [
+        Claim(
+            f"shared-{c}", PAPER, "x.", "§", FunctionExperiment(run, key="shared", view=view(c)), Rule("q", "greater")
+        )
+        for c in ("a", "b")
+    ]
+    with Store(tmp_path / "c.sqlite") as store:
+        a, b = (measure(c, store) for c in claims)
+        assert recorded(claims[1], store).measurement.values == {0: 3.0, 1: 5.0}
+    assert len(calls) == 1
+    assert a.measurement.values == {0: 1.0, 1: 2.0} and b.measurement.values == {0: 3.0, 1: 5.0}

@@ -62,7 +62,7 @@ def test_a_measurement_round_trips_through_json() -> None:
 
 
 def test_bad_rules_are_one_line_errors() -> None:
-    with pytest.raises(ConfigError, match="rule.direction"):
+    with pytest.raises(ConfigError, match=r"rule\.direction"):
         Rule("q", "bigger", 0.0)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="rule.margin"):
+    with pytest.raises(ConfigError, match=r"rule\.margin"):
         Rule("q", "within", 0.0)

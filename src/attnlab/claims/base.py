@@ -116,9 +116,17 @@ class SweepExperiment:
 class FunctionExperiment:
     """``run()`` → a ``Measurement``; ``version`` changes when the function's meaning does (a new result)."""
 
+    def measurement_of(self, stored: Measurement) -> Measurement:
+        """What this claim reads of the stored measurement."""
+        return stored if self.view is None else self.view(stored)
+
     run: Callable[[], Measurement]
     version: str = "1"
     seeds: str = "none: an exact measurement"
+    # Several claims may read one measurement (one set of trained models): they share its storage ``key`` and
+    # each derives its own effect from it with ``view``.
+    key: str | None = None
+    view: Callable[[Measurement], Measurement] | None = None
 
 
 Experiment = SweepExperiment | FunctionExperiment

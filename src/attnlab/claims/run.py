@@ -93,12 +93,14 @@ def measure(
         run_experiment(experiment, store, workers, threads, on_done)
         measurement = sweep_measurement(experiment, store)
     else:
-        kept = store.claim_result(claim.name, experiment.version)
+        key = experiment.key or claim.name
+        kept = store.claim_result(key, experiment.version)
         if kept is None:
-            measurement = experiment.run()
-            store.put_claim_result(claim.name, experiment.version, measurement.to_json())
+            stored = experiment.run()
+            store.put_claim_result(key, experiment.version, stored.to_json())
         else:
-            measurement = Measurement.from_json(kept)
+            stored = Measurement.from_json(kept)
+        measurement = experiment.measurement_of(stored)
     return ClaimResult(claim, decide(claim.rule, effect_of(claim, measurement)), measurement, time.perf_counter() - t0)
 
 
@@ -113,10 +115,10 @@ def recorded(claim: Claim, store: Store) -> ClaimResult | None:
     has not finished."""
     experiment = claim.experiment
     if isinstance(experiment, FunctionExperiment):
-        kept = store.claim_result(claim.name, experiment.version)
+        kept = store.claim_result(experiment.key or claim.name, experiment.version)
         if kept is None:
             return None
-        measurement = Measurement.from_json(kept)
+        measurement = experiment.measurement_of(Measurement.from_json(kept))
     else:
         ids = {run.run_id for run in sweep_runs(experiment)}
         if any(store.status(run_id) != "done" for run_id in ids) or _search_unfinished(experiment, store):
