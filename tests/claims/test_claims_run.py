@@ -94,6 +94,7 @@ def test_every_registered_claim_is_well_formed(claim: Claim) -> None:
     experiment = claim.experiment
     if isinstance(experiment, SweepExperiment):
         labels = _labels(experiment.sweep)
+        assert (experiment.a is not None) != (experiment.derive is not None)  # a comparison or a derivation
         for arm in (experiment.a, experiment.b):
             if arm is not None:
                 assert any(arm.matches(*label) for label in labels), (arm, sorted(labels))

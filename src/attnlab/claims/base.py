@@ -97,15 +97,25 @@ def seeded_effect(values: dict[int, float], level: float = 0.95) -> Effect:
     return Effect(interval.mean, interval.low, interval.high, interval.n)
 
 
+Rows = list[dict[str, Any]]
+Curves = dict[str, list[tuple[int, str, float]]]
+
+
 @dataclass(frozen=True)
 class SweepExperiment:
-    """A sweep and the comparison that makes its effect (see the module docstring)."""
+    """A sweep and the comparison that makes its effect (see the module docstring); or, with ``derive``, any
+    measurement computed from the sweep's finished result rows and their curves (an emergence step, a layer order)."""
 
     sweep: Sweep | Suite
-    metric: str  # a final metric of the runs: "loss", "accuracy", "loss@16x", ...
-    a: Arm
+    metric: str = ""  # a final metric of the runs: "loss", "accuracy", "loss@16x", ...
+    a: Arm | None = None
     b: Arm | None = None
     combine: Literal["difference", "ratio"] = "difference"
+    derive: Callable[[Rows, Curves], Measurement] | None = None
+
+    def __post_init__(self) -> None:
+        if self.derive is None and (self.a is None or not self.metric):
+            raise ValueError("a SweepExperiment needs a metric and an arm, or a derive function")
 
     @property
     def name(self) -> str:

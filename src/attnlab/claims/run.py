@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from attnlab.claims.base import Claim, FunctionExperiment, Measurement, SweepExperiment, seeded_effect
 from attnlab.claims.verdict import Effect, Verdict, decide
 from attnlab.errors import ConfigError
+from attnlab.report.leaderboard_stats import final_rows
 from attnlab.report.tables import leaderboard
 from attnlab.runner.config import RunConfig
 from attnlab.runner.local import run_local
@@ -53,6 +54,10 @@ def run_experiment(
 def sweep_measurement(experiment: SweepExperiment, store: Store) -> Measurement:
     """Each arm's metric per seed at its best learning rate, and the effect per shared seed."""
     tag = experiment.sweep.name
+    if experiment.derive is not None:
+        rows = [r for r in final_rows(store.runs(sweep=tag)) if r["status"] == "done"]
+        return experiment.derive(rows, {r["run_id"]: store.curves(r["run_id"]) for r in rows})
+    assert experiment.a is not None
     entries = leaderboard(store.runs(sweep=tag), metric=experiment.metric)
     arms = [experiment.a] + ([experiment.b] if experiment.b is not None else [])
     chosen = []
