@@ -1,4 +1,5 @@
-"""Every claim: one module per paper in ``attnlab.claims.papers``, each defining ``PAPER`` and ``CLAIMS``."""
+"""Every claim: one module per paper in ``attnlab.claims.papers``, each defining ``PAPER`` and ``CLAIMS`` (modules
+whose name starts with an underscore are shared helpers)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def all_claims() -> dict[str, Claim]:
 
     claims: dict[str, Claim] = {}
     for info in sorted(pkgutil.iter_modules(papers.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{papers.__name__}.{info.name}")
-        for claim in module.CLAIMS:
+        if info.name.startswith("_"):
+            continue
+        for claim in importlib.import_module(f"{papers.__name__}.{info.name}").CLAIMS:
             if claim.name in claims:
                 raise ValueError(f"claim {claim.name!r} is defined twice (in {info.name} and before)")
             claims[claim.name] = claim
