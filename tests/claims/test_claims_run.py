@@ -155,3 +155,23 @@ def test_claims_sharing_a_measurement_run_it_once_and_read_their_own_views(tmp_p
         assert recorded(claims[1], store).measurement.values == {0: 3.0, 1: 5.0}
     assert len(calls) == 1
     assert a.measurement.values == {0: 1.0, 1: 2.0} and b.measurement.values == {0: 3.0, 1: 5.0}
+
+
+def test_two_claims_sharing_a_configuration_share_its_runs(tmp_path: Path) -> None:
+    mechanisms = [{"normaliser": "softmax"}, {"normaliser": "relu"}]
+    data = TINY.model_dump(exclude={"lrs"})
+    other = Sweep.model_validate({**data, "name": "claims-tiny-other", "mechanisms": mechanisms})
+    second = Claim(
+        "tiny-other",
+        PAPER,
+        "x.",
+        "§",
+        SweepExperiment(other, "loss", Arm("relu"), Arm("softmax")),
+        Rule("q", "within", 10.0),
+    )
+    with Store(tmp_path / "c.sqlite") as store:
+        measure(SWEEP_CLAIM, store, workers=0)
+        before = len(store.runs())
+        result = measure(second, store, workers=0)
+        assert len(store.runs()) == before + 6  # only relu's runs are new: softmax's are found by id
+    assert result.measurement.rows[1]["seeds"] == 2

@@ -36,6 +36,16 @@ def sweep_runs(experiment: SweepExperiment) -> list[RunConfig]:
     return fixed_runs(sweep) if has_search(sweep) else sweep.runs()
 
 
+def sweep_run_ids(experiment: SweepExperiment) -> set[str]:
+    """Every run the experiment may have: its fixed runs and every trial of its search at every rung. Runs are
+    found by id, not by sweep name: two claims whose sweeps share a configuration share its runs."""
+    ids = {run.run_id for run in sweep_runs(experiment)}
+    for group in search_groups(experiment.sweep):
+        spec = group.spec
+        ids |= {group.run(lr, s, steps).run_id for lr in spec.lrs for s in spec.seeds for steps in spec.budgets}
+    return ids
+
+
 def run_experiment(
     experiment: SweepExperiment, store: Store, workers: int | None, threads: int | None, on_done: OnDone | None
 ) -> None:
@@ -54,11 +64,12 @@ def run_experiment(
 def sweep_measurement(experiment: SweepExperiment, store: Store) -> Measurement:
     """Each arm's metric per seed at its best learning rate, and the effect per shared seed."""
     tag = experiment.sweep.name
+    runs = store.runs(run_ids=sweep_run_ids(experiment))
     if experiment.derive is not None:
-        rows = [r for r in final_rows(store.runs(sweep=tag)) if r["status"] == "done"]
+        rows = [r for r in final_rows(runs) if r["status"] == "done"]
         return experiment.derive(rows, {r["run_id"]: store.curves(r["run_id"]) for r in rows})
     assert experiment.a is not None
-    entries = leaderboard(store.runs(sweep=tag), metric=experiment.metric)
+    entries = leaderboard(runs, metric=experiment.metric)
     arms = [experiment.a] + ([experiment.b] if experiment.b is not None else [])
     chosen = []
     for arm in arms:

@@ -410,15 +410,21 @@ class Store:
                 "UPDATE runs SET status='queued' WHERE run_id=? AND status='running'", [(r,) for r in run_ids]
             )
 
-    def runs(self, sweep: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """Every run row (optionally of one sweep / status) as a dict; ``final`` is decoded from JSON."""
+    def runs(
+        self, sweep: str | None = None, status: str | None = None, run_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every run row (optionally of one sweep / status / set of ids) as a dict; ``final`` is decoded from JSON.
+        Tasks and variants are labelled over the rows returned (``label_tasks``, ``label_variants``)."""
         query, args = "SELECT * FROM runs WHERE 1=1", []
         if sweep is not None:
             query, args = query + " AND sweep=?", [*args, sweep]
         if status is not None:
             query, args = query + " AND status=?", [*args, status]
+        wanted = None if run_ids is None else set(run_ids)
         out = []
         for row in self.conn.execute(query + " ORDER BY queued_at, run_id", args):
+            if wanted is not None and row["run_id"] not in wanted:
+                continue
             d = dict(row)
             d["final"] = json.loads(d["final"]) if d["final"] else {}
             out.append(d)
