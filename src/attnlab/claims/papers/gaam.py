@@ -1,0 +1,24 @@
+"""Ioannides et al. 2024, "Gaussian Adaptive Attention is All You Need: Robust Contextual Representations Across
+Multiple Modalities" (GAAM, arXiv:2401.11143): learnable Gaussian attention improves over dot-product attention
+(abstract, §4)."""
+
+from attnlab.claims.base import Paper
+from attnlab.claims.papers._lm import against_softmax
+
+PAPER = Paper(
+    "Gaussian Adaptive Attention is All You Need: Robust Contextual Representations Across Multiple Modalities",
+    "Ioannides et al.",
+    2024,
+    "2401.11143",
+)
+CLAIMS = [
+    against_softmax(
+        "gaam-beats-softmax",
+        PAPER,
+        {"normaliser": "softmax", "heads": "gaam"},
+        "Gaussian adaptive attention reaches a lower loss than dot-product attention.",
+        "abstract, §4",
+        direction="less",
+        margin=0.0,
+    )
+]
