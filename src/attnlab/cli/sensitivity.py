@@ -63,10 +63,21 @@ def sensitivity(
             _fmt(top.log_z, ".2f"),
         )
     console.print(table)
+    lrs = sorted({p.lr for c in found for p in c.points})
+    by_lr = Table(title="final loss (and largest attention logit) at each learning rate", title_justify="left")
+    for column in ("width", "variant", *(f"{lr:g}" for lr in lrs)):
+        by_lr.add_column(column, justify="left" if column == "variant" else "right")
+    for c in found:
+        at = {p.lr: p for p in c.points}
+        cells = [f"{at[lr].loss:.3f} ({at[lr].max_logit:.3g})" if lr in at else "–" for lr in lrs]
+        by_lr.add_row(str(c.width), escape(c.variant), *cells)
+    console.print(by_lr)
     if folder is not None:
-        label = {(c.width, c.variant): f"d{c.width} {c.variant}" for c in found}
-        loss = {label[c.width, c.variant]: [(p.lr, p.loss) for p in c.points] for c in found}
-        logit = {label[c.width, c.variant]: [(p.lr, p.max_logit) for p in c.points] for c in found}
+        loss: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        logit: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for c in found:  # one panel per width, one line per variant
+            loss.setdefault(f"width {c.width}", {})[c.variant] = [(p.lr, p.loss) for p in c.points]
+            logit.setdefault(f"width {c.width}", {})[c.variant] = [(p.lr, p.max_logit) for p in c.points]
         write_atomic(folder / "loss_vs_lr.png", lr_png(loss, "final loss (nats/token)", "final loss vs learning rate"))
         write_atomic(
             folder / "max_logit_vs_lr.png",

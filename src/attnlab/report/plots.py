@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -95,16 +96,30 @@ def width_png(series: Series, ylabel: str, title: str, unit_range: bool) -> byte
     return png_bytes(fig)
 
 
-def lr_png(series: Series, ylabel: str, title: str, log_y: bool = False) -> bytes:
-    """A metric against the learning rate (log axis), one line per label: the learning-rate sensitivity plots."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110, layout="constrained")
-    _lines(ax, series, marker="o")
-    ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(plain(ylabel))
-    ax.set_title(plain(title))
+def lr_png(panels: dict[str, Series], ylabel: str, title: str, log_y: bool = False) -> bytes:
+    """A metric against the learning rate (log axis): one panel per key of ``panels`` (a width), one line per
+    label within it, the same colour for a label in every panel; the learning-rate sensitivity plots."""
+    labels = sorted({label for series in panels.values() for label in series})
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(
+        1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 4.0), dpi=110, layout="constrained", sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (name, series) in zip(axes, panels.items(), strict=False):
+        for label in labels:
+            points = sorted(p for p in series.get(label, []) if p[1] == p[1])
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", linewidth=1.6, color=colours[label], label=plain(label))
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(plain(name), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(plain(ylabel))
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(plain(title))
     return png_bytes(fig)
 
 
