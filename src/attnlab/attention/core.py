@@ -90,12 +90,16 @@ def attend_reference(
     scale: float | None = None,
     window: int | None = None,
     keep_scores: bool = True,
+    mask: Tensor | None = None,
 ) -> AttnOutput:
     """Dense attention: ``out = normaliser(score_mod(q kᵀ · scale), mask) @ v``.
 
     ``window``: sliding-window attention (each query sees the last ``window`` keys, itself included).
     ``keep_scores=False``: the returned scores are None (the output and weights are unchanged); the masked copy
     of the scores is one more [B, H, Tq, Tk] pass that only a hook on ``hook_attn_scores`` reads.
+    ``mask``: boolean [B|1, H|1, Tq, Tk], True where a key is visible, used instead of the causal / window rule
+    (``attnlab.attention.masks.layer_mask`` builds it with the rule folded in). A row that sees no key has output
+    and weights 0 and scores −inf (its normaliser runs over every key and is then dropped: no NaN).
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
@@ -108,8 +112,15 @@ def attend_reference(
     scores = (q.to(dtype) * scale) @ k.to(dtype).transpose(-1, -2)  # [B, H, Tq, Tk]
     if score_mod is not None:
         scores = apply_score_mod(scores, score_mod)
-    mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
-    weights = normaliser(scores, mask)
+    empty = None
+    if mask is None:
+        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
+    else:
+        empty = ~mask.any(-1, keepdim=True)
+        empty = empty if bool(empty.any()) else None
+    weights = normaliser(scores, mask if empty is None else mask | empty)
+    if empty is not None:
+        weights = weights.masked_fill(empty, 0.0)
     out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, Dv]
     if not keep_scores:
         return AttnOutput(out, None, weights)

@@ -140,6 +140,7 @@ def make_options(
     scale: float | None,
     window: int | None,
     documents: Tensor | None,
+    mask: Tensor | None = None,
     chunk: int | None = None,
     key_block: int | None = None,
     whole_rows: int | None = None,
@@ -159,6 +160,11 @@ def make_options(
             raise ValueError(f"{type(rule).__name__} needs visible-key counts, which document masks do not give")
         if documents.shape != (q.shape[0], k.shape[2]):
             raise ValueError(f"documents must be [B, Tk] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
+    if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[-2:] != (q.shape[2], k.shape[2])):
+        raise ValueError(
+            f"mask must be boolean [B|1, H|1, Tq, Tk] = [., ., {q.shape[2]}, {k.shape[2]}]; got {mask.dtype} "
+            f"{tuple(mask.shape)}"
+        )
     params = score_mod_parameters(score_mod)
     if score_mod is not None:
         check_score_mod(score_mod, params, q)
@@ -168,6 +174,7 @@ def make_options(
         scale=q.shape[-1] ** -0.5 if scale is None else scale,
         score_mod=score_mod,
         documents=documents,
+        mask=mask,
         chunk=chunk,
         key_block=key_block,
         whole_rows=whole_rows,
@@ -189,6 +196,7 @@ def chunked_attention(
     scale: float | None = None,
     window: int | None = None,
     documents: Tensor | None = None,
+    mask: Tensor | None = None,
     chunk: int | None = None,
     key_block: int | None = None,
     whole_rows: int | None = None,
@@ -200,6 +208,8 @@ def chunked_attention(
 
     Same conventions as ``attend_reference`` (scale 1/√D by default, bottom-right causal alignment, sliding
     ``window``); ``documents`` [B, Tk]: integer document ids, a query sees only keys of its own document.
+    ``mask``: boolean [B|1, H|1, Tq, Tk] with the causal / window rule folded in (``attnlab.attention.masks``),
+    used instead of them; hidden tiles are skipped (its block form), and the kernels never take it.
     ``bias``: the score_mod's typed form (``PositionEncoding.score_bias()``), which the compiled kernels apply.
     ``need_lse``: also return the rows' logsumexp, differentiable (softmax rules only; else empty).
     ``qk_norm``: scores on F.normalize(q), F.normalize(k) (times ``scale``), normalised inside the kernel so no
@@ -220,6 +230,7 @@ def chunked_attention(
         scale=scale,
         window=window,
         documents=documents,
+        mask=mask,
         chunk=chunk,
         key_block=key_block,
         whole_rows=whole_rows,
@@ -239,7 +250,7 @@ def chunked_attention(
                 score_mod=score_mod is not None,
                 bias=bias,
                 qk_norm=qk_norm,
-                documents=documents is not None,
+                documents=documents is not None or mask is not None,
                 need_lse=need_lse,
             )
             and native_kernels.same_layout(q, k, v)
@@ -264,6 +275,7 @@ def attend_chunked_rule(
     window: int | None = None,
     qk_norm: bool = False,
     native: bool | None = None,
+    mask: Tensor | None = None,
 ) -> AttnOutput:
     """``chunked_attention`` as a normaliser's ``attend_chunked``: the output only (no scores, no weights)."""
     out, _ = chunked_attention(
@@ -276,6 +288,7 @@ def attend_chunked_rule(
         causal=causal,
         scale=scale,
         window=window,
+        mask=mask,
         qk_norm=qk_norm,
         native=native,
     )

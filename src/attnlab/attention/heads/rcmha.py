@@ -109,6 +109,7 @@ class RelativeConvHeads(nn.Module):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
         """Dense Transformer-XL attention: ``attend_reference`` with the content and position terms above."""
         if hasattr(normaliser, "attend"):  # kernel attention: no score matrix for this head to extend
@@ -123,7 +124,7 @@ class RelativeConvHeads(nn.Module):
         scores = (content + self.relative_scores(qc, k.shape[2])) * scale
         if score_mod is not None:
             scores = apply_score_mod(scores, score_mod)
-        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
+        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window) if mask is None else mask
         weights = normaliser(scores, mask)
         out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, d]
         shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
