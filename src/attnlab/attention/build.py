@@ -44,6 +44,9 @@ from attnlab.attention import dispatch
 from attnlab.attention.cache import KVCache, LayerKVCache
 from attnlab.attention.config import AttentionConfig, AttentionSite
 from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, build_mask, repeat_kv
+from attnlab.attention.fast import native
+from attnlab.attention.fast import triton as fast_triton
+from attnlab.attention.heads import HEADS
 from attnlab.attention.masks import (
     as_attention_mask,
     guard_empty,
@@ -52,9 +55,6 @@ from attnlab.attention.masks import (
     resolve_positions,
     zero_empty,
 )
-from attnlab.attention.fast import native
-from attnlab.attention.fast import triton as fast_triton
-from attnlab.attention.heads import HEADS
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.attention.normalisers.tiled import TiledNormaliser
 from attnlab.hook_points import HookPoint

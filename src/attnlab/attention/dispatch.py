@@ -280,7 +280,12 @@ RULES: tuple[Rule, ...] = (
         "relative-bias-sdpa-form",
         "sdpa_relative",
         lambda c: (
-            fused(c) and c.score_mod and c.sdpa_forms and c.bias == "relative" and relative_bias_fits(c) and index_bias(c)
+            fused(c)
+            and c.score_mod
+            and c.sdpa_forms
+            and c.bias == "relative"
+            and relative_bias_fits(c)
+            and index_bias(c)
         ),
         "a T5 bias through SDPA on CPU: banded, or a mask small enough to materialise",
     ),

@@ -52,8 +52,7 @@ def resolve_positions(position_ids: Tensor | None, start: int, t: int, batch: in
         return None
     if position_ids.is_floating_point() or position_ids.dim() not in (1, 2) or position_ids.shape[-1] != t:
         raise ValueError(
-            f"position_ids={position_ids.dtype} {tuple(position_ids.shape)}: allowed: integers [T] or [B, T] "
-            f"with T={t}"
+            f"position_ids={position_ids.dtype} {tuple(position_ids.shape)}: allowed: integers [T] or [B, T] with T={t}"
         )
     if position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch):
         raise ValueError(f"position_ids batch {position_ids.shape[0]}: allowed: 1 or {batch}")

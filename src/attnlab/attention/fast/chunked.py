@@ -160,7 +160,8 @@ def make_options(
             raise ValueError(f"{type(rule).__name__} needs visible-key counts, which document masks do not give")
         if documents.shape != (q.shape[0], k.shape[2]):
             raise ValueError(f"documents must be [B, Tk] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
-    if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[-2:] != (q.shape[2], k.shape[2])):
+    shape = (q.shape[2], k.shape[2])
+    if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[-2:] != shape):
         raise ValueError(
             f"mask must be boolean [B|1, H|1, Tq, Tk] = [., ., {q.shape[2]}, {k.shape[2]}]; got {mask.dtype} "
             f"{tuple(mask.shape)}"
