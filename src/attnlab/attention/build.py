@@ -344,9 +344,7 @@ class Attention(nn.Module):
             score_mod = positional_score_mod(score_mod, key_pos)
         t_q, t_k = q.shape[2], k.shape[2]
         visible = layer_mask(user_mask, t_q, t_k, q.device, causal=self.causal, window=self.cfg.window)
-        empty = None
-        if visible is not None:
-            visible, empty = guard_empty(visible)
+        guarded, empty = (None, None) if visible is None else guard_empty(visible)
         call = self.describe(
             device=q.device.type,
             dtype=q.dtype,
@@ -370,7 +368,9 @@ class Attention(nn.Module):
             scale=scale,
             score_mod=score_mod,
             bias=bias,
-            mask=visible,
+            # the dense paths give a row that sees nothing weights 0 themselves (``core.normalise``), per head map;
+            # the fused ones compute it over every key (``guard_empty``) and it is zeroed below
+            mask=visible if path in ("reference", "heads") else guarded,
         )
         z = zero_empty(res.out, empty)
         weights, scores = zero_empty(res.weights, empty), zero_empty(res.scores, empty, float("-inf"))

@@ -154,4 +154,6 @@ def zero_empty(x: Tensor | None, empty: Tensor | None, value: float = 0.0) -> Te
     """Rows that see no key set to ``value`` (outputs and weights 0, scores −inf); the identity without such rows."""
     if x is None or empty is None:
         return x
+    if empty.shape[1] not in (1, x.shape[1]):  # fewer output heads than mask heads (differential pairs): a head's
+        empty = empty.view(empty.shape[0], x.shape[1], -1, *empty.shape[2:]).all(2)  # row is empty if all its maps are
     return x.masked_fill(empty, value)
