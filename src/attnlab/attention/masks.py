@@ -94,7 +94,7 @@ def dense_mask(
     out = parts[0]
     for p in parts[1:]:
         out = out & p
-    return out
+    return out.expand(*out.shape[:2], t_q, t_k)  # key padding alone is [B, 1, 1, Tk]: every query row, as a view
 
 
 def layer_mask(
