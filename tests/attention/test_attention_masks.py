@@ -287,6 +287,28 @@ def test_a_row_that_sees_no_key_has_output_zero_on_every_path(name: str) -> None
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("path", ["sdpa", "tiles"])
+def test_direct_calls_give_a_row_that_sees_no_key_output_zero(path: str) -> None:
+    from attnlab.attention.build import sdpa
+    from attnlab.attention.fast.rule_softmax import SoftmaxRule
+
+    visible = torch.rand(1, 1, 5, 6) < 0.7
+    visible[..., 3, :] = False
+    visible[..., [0, 1, 2, 4], 0] = True  # every other row sees a key
+    q, k, v = (torch.randn(1, 2, n, 4, dtype=torch.float64, requires_grad=True) for n in (5, 6, 6))
+    if path == "sdpa":
+        out = sdpa(q, k, v, causal=False, scale=None, mask=visible)
+    else:
+        out, _ = chunked.chunked_attention(q, k, v, SoftmaxRule(), causal=False, mask=visible, chunk=2, key_block=2)
+    assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
+    want = attend_reference(
+        q, k, v, normaliser=NORMALISERS.entry("softmax").factory(None, SITE), causal=False, mask=visible
+    )
+    assert_close64(out, want.out, 6, "output")
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_hooks_read_the_masked_pattern() -> None:
     layer = build_attention(AttentionConfig(), ENCODER)
     seen: dict[str, torch.Tensor] = {}
@@ -367,3 +389,21 @@ def test_mask_shapes_are_checked_in_one_line() -> None:
         3,
         3,
     )
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: the CUDA paths (SDPA, flex) are not run here"
+)
+@pytest.mark.parametrize("attention", [dict(), dict(position="t5"), dict(normaliser="sigmoid")])
+def test_masked_calls_on_cuda_equal_the_reference(attention: dict) -> None:
+    """On CUDA a masked call takes SDPA (softmax), flex (a score_mod) or the reference (sigmoid: Triton takes no
+    mask); float32 outputs against the reference on the same device."""
+    fast = build_attention(AttentionConfig(**attention), SITE).cuda()
+    slow = build_attention(AttentionConfig(**{**attention, "backend": "reference"}), SITE).cuda()
+    slow.load_state_dict(fast.state_dict())
+    mask = AttentionMask(visible=random_mask(2, 16, 16).visible.cuda())
+    path = fast.choose_path(t_q=16, device="cuda", mask="boolean").path
+    assert path in ("sdpa", "flex", "reference"), path
+    x = torch.randn(2, 16, 32, device="cuda")
+    got, want = fast(x, mask=mask), slow(x, mask=mask)
+    assert (got - want).abs().max().item() <= order_bound(torch.float32, 16 * 32, depth=6) * scale_of(want)

@@ -124,7 +124,7 @@ def test_absolute_tables_read_the_given_rows(make_lm) -> None:
     for position in ("learned", "sinusoidal"):
         model = make_lm(position=position)
         seen: list[torch.Tensor] = []
-        model.hook_pos_embed.register_forward_hook(lambda module, inputs, p: seen.append(p))
+        model.hook_pos_embed.register_forward_hook(lambda module, inputs, p, seen=seen: seen.append(p))
         tokens = torch.randint(0, 31, (2, 5))
         ids = torch.tensor([[3, 3, 0, 1, 2], [4, 2, 1, 0, 0]])
         model(tokens, position_ids=ids)

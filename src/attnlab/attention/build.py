@@ -399,12 +399,14 @@ def sdpa(
     mask: Tensor | None = None,
 ) -> Tensor:
     """PyTorch's fused softmax attention with the reference's conventions (GQA, bottom-right causal). ``mask``:
-    boolean [B|1, H|1, Tq, Tk] with the rule folded in, used instead of it (every row must see a key: SDPA gives
-    NaN for a row that sees none, so the layer guards it, ``masks.guard_empty``)."""
+    boolean [B|1, H|1, Tq, Tk] with the rule folded in, used instead of it; a row that sees no key has output 0
+    (SDPA alone gives NaN there: ``masks.guard_empty``)."""
     t_q, t_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        mask, empty = guard_empty(mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return zero_empty(out, empty)  # type: ignore[return-value]
     if window is not None or (causal and t_q != t_k):
         mask = build_mask(t_q, t_k, q.device, causal, window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)

@@ -69,6 +69,7 @@ from attnlab.attention.fast.tiling import (
     exp_shifted_,
     score_mod_parameters,
 )
+from attnlab.attention.masks import guard_empty, zero_empty
 from attnlab.types import PositionBias, ScoreMod
 
 __all__ = [
@@ -210,7 +211,8 @@ def chunked_attention(
     Same conventions as ``attend_reference`` (scale 1/√D by default, bottom-right causal alignment, sliding
     ``window``); ``documents`` [B, Tk]: integer document ids, a query sees only keys of its own document.
     ``mask``: boolean [B|1, H|1, Tq, Tk] with the causal / window rule folded in (``attnlab.attention.masks``),
-    used instead of them; hidden tiles are skipped (its block form), and the kernels never take it.
+    used instead of them; hidden tiles are skipped (its block form), and the kernels never take it. A row that
+    sees no key has output 0 (its lse, where asked, is that of every key: do not merge it).
     ``bias``: the score_mod's typed form (``PositionEncoding.score_bias()``), which the compiled kernels apply.
     ``need_lse``: also return the rows' logsumexp, differentiable (softmax rules only; else empty).
     ``qk_norm``: scores on F.normalize(q), F.normalize(k) (times ``scale``), normalised inside the kernel so no
@@ -221,6 +223,9 @@ def chunked_attention(
     form; None (direct calls) the kernels where ``native.covers`` the call with the default tiling and they are
     built. Layers always pass the dispatch table's choice.
     """
+    empty = None
+    if mask is not None:  # a row that sees no key: computed over every key, then output 0 (``masks.guard_empty``)
+        mask, empty = guard_empty(mask)
     opts, params = make_options(
         rule,
         q,
@@ -260,7 +265,8 @@ def chunked_attention(
     if native:
         out = native_kernels.attend(rule, opts, q, k, v, bias)
         return out, out.new_zeros(0)
-    return ChunkedAttention.apply(rule, opts, q, k, v, *params)
+    out, lse = ChunkedAttention.apply(rule, opts, q, k, v, *params)
+    return (out, lse) if empty is None else (zero_empty(out, empty), lse)
 
 
 def attend_chunked_rule(
