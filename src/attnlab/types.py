@@ -10,6 +10,8 @@
 - ``LatentKV``: a latent key/value (MLA / CLLA) handed from ``project`` to ``extend_cache`` and between layers.
 - ``AttnOutput`` and ``Normaliser``: what every attention computation returns, and the normaliser's call
   signature (positions that compute attention themselves, 2D-TPE, use them too);
+- ``AttentionMask``: a caller's mask (a boolean visibility tensor, document / segment ids, key padding), which the
+  attention layer combines with its own causal / window rule (``attnlab.attention.masks``);
 - ``compute_dtype``: the dtype attention arithmetic runs in; ``repeat_kv``: the grouped-query layout (query head h
   reads key/value head h // (H / Hkv)).
 """
@@ -17,7 +19,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -75,3 +78,53 @@ class LatentKV(NamedTuple):
 
     c: Tensor
     k_rope: Tensor | None
+
+
+MaskKind = Literal["padding", "documents", "boolean"]
+
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """Which keys each query may see, as the caller gives it; every given part must allow a key (logical and).
+
+    - ``visible``: boolean [B or 1, 1 or H, Tq, Tk], True where query i may see key j;
+    - ``documents``: integer [B, Tk] segment / document ids: a query sees only keys of its own segment (the query
+      at key index p has the id ``documents[:, p]``: queries are the last Tq keys, as everywhere in attnlab), so
+      packed sequences never see each other (``causal=True`` adds causality inside them on a non-causal layer);
+    - ``key_padding``: boolean [B, Tk], True for real tokens: padded keys are hidden from every query.
+
+    The layer ands this with its own rule (causal, sliding window), so a decoder's mask never needs to repeat
+    causality. A query that sees no key at all gets the output 0 on every path (and weights 0, scores −inf).
+    """
+
+    visible: Tensor | None = None
+    documents: Tensor | None = None
+    key_padding: Tensor | None = None
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.visible is None and self.documents is None and self.key_padding is None and not self.causal:
+            raise ValueError("AttentionMask needs visible, documents, key_padding or causal=True")
+        if self.visible is not None and (self.visible.dim() != 4 or self.visible.dtype != torch.bool):
+            raise ValueError(
+                f"AttentionMask.visible must be a boolean [B|1, H|1, Tq, Tk] tensor; got {self.visible.dtype} "
+                f"{tuple(self.visible.shape)}"
+            )
+        if self.documents is not None and (self.documents.dim() != 2 or self.documents.is_floating_point()):
+            raise ValueError(
+                f"AttentionMask.documents must be integer ids [B, Tk]; got {self.documents.dtype} "
+                f"{tuple(self.documents.shape)}"
+            )
+        if self.key_padding is not None and (self.key_padding.dim() != 2 or self.key_padding.dtype != torch.bool):
+            raise ValueError(
+                f"AttentionMask.key_padding must be boolean [B, Tk] (True: a real token); got "
+                f"{self.key_padding.dtype} {tuple(self.key_padding.shape)}"
+            )
+
+    @property
+    def kind(self) -> MaskKind:
+        """What the dispatch table reads: ``boolean`` if any arbitrary part is given, else ``documents``, else
+        ``padding`` (a causal flag alone counts as ``documents``: one segment)."""
+        if self.visible is not None:
+            return "boolean"
+        return "documents" if (self.documents is not None or self.causal) else "padding"

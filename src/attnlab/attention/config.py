@@ -42,6 +42,10 @@ class AttentionSite:
     n_heads: int
     causal: bool = True
     cross: bool = False
+    # cross-attention that is causal: query i sees context keys j ≤ i + (S − T), the self-attention alignment (CAB's
+    # "causal cross-attention": the context is aligned token for token with the queries); ``causal`` is the
+    # self-attention rule and is not read at a cross site
+    causal_cross: bool = False
     layer_idx: int = 0
     n_layers: int = 1
     seq_len: int | None = None  # training length: sigmoid's −log n, clipped softmax's α/T, learned tables
@@ -150,6 +154,9 @@ class AttentionConfig(StrictModel):
         NORMALISERS.check(self.normaliser_at(site), cap, use, f"{field}.normaliser")
         HEADS.check(self.heads, cap, use, f"{field}.heads")
         POSITIONS.check(self.position, cap, use, f"{field}.position")
+        if site.cross and site.causal_cross:  # causal cross-attention needs both
+            NORMALISERS.check(self.normaliser_at(site), "causal", "causal cross-attention", f"{field}.normaliser")
+            HEADS.check(self.heads, "causal", "causal cross-attention", f"{field}.heads")
         if POSITIONS.capabilities(self.position).needs_score_mod:
             for registry, name, key in (
                 (NORMALISERS, self.normaliser_at(site), "normaliser"),

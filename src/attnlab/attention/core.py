@@ -45,6 +45,18 @@ def build_mask(t_q: int, t_k: int, device: torch.device, causal: bool, window: i
     return None
 
 
+def normalise(normaliser: Normaliser, scores: Tensor, mask: Tensor | None) -> Tensor:
+    """``normaliser(scores, mask)``, where a row that sees no key gets weights 0: it is normalised as if it saw every
+    key (finite: softmax of an all −inf row is NaN, in forward and backward) and then zeroed. Only a caller's mask
+    ([B|1, H|1, Tq, Tk], ``attnlab.attention.masks``) can hide a whole row; the causal / window rule never does."""
+    if mask is None or mask.dim() < 4:
+        return normaliser(scores, mask)
+    empty = ~mask.any(-1, keepdim=True)
+    if not bool(empty.any()):
+        return normaliser(scores, mask)
+    return normaliser(scores, mask | empty).masked_fill(empty, 0.0)
+
+
 def visible_counts(mask: Tensor | None, t_k: int, like: Tensor) -> Tensor:
     """Number of keys each query sees, shaped to broadcast against scores [..., Tq, 1]."""
     if mask is None:
@@ -90,12 +102,16 @@ def attend_reference(
     scale: float | None = None,
     window: int | None = None,
     keep_scores: bool = True,
+    mask: Tensor | None = None,
 ) -> AttnOutput:
     """Dense attention: ``out = normaliser(score_mod(q kᵀ · scale), mask) @ v``.
 
     ``window``: sliding-window attention (each query sees the last ``window`` keys, itself included).
     ``keep_scores=False``: the returned scores are None (the output and weights are unchanged); the masked copy
     of the scores is one more [B, H, Tq, Tk] pass that only a hook on ``hook_attn_scores`` reads.
+    ``mask``: boolean [B|1, H|1, Tq, Tk], True where a key is visible, used instead of the causal / window rule
+    (``attnlab.attention.masks.layer_mask`` builds it with the rule folded in). A row that sees no key has output
+    and weights 0 and scores −inf (its normaliser runs over every key and is then dropped: no NaN).
 
     q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv] with Hq a multiple of Hkv (GQA / MQA).
     """
@@ -108,8 +124,9 @@ def attend_reference(
     scores = (q.to(dtype) * scale) @ k.to(dtype).transpose(-1, -2)  # [B, H, Tq, Tk]
     if score_mod is not None:
         scores = apply_score_mod(scores, score_mod)
-    mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
-    weights = normaliser(scores, mask)
+    if mask is None:
+        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
+    weights = normalise(normaliser, scores, mask)
     out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, Dv]
     if not keep_scores:
         return AttnOutput(out, None, weights)

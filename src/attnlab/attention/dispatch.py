@@ -42,6 +42,7 @@ import torch
 
 from attnlab.attention.fast import flex as flex_kernels
 from attnlab.attention.fast import sdpa_band, sdpa_relative
+from attnlab.types import MaskKind
 
 BiasKind = Literal["alibi", "relative"]
 WINDOW_CHUNKED_KEYS = 4  # backend auto on CPU: a window of w keys runs in tiles from 4·w keys on
@@ -57,7 +58,7 @@ class Call:
     t_q: int = 1
     t_k: int = 1
     n_heads: int = 1
-    causal: bool = True  # after cross-attention is taken into account (cross is never causal)
+    causal: bool = True  # the layer's rule: a causal self-attention site, or a cross site with causal_cross
     cross: bool = False
     window: int | None = None
     wants_weights: bool = False  # a hook reads hook_attn_scores or hook_pattern
@@ -76,6 +77,13 @@ class Call:
     position_attends: bool = False  # the position computes attention itself (2D-TPE)
     score_mod: bool = False  # the position modifies scores
     bias: BiasKind | None = None  # ... with a typed bias (ALiBi, T5) the SDPA forms and the kernels apply
+    # a caller's mask beyond the layer's own rule (``AttentionMask.kind``): served by the paths that take a boolean
+    # [B|1, H|1, Tq, Tk] (reference, SDPA, PyTorch tiles, flex, heads' own attention), never by the compiled
+    # kernels, Triton, the SDPA forms of a bias or of sinks, or kernel attention (the layer refuses those)
+    mask: MaskKind | None = None
+    # per-token positions that the score_mod reads (ALiBi / T5 at the caller's positions): the paths that apply a
+    # typed bias over index distances (the SDPA forms, the kernels) cannot serve them
+    positions: bool = False
     # whether the compiled kernels are built (building them on first use takes ~45 s: asked only when needed)
     native_available: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
     # whether the Triton kernels run on this call's device (``fast.triton.available(device) is None``)
@@ -113,9 +121,15 @@ def relative_bias_fits(c: Call) -> bool:
     return c.device == "cpu" and (banded or small)
 
 
+def index_bias(c: Call) -> bool:
+    """No caller mask and no caller positions: what the paths built on index distances and causal / window rules
+    alone need (the compiled kernels, Triton, the SDPA forms of ALiBi, T5 and sinks)."""
+    return c.mask is None and not c.positions
+
+
 def kernels_run(c: Call) -> bool:
     """The compiled kernels compute this call and are built (asked last: the first ask builds them)."""
-    return c.device == "cpu" and c.tile_rule and c.native_rule and c.native_available()
+    return c.device == "cpu" and c.tile_rule and c.native_rule and index_bias(c) and c.native_available()
 
 
 def flex_runs(c: Call) -> bool:
@@ -136,6 +150,7 @@ def triton_runs(c: Call) -> bool:
         and not c.score_mod
         and not c.wants_weights
         and c.dtype in TRITON_DTYPES
+        and c.mask is None
         and c.triton_available()
     )
 
@@ -184,6 +199,19 @@ def auto_prefers_kernels(c: Call) -> bool:
     )
 
 
+def masked_in_tiles(c: Call) -> bool:
+    """Backend auto or sdpa, a caller's mask or positions, and a score_mod or soft-capping (whose fused forms take
+    neither): the PyTorch tiles take the mask as tiles and the score_mod at the caller's positions."""
+    return (
+        c.backend in ("auto", "sdpa")
+        and (c.mask is not None or c.positions)
+        and (c.score_mod or c.softcap)
+        and c.tile_rule
+        and _score_path(c)
+        and not c.wants_weights
+    )
+
+
 def own_backend(c: Call) -> bool:
     """A backend the normaliser declares beyond auto / reference / sdpa, and no hook reading the weights."""
     return c.backend not in ("auto", "reference", "sdpa") and not c.wants_weights
@@ -219,7 +247,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "heads-sdpa-form",
         "heads_sdpa",
-        lambda c: c.heads_attend and c.heads_sdpa and fused(c) and (not c.score_mod or c.bias == "alibi"),
+        lambda c: (
+            c.heads_attend and c.heads_sdpa and fused(c) and index_bias(c) and (not c.score_mod or c.bias == "alibi")
+        ),
         "the heads module's exact SDPA form (no hook on the weights, no bias or ALiBi)",
     ),
     Rule(
@@ -243,13 +273,20 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "bias-sdpa-form",
         "sdpa_alibi",
-        lambda c: fused(c) and c.score_mod and c.sdpa_forms and c.bias == "alibi",
+        lambda c: fused(c) and c.score_mod and c.sdpa_forms and c.bias == "alibi" and index_bias(c),
         "ALiBi as two exact columns of SDPA's q and k",
     ),
     Rule(
         "relative-bias-sdpa-form",
         "sdpa_relative",
-        lambda c: fused(c) and c.score_mod and c.sdpa_forms and c.bias == "relative" and relative_bias_fits(c),
+        lambda c: (
+            fused(c)
+            and c.score_mod
+            and c.sdpa_forms
+            and c.bias == "relative"
+            and relative_bias_fits(c)
+            and index_bias(c)
+        ),
         "a T5 bias through SDPA on CPU: banded, or a mask small enough to materialise",
     ),
     Rule(
@@ -257,6 +294,13 @@ RULES: tuple[Rule, ...] = (
         "flex",
         auto_flex_on_cuda,
         "backend auto on CUDA: softmax with a score_mod or soft-capping through compiled FlexAttention",
+    ),
+    Rule(
+        "mask-in-tiles",
+        "chunked",
+        masked_in_tiles,
+        "a caller's mask or positions with a score_mod or soft-capping: the PyTorch tiles take both (the fused "
+        "forms of a bias and the compiled kernels take neither)",
     ),
     Rule(
         "relative-bias-too-large-on-kernels",
@@ -354,11 +398,14 @@ def _score_path(c: Call) -> bool:
 
 
 PATHS: dict[str, Callable[[Call], bool]] = {
-    "position": lambda c: c.position_attends,
+    "position": lambda c: c.position_attends and c.mask is None,
     "sdpa": lambda c: _score_path(c) and c.sdpa_ok and not c.score_mod and not c.wants_weights,
-    "sdpa_alibi": lambda c: _score_path(c) and c.sdpa_ok and c.sdpa_forms and c.bias == "alibi" and not c.wants_weights,
+    "sdpa_alibi": lambda c: (
+        _score_path(c) and c.sdpa_ok and c.sdpa_forms and c.bias == "alibi" and not c.wants_weights and index_bias(c)
+    ),
     "sdpa_relative": lambda c: (
         _score_path(c)
+        and index_bias(c)
         and c.sdpa_ok
         and c.sdpa_forms
         and c.bias == "relative"
@@ -377,17 +424,24 @@ PATHS: dict[str, Callable[[Call], bool]] = {
     ),
     "triton": triton_runs,
     "kernel_chunked": lambda c: (
-        c.normaliser_attends and c.backend == "chunked" and c.backend_method and not c.wants_weights
+        c.normaliser_attends and c.backend == "chunked" and c.backend_method and not c.wants_weights and not c.mask
     ),
     "recurrent": lambda c: (
-        c.normaliser_attends and c.backend == "recurrent" and c.backend_method and not c.wants_weights
+        c.normaliser_attends and c.backend == "recurrent" and c.backend_method and not c.wants_weights and not c.mask
     ),
-    "fft": lambda c: c.normaliser_attends and c.backend == "fft" and c.backend_method and not c.wants_weights,
+    "fft": lambda c: (
+        c.normaliser_attends and c.backend == "fft" and c.backend_method and not c.wants_weights and not c.mask
+    ),
     "heads_sdpa": lambda c: (
-        c.heads_attend and c.heads_sdpa and c.sdpa_ok and not c.wants_weights and (not c.score_mod or c.bias == "alibi")
+        c.heads_attend
+        and c.heads_sdpa
+        and c.sdpa_ok
+        and not c.wants_weights
+        and index_bias(c)
+        and (not c.score_mod or c.bias == "alibi")
     ),
     "heads": lambda c: c.heads_attend and not c.position_attends,
-    "normaliser": lambda c: c.normaliser_attends and not (c.position_attends or c.heads_attend),
+    "normaliser": lambda c: c.normaliser_attends and not (c.position_attends or c.heads_attend) and not c.mask,
     "reference": lambda c: _score_path(c),
 }
 

@@ -27,9 +27,11 @@ from torch import Tensor, nn
 
 from attnlab.attention import Attention, KVCache, LayerKVCache, build_attention, build_input_position
 from attnlab.attention.config import LayerShare
+from attnlab.attention.masks import as_attention_mask, resolve_positions
 from attnlab.hook_points import HookPoint
 from attnlab.model.config import ModelConfig
 from attnlab.model.transformer import MLP, Block, TransformerLM, embed_positions, make_norm
+from attnlab.types import AttentionMask
 
 
 class DecoderBlock(nn.Module):
@@ -58,11 +60,23 @@ class DecoderBlock(nn.Module):
         ):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: Tensor, memory: Tensor, cache: LayerKVCache | None = None) -> Tensor:
-        """x [B, T, D] (decoder stream), memory [B, S, D] (encoder output) → [B, T, D]."""
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        cache: LayerKVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        mask: AttentionMask | None = None,
+        memory_mask: AttentionMask | None = None,
+    ) -> Tensor:
+        """x [B, T, D] (decoder stream), memory [B, S, D] (encoder output) → [B, T, D]; ``mask`` for the
+        self-attention, ``memory_mask`` (over the S memory keys) for the cross-attention."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache)))
-        x = self.hook_resid_mid_cross(x + self.hook_cross_attn_out(self.cross_attn(self.ln2(x), memory)))
+        attn = self.attn(self.ln1(x), cache=cache, position_ids=position_ids, mask=mask)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn))
+        cross = self.cross_attn(self.ln2(x), memory, mask=memory_mask)
+        x = self.hook_resid_mid_cross(x + self.hook_cross_attn_out(cross))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(self.ln3(x)))
         return self.hook_resid_post(x)
@@ -104,35 +118,75 @@ class EncoderDecoder(nn.Module):
                 n = writers["encoder." if name.startswith("encoder.") else "decoder."]
                 nn.init.normal_(p, std=0.02 / math.sqrt(n))
 
-    def encode(self, source: Tensor) -> Tensor:
-        """source tokens [B, S] → memory [B, S, D]: the encoder's normalised output."""
+    def encode(
+        self,
+        source: Tensor,
+        *,
+        source_positions: Tensor | None = None,
+        source_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """source tokens [B, S] → memory [B, S, D]: the encoder's normalised output. ``source_positions`` [S] or
+        [B, S]; ``source_mask``: key padding [B, S] (1 for real tokens) or an ``AttentionMask`` over the source."""
         if source.dim() != 2:
             raise ValueError(f"source must be [batch, time]; got shape {tuple(source.shape)}")
+        positions = resolve_positions(source_positions, 0, source.shape[1], source.shape[0])
+        mask = as_attention_mask(source_mask)
         x = self.hook_embed(self.embed(source))
         if self.pos is not None:
-            x = x + self.hook_pos_embed(embed_positions(self.pos, 0, source.shape[1], source.device).to(x.dtype))
+            pos = embed_positions(self.pos, 0, source.shape[1], source.device, positions)
+            x = x + self.hook_pos_embed(pos.to(x.dtype))
         for block in self.encoder:
-            x = block(x)
+            x = block(x, position_ids=positions, mask=mask)
         return self.ln_enc(x)
 
-    def decode(self, tokens: Tensor, memory: Tensor, cache: KVCache | None = None) -> Tensor:
-        """target tokens [B, T] and memory [B, S, D] → logits [B, T, V]; ``cache`` for incremental decoding."""
+    def decode(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        cache: KVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: AttentionMask | Tensor | None = None,
+        memory_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """target tokens [B, T] and memory [B, S, D] → logits [B, T, V]; ``cache`` for incremental decoding.
+        ``position_ids`` / ``attention_mask``: the target's, as in ``TransformerLM.forward``; ``memory_mask``: which
+        memory keys the cross-attention sees (the source's key padding [B, S], or an ``AttentionMask``)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
         if memory.shape[0] != tokens.shape[0]:
             raise ValueError(f"source batch {memory.shape[0]} differs from target batch {tokens.shape[0]}")
         start = cache.length if cache is not None else 0
+        positions = resolve_positions(position_ids, start, tokens.shape[1], tokens.shape[0])
+        mask, cross_mask = as_attention_mask(attention_mask), as_attention_mask(memory_mask)
         x = self.hook_dec_embed(self.embed(tokens))
         if self.dec_pos is not None:
-            pos = embed_positions(self.dec_pos, start, tokens.shape[1], tokens.device)
+            pos = embed_positions(self.dec_pos, start, tokens.shape[1], tokens.device, positions)
             x = x + self.hook_dec_pos_embed(pos.to(x.dtype))
         for layer, block in enumerate(self.decoder):
-            x = block(x, memory, cache[layer] if cache is not None else None)
+            layer_cache = cache[layer] if cache is not None else None
+            x = block(x, memory, layer_cache, position_ids=positions, mask=mask, memory_mask=cross_mask)
         return self.unembed(self.ln_f(x))
 
-    def forward(self, tokens: Tensor, source: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Teacher forcing: decoder input tokens [B, T], source [B, S] → logits [B, T, V]."""
-        return self.decode(tokens, self.encode(source), cache)
+    def forward(
+        self,
+        tokens: Tensor,
+        source: Tensor,
+        cache: KVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: AttentionMask | Tensor | None = None,
+        source_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """Teacher forcing: decoder input tokens [B, T], source [B, S] → logits [B, T, V]. ``source_mask``: the
+        source's key padding [B, S] (1 for real tokens), hiding padded source tokens from the encoder and from the
+        cross-attention; ``position_ids`` / ``attention_mask``: the target's (``decode``)."""
+        src_mask = as_attention_mask(source_mask)
+        memory = self.encode(source, source_mask=src_mask)
+        cross = None if src_mask is None or src_mask.key_padding is None else src_mask_padding(src_mask)
+        return self.decode(
+            tokens, memory, cache, position_ids=position_ids, attention_mask=attention_mask, memory_mask=cross
+        )
 
     def new_cache(self) -> KVCache:
         """An empty KV cache for the decoder's self-attention layers (cross-attention re-reads the memory)."""
@@ -163,6 +217,12 @@ class EncoderDecoder(nn.Module):
     def n_params(self) -> int:
         """The number of parameters (tied embeddings counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def src_mask_padding(mask: AttentionMask) -> AttentionMask:
+    """The cross-attention's part of a source mask: its key padding (queries are target tokens, so a source
+    ``visible`` or ``documents`` mask, over source queries, does not apply there)."""
+    return AttentionMask(key_padding=mask.key_padding)
 
 
 def build_model(cfg: ModelConfig) -> TransformerLM | EncoderDecoder:

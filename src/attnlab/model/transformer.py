@@ -16,10 +16,12 @@ from torch import Tensor, nn
 
 from attnlab.attention import Attention, KVCache, build_attention, build_input_position
 from attnlab.attention.config import LayerShare
+from attnlab.attention.masks import as_attention_mask, resolve_positions
 from attnlab.errors import ConfigError
 from attnlab.hook_points import HookPoint
 from attnlab.model.config import ModelConfig
 from attnlab.position.base import PositionEncoding
+from attnlab.types import AttentionMask
 
 
 class PositionRangeError(ValueError):
@@ -28,17 +30,21 @@ class PositionRangeError(ValueError):
     sequences and records NaN instead of failing the run."""
 
 
-def embed_positions(pos: PositionEncoding, start: int, length: int, device: torch.device) -> Tensor:
-    """The absolute position embeddings [T, D] of positions ``start … start + length − 1``.
+def embed_positions(
+    pos: PositionEncoding, start: int, length: int, device: torch.device, position_ids: Tensor | None = None
+) -> Tensor:
+    """The absolute position embeddings [T, D] of positions ``start … start + length − 1``, or of the caller's
+    ``position_ids`` ([T] → [T, D], [B, T] → [B, T, D]; ``masks.resolve_positions`` has checked them).
 
     An encoding with a finite table (``max_positions``, e.g. learned positions) rejects positions past it
     with a ValueError; that is re-raised as :class:`PositionRangeError` with the same message.
     """
+    positions = torch.arange(start, start + length, device=device) if position_ids is None else position_ids
     try:
-        return pos.embed(torch.arange(start, start + length, device=device))
+        return pos.embed(positions)
     except ValueError as err:
         limit = getattr(pos, "max_positions", None)
-        if isinstance(limit, int) and start + length > limit:
+        if isinstance(limit, int) and positions.numel() and int(positions.max()) + 1 > limit:
             raise PositionRangeError(str(err)) from err
         raise
 
@@ -68,9 +74,19 @@ class Block(nn.Module):
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        *,
+        position_ids: Tensor | None = None,
+        mask: AttentionMask | None = None,
+    ) -> Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache[layer] if cache else None)))
+        layer_cache = cache[layer] if cache else None
+        attn = self.attn(self.ln1(x), cache=layer_cache, position_ids=position_ids, mask=mask)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
         return self.hook_resid_post(x)
@@ -133,16 +149,32 @@ class TransformerLM(CausalLM):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        cache: KVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """tokens [B, T] → logits [B, T, V].
+
+        ``position_ids`` [T] or [B, T] (default: the indices, after the cache): the absolute embedding's rows and
+        every layer's positions (RoPE, ALiBi, T5, ...). ``attention_mask``: an ``attnlab.types.AttentionMask``, or a
+        key-padding tensor [B, Tk] (1 for real tokens) or a boolean [B, Tq, Tk]; every layer ands it with its own
+        causal / window rule. Both cover the cached keys too when decoding with a cache.
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
         start = cache.length if cache is not None else 0
+        positions = resolve_positions(position_ids, start, tokens.shape[1], tokens.shape[0])
+        mask = as_attention_mask(attention_mask)
         x = self.hook_embed(self.embed(tokens))  # [B, T, D]
         if self.pos is not None:
-            pos = embed_positions(self.pos, start, tokens.shape[1], tokens.device)
+            pos = embed_positions(self.pos, start, tokens.shape[1], tokens.device, positions)
             x = x + self.hook_pos_embed(pos.to(x.dtype))
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, position_ids=positions, mask=mask)
         return self.unembed(self.ln_f(x))  # [B, T, V]
 
     def aux_loss(self) -> Tensor | None:

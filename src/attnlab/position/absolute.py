@@ -57,7 +57,9 @@ class LearnedAbsolute(PositionEncoding):
 
 
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
-    """[T] integer positions → [T, dim] sinusoidal embeddings (float32, or float64 if asked)."""
+    """[T] integer positions → [T, dim] sinusoidal embeddings (float32, or float64 if asked); [B, T] → [B, T, dim]."""
+    if positions.dim() == 2:
+        return sinusoidal_table(positions.flatten(), dim, base).view(*positions.shape, dim)
     half = (dim + 1) // 2
     freq = torch.exp(-math.log(base) * torch.arange(half, dtype=torch.float64) * 2 / dim)
     angles = positions.to(torch.float64)[:, None] * freq.to(positions.device)[None, :]  # [T, half]

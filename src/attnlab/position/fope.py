@@ -117,26 +117,28 @@ class FoPE(PositionEncoding):
             self.register_buffer("cos_coef", cos_coef)
 
     def cos_sin(self, positions: Tensor, n_rep: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Per-head cos and sin, [H', T, d/2] each; pairs beyond D_out get cos = 1, sin = ``sin_pad``."""
+        """Per-head cos and sin, [H', T, d/2] each ([B, H', T, d/2] for per-row positions [B, T]); pairs beyond
+        D_out get cos = 1, sin = ``sin_pad``."""
         half = self.d_head // 2
         if self.sin_coef is None:
-            ones = torch.ones(1, positions.shape[0], half, dtype=dtype, device=positions.device)
+            ones = torch.ones(*positions.shape[:-1], 1, positions.shape[-1], half, dtype=dtype, device=positions.device)
             return ones, ones * self.sin_pad
-        angles = positions.to(torch.float64)[:, None] * self.freqs.to(torch.float64)[None, :]  # [T, D_in]
+        angles = positions.to(torch.float64)[..., None] * self.freqs.to(torch.float64)  # [(B,) T, D_in]
         sin_t, cos_t = angles.sin().to(dtype), angles.cos().to(dtype)
         sin_coef, cos_coef = self.sin_coef.to(dtype), self.cos_coef.to(dtype)
         if n_rep > 1:  # GQA: a key head and its query heads share the key head's (first query head's) set
             sin_coef = sin_coef[::n_rep].repeat_interleave(n_rep, 0)
             cos_coef = cos_coef[::n_rep].repeat_interleave(n_rep, 0)
-        sin = torch.einsum("tD,hDd->htd", sin_t, sin_coef)  # [H, T, D_out]
-        cos = torch.einsum("tD,hDd->htd", cos_t, cos_coef)
+        spec = "tD,hDd->htd" if positions.dim() == 1 else "btD,hDd->bhtd"
+        sin = torch.einsum(spec, sin_t, sin_coef)  # [(B,) H, T, D_out]
+        cos = torch.einsum(spec, cos_t, cos_coef)
         pad = (0, half - sin.shape[-1])
         return nn.functional.pad(cos, pad, value=1.0), nn.functional.pad(sin, pad, value=self.sin_pad)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         n_rep = q.shape[1] // k.shape[1]
         cos, sin = self.cos_sin(positions, n_rep, compute_dtype(q))
-        return apply_pairs(q, cos, sin), apply_pairs(k, cos[::n_rep], sin[::n_rep])
+        return apply_pairs(q, cos, sin), apply_pairs(k, cos[..., ::n_rep, :, :], sin[..., ::n_rep, :, :])
 
 
 def apply_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

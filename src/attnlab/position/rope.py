@@ -30,12 +30,15 @@ def rope_inv_freq(dim: int, base: float) -> Tensor:
 
 
 def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
-    """[T] positions, [d/2] frequencies → [T, d/2] angles in float64."""
-    return positions.to(torch.float64)[:, None] * inv_freq.to(positions.device)[None, :]
+    """[T] (or per-row [B, T]) positions, [d/2] frequencies → [T, d/2] (or [B, T, d/2]) angles in float64."""
+    return positions.to(torch.float64)[..., None] * inv_freq.to(positions.device)
 
 
 def apply_rotary(x: Tensor, angles: Tensor, interleaved: bool = False) -> Tensor:
-    """Rotate the last dim of x [..., T, d] by angles [T, d/2]; returns x's dtype."""
+    """Rotate the last dim of x [..., T, d] by angles [T, d/2] (or [B, T, d/2] for x [B, H, T, d]: each batch
+    row at its own positions); returns x's dtype."""
+    if angles.dim() == 3:
+        angles = angles[:, None]
     dtype = compute_dtype(x)
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
     xc = x.to(dtype)

@@ -80,5 +80,7 @@ class AdjustedBaseFrequency(RoPE):
         rq, rk = super().rotate(q, k, positions)
         if self.entropy_length is None:
             return rq, rk
-        scale = entropy_scale(positions, self.entropy_length).to(rq.device)[:, None]  # [T, 1]
+        scale = entropy_scale(positions, self.entropy_length).to(rq.device)[..., None]  # [T, 1] or [B, T, 1]
+        if scale.dim() == 3:  # per-row positions [B, T]: broadcast over the heads
+            scale = scale[:, None]
         return (rq.to(scale.dtype) * scale).to(rq.dtype), rk

@@ -69,6 +69,7 @@ from attnlab.attention.fast.tiling import (
     exp_shifted_,
     score_mod_parameters,
 )
+from attnlab.attention.masks import guard_empty, zero_empty
 from attnlab.types import PositionBias, ScoreMod
 
 __all__ = [
@@ -140,6 +141,7 @@ def make_options(
     scale: float | None,
     window: int | None,
     documents: Tensor | None,
+    mask: Tensor | None = None,
     chunk: int | None = None,
     key_block: int | None = None,
     whole_rows: int | None = None,
@@ -159,6 +161,12 @@ def make_options(
             raise ValueError(f"{type(rule).__name__} needs visible-key counts, which document masks do not give")
         if documents.shape != (q.shape[0], k.shape[2]):
             raise ValueError(f"documents must be [B, Tk] = {(q.shape[0], k.shape[2])}; got {tuple(documents.shape)}")
+    shape = (q.shape[2], k.shape[2])
+    if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[-2:] != shape):
+        raise ValueError(
+            f"mask must be boolean [B|1, H|1, Tq, Tk] = [., ., {q.shape[2]}, {k.shape[2]}]; got {mask.dtype} "
+            f"{tuple(mask.shape)}"
+        )
     params = score_mod_parameters(score_mod)
     if score_mod is not None:
         check_score_mod(score_mod, params, q)
@@ -168,6 +176,7 @@ def make_options(
         scale=q.shape[-1] ** -0.5 if scale is None else scale,
         score_mod=score_mod,
         documents=documents,
+        mask=mask,
         chunk=chunk,
         key_block=key_block,
         whole_rows=whole_rows,
@@ -189,6 +198,7 @@ def chunked_attention(
     scale: float | None = None,
     window: int | None = None,
     documents: Tensor | None = None,
+    mask: Tensor | None = None,
     chunk: int | None = None,
     key_block: int | None = None,
     whole_rows: int | None = None,
@@ -200,6 +210,9 @@ def chunked_attention(
 
     Same conventions as ``attend_reference`` (scale 1/√D by default, bottom-right causal alignment, sliding
     ``window``); ``documents`` [B, Tk]: integer document ids, a query sees only keys of its own document.
+    ``mask``: boolean [B|1, H|1, Tq, Tk] with the causal / window rule folded in (``attnlab.attention.masks``),
+    used instead of them; hidden tiles are skipped (its block form), and the kernels never take it. A row that
+    sees no key has output 0 (its lse, where asked, is that of every key: do not merge it).
     ``bias``: the score_mod's typed form (``PositionEncoding.score_bias()``), which the compiled kernels apply.
     ``need_lse``: also return the rows' logsumexp, differentiable (softmax rules only; else empty).
     ``qk_norm``: scores on F.normalize(q), F.normalize(k) (times ``scale``), normalised inside the kernel so no
@@ -210,6 +223,9 @@ def chunked_attention(
     form; None (direct calls) the kernels where ``native.covers`` the call with the default tiling and they are
     built. Layers always pass the dispatch table's choice.
     """
+    empty = None
+    if mask is not None:  # a row that sees no key: computed over every key, then output 0 (``masks.guard_empty``)
+        mask, empty = guard_empty(mask)
     opts, params = make_options(
         rule,
         q,
@@ -220,6 +236,7 @@ def chunked_attention(
         scale=scale,
         window=window,
         documents=documents,
+        mask=mask,
         chunk=chunk,
         key_block=key_block,
         whole_rows=whole_rows,
@@ -239,7 +256,7 @@ def chunked_attention(
                 score_mod=score_mod is not None,
                 bias=bias,
                 qk_norm=qk_norm,
-                documents=documents is not None,
+                documents=documents is not None or mask is not None,
                 need_lse=need_lse,
             )
             and native_kernels.same_layout(q, k, v)
@@ -248,7 +265,8 @@ def chunked_attention(
     if native:
         out = native_kernels.attend(rule, opts, q, k, v, bias)
         return out, out.new_zeros(0)
-    return ChunkedAttention.apply(rule, opts, q, k, v, *params)
+    out, lse = ChunkedAttention.apply(rule, opts, q, k, v, *params)
+    return (out, lse) if empty is None else (zero_empty(out, empty), lse)
 
 
 def attend_chunked_rule(
@@ -264,6 +282,7 @@ def attend_chunked_rule(
     window: int | None = None,
     qk_norm: bool = False,
     native: bool | None = None,
+    mask: Tensor | None = None,
 ) -> AttnOutput:
     """``chunked_attention`` as a normaliser's ``attend_chunked``: the output only (no scores, no weights)."""
     out, _ = chunked_attention(
@@ -276,6 +295,7 @@ def attend_chunked_rule(
         causal=causal,
         scale=scale,
         window=window,
+        mask=mask,
         qk_norm=qk_norm,
         native=native,
     )

@@ -119,8 +119,32 @@ def _cached_block_mask(t_q: int, t_k: int, causal: bool, window: int | None, dev
     return create_block_mask(mask_mod, None, None, t_q, t_k, device=device)
 
 
-def block_mask(t_q: int, t_k: int, causal: bool, window: int | None, documents: Tensor | None, device: str) -> Any:
-    """The BlockMask of a call: cached for causal / window masks, rebuilt for document ids (they are data)."""
+def tensor_mask_mod(mask: Tensor) -> Any:
+    """Flex's mask_mod reading a boolean [B|1, H|1, Tq, Tk] tensor (a caller's mask, the layer's rule folded in)."""
+    by_batch, by_head = int(mask.shape[0] > 1), int(mask.shape[1] > 1)
+
+    def visible(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return mask[b * by_batch, h * by_head, q_idx, kv_idx]
+
+    return visible
+
+
+def block_mask(
+    t_q: int,
+    t_k: int,
+    causal: bool,
+    window: int | None,
+    documents: Tensor | None,
+    device: str,
+    mask: Tensor | None = None,
+) -> Any:
+    """The BlockMask of a call: cached for causal / window masks, rebuilt for document ids and a caller's mask
+    (they are data; flex skips the tiles the BlockMask marks hidden)."""
+    if mask is not None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        b, h = (n if n > 1 else None for n in mask.shape[:2])
+        return create_block_mask(tensor_mask_mod(mask), b, h, t_q, t_k, device=device)
     if documents is None:
         return _cached_block_mask(t_q, t_k, causal, window, device)
     from torch.nn.attention.flex_attention import create_block_mask
@@ -135,7 +159,7 @@ class FlexSoftmax(torch.autograd.Function):
     def forward(
         ctx: Any, opts: Options, softcap: float | None, need_lse: bool, q: Tensor, k: Tensor, v: Tensor, *params
     ):
-        mask = block_mask(q.shape[2], k.shape[2], opts.causal, opts.window, opts.documents, q.device.type)
+        mask = block_mask(q.shape[2], k.shape[2], opts.causal, opts.window, opts.documents, q.device.type, opts.mask)
         flex = compiled_flex()
         qc, kc, vc = (t.detach().contiguous() for t in (q, k, v))  # flex refuses CPU inputs that require grad
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
@@ -221,8 +245,10 @@ def compiled_flex_softmax(
     softcap: float | None = None,
     documents: Tensor | None = None,
     need_lse: bool = False,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``flex_softmax`` through compiled FlexAttention only; a call flex does not run (``flex_runs``) is an error."""
+    """``flex_softmax`` through compiled FlexAttention only; a call flex does not run (``flex_runs``) is an error.
+    ``mask``: boolean [B|1, H|1, Tq, Tk], the causal / window rule folded in, as a mask_mod and its BlockMask."""
     check_shapes(q, k, v, causal)
     if softcap is not None and softcap <= 0:
         raise ValueError(f"softcap={softcap} must be > 0")
@@ -241,6 +267,7 @@ def compiled_flex_softmax(
         scale=scale,
         window=window,
         documents=documents,
+        mask=mask,
     )
     return FlexSoftmax.apply(opts, softcap, need_lse, q, k, v, *params)
 

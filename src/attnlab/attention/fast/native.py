@@ -305,7 +305,8 @@ def covers(
 ) -> bool:
     """Whether the kernels compute this call of ``rule`` (built or not: ``available()`` says that).
 
-    CPU, a floating dtype, no document mask and no differentiable lse; softmax, Cog and sigmoid with a score_mod
+    CPU, a floating dtype, no document or caller mask (``documents``: the C++ takes only causal / window) and no
+    differentiable lse; softmax, Cog and sigmoid with a score_mod
     only when it comes with its typed bias (ALiBi, T5) for the same number of heads; LSSA / LSSAR without a
     score_mod. The dispatch table (``attnlab.attention.dispatch``) and ``chunked_attention`` both ask this.
     """
@@ -341,7 +342,7 @@ def attend(rule: Rule, opts: Options, q: Tensor, k: Tensor, v: Tensor, bias: Pos
             score_mod=has_mod,
             bias=bias,
             qk_norm=opts.qk_norm,
-            documents=opts.documents is not None,
+            documents=opts.documents is not None or opts.mask is not None,
             need_lse=opts.need_lse,
         )
         and same_layout(q, k, v)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attnlab.attention.fast.tiling import KeyTile, Problem, QueryBlock, Rule, visible_count
+from attnlab.attention.fast.tiling import KeyTile, Problem, QueryBlock, Rule
 
 
 class PointwiseRule(Rule):
@@ -39,7 +39,7 @@ class PointwiseRule(Rule):
     def _scale(self, pb: Problem, blk: QueryBlock) -> Tensor | None:
         if self.row_scale is None:
             return None
-        return self.row_scale(visible_count(blk.positions, pb.t_k, pb.opts.causal, pb.opts.window, pb.dtype))
+        return self.row_scale(pb.counts(blk))
 
     def _weights(self, s: Tensor, tile: KeyTile, r: Tensor | None) -> tuple[Tensor, Tensor]:
         """(w, f′(s)·r) of a tile: the weights and their derivative, hidden entries 0."""

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.attention.fast.tiling import KeyTile, Problem, QueryBlock, Rows, Rule, power_of, visible_count
+from attnlab.attention.fast.tiling import KeyTile, Problem, QueryBlock, Rows, Rule, power_of
 
 
 def _length_scale(pb: Problem, blk: QueryBlock, d_head: int, on: bool) -> tuple[Tensor, Tensor]:
     """(c_i, N_i), [c, 1] each: LSSA's score multiplier log(d)·log(N_i) (or 1) and the visible counts."""
-    n = visible_count(blk.positions, pb.t_k, pb.opts.causal, pb.opts.window, pb.dtype)
+    n = pb.counts(blk)
     return (math.log(d_head) * n.log() if on else torch.ones_like(n)), n
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.attention.masks import HIDDEN, PARTIAL, mask_blocks
 from attnlab.types import ScoreMod, compute_dtype
 
 DEFAULT_CHUNK = 128  # query rows per block
@@ -90,12 +91,13 @@ def score_mod_parameters(score_mod: ScoreMod | None) -> list[Tensor]:
     """
     if score_mod is None:
         return []
-    cells = getattr(score_mod, "__closure__", None) or ()
     found: list[Tensor] = []
-    for cell in cells:
+    for cell in getattr(score_mod, "__closure__", None) or ():
         value = cell.cell_contents
-        if isinstance(value, Tensor) and value.requires_grad and all(value is not f for f in found):
-            found.append(value)
+        inner = score_mod_parameters(value) if callable(value) and not isinstance(value, Tensor) else []
+        for t in inner if inner else [value]:  # a wrapped score_mod (positions): its own tensors too
+            if isinstance(t, Tensor) and t.requires_grad and all(t is not f for f in found):
+                found.append(t)
     return found
 
 
@@ -126,6 +128,9 @@ class Options:
     whole_rows: int = DEFAULT_WHOLE_ROWS
     need_lse: bool = False  # return the rows' logsumexp (softmax); rows that fit one tile compute it only then
     qk_norm: bool = False  # l2-normalise q and k inside the kernel (cosine scores: LSSA)
+    # boolean [B|1, H|1, Tq, Tk], True where visible, the layer's rule folded in (``attnlab.attention.masks``):
+    # used instead of causal / window / documents; its block form skips hidden tiles and leaves full ones unmasked
+    mask: Tensor | None = None
 
 
 class QueryBlock(NamedTuple):
@@ -190,6 +195,9 @@ class Problem:
         self.b_idx = torch.arange(self.b, device=dev).view(self.b, 1, 1, 1)
         self.h_idx = torch.arange(self.h, device=dev).view(1, self.h, 1, 1)
         self.dq = self.dk = self.dv = None
+        self.mask, self.blocks_of = opts.mask, None
+        if self.mask is not None and self.t_k > opts.whole_rows:  # the block form of the mask, once per call
+            self.blocks_of = mask_blocks(self.mask, opts.chunk, opts.key_block)
         self.dparams: list[Tensor | None] = [None] * len(params)
         # qk_norm: the queries' and keys' divisors max(‖x‖, ε), O(T); the normalised keys all at once only when
         # each block is one tile (short sequences: every block would otherwise normalise nearly all keys again)
@@ -204,6 +212,9 @@ class Problem:
     def key_range(self, p0: int, p1: int) -> tuple[int, int]:
         """Keys visible to some query in absolute positions [p0, p1]."""
         w, t_k = self.opts.window, self.t_k
+        if self.mask is not None:  # the first and last key any of these rows sees
+            cols = self.mask[..., p0 - self.offset : p1 + 1 - self.offset, :].reshape(-1, t_k).any(0).nonzero()
+            return (int(cols[0]), int(cols[-1]) + 1) if cols.numel() else (0, 0)
         if self.opts.causal:
             return (0 if w is None else max(0, p0 - w + 1)), min(t_k, p1 + 1)
         if w is not None:
@@ -223,7 +234,38 @@ class Problem:
             lo, hi = self.key_range(self.offset + a, self.offset + stop - 1)
             yield QueryBlock(a, stop, positions, q, lo, hi)
 
+    def counts(self, blk: QueryBlock) -> Tensor:
+        """N_i, the number of keys each row of the block sees: [c, 1], or [B|1, H|1, c, 1] under a mask."""
+        if self.mask is not None:
+            return self.mask[..., blk.start : blk.stop, :].sum(-1, keepdim=True).to(self.dtype)
+        return visible_count(blk.positions, self.t_k, self.opts.causal, self.opts.window, self.dtype)
+
+    def masked_tiles(self, blk: QueryBlock) -> Iterator[KeyTile]:
+        """Tiles under a caller's mask: one tile of the visible columns up to ``whole_rows`` keys, else the
+        mask's block form on a grid of ``key_block`` columns (hidden tiles skipped, full tiles unmasked)."""
+        assert self.mask is not None
+        rows = self.mask[..., blk.start : blk.stop, :]
+        if self.blocks_of is None:
+            spans = [(blk.lo, blk.hi, PARTIAL)] if blk.hi > blk.lo else []
+        else:
+            kb, row = self.opts.key_block, self.blocks_of[blk.start // self.opts.chunk]
+            spans = [(a, min(a + kb, self.t_k), int(row[a // kb])) for a in range(0, self.t_k, kb)]
+        for kl, kh, state in spans:
+            if state == HIDDEN:
+                continue
+            part = rows[..., kl:kh]
+            hidden = ~part.reshape(-1, kh - kl).all(0) if state == PARTIAL else None
+            if hidden is None or not bool(hidden.any()):
+                yield KeyTile(kl, kh, None, 0, 0)
+                continue
+            cols = hidden.nonzero()
+            m0, m1 = int(cols[0]), int(cols[-1]) + 1
+            yield KeyTile(kl, kh, part[..., m0:m1], m0, m1)
+
     def tiles(self, blk: QueryBlock) -> Iterator[KeyTile]:
+        if self.mask is not None:
+            yield from self.masked_tiles(blk)
+            return
         docs = self.opts.documents
         # short sequences: each block in one tile (fast, fused); long ones: bounded tiles (memory O(chunk·key_block))
         width = blk.hi - blk.lo if self.t_k <= self.opts.whole_rows else self.opts.key_block

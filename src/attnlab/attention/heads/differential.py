@@ -114,13 +114,22 @@ class DifferentialHeads(nn.Module):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
         """Two maps per head from the normaliser, W = A1 − λ·A2, out = W v (before the sub-norm)."""
         b, _, t_q, _ = q.shape
         # The reference gives both maps of every half; values are applied to their difference below.
         no_values = k.new_empty(*k.shape[:-1], 0)  # [B, H, S, 0]
         res = attend_reference(
-            q, k, no_values, normaliser=normaliser, score_mod=score_mod, causal=causal, scale=scale, window=window
+            q,
+            k,
+            no_values,
+            normaliser=normaliser,
+            score_mod=score_mod,
+            causal=causal,
+            scale=scale,
+            window=window,
+            mask=mask,
         )
         a = res.weights.reshape(b, self.n_heads, 2, t_q, -1)  # [B, H, Tq, S] → [B, H/2, 2, Tq, S]
         weights = a[:, :, 0] - self.lambda_full(a.dtype) * a[:, :, 1]  # [B, H/2, Tq, S]

@@ -36,7 +36,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from attnlab.attention.core import AttnOutput, Normaliser, ScoreMod, apply_score_mod, build_mask, compute_dtype
+from attnlab.attention.core import (
+    AttnOutput,
+    Normaliser,
+    ScoreMod,
+    apply_score_mod,
+    build_mask,
+    compute_dtype,
+    normalise,
+)
 from attnlab.attention.heads.base import HEADS, Projection, merge_heads, split_heads
 
 
@@ -109,6 +117,7 @@ class RelativeConvHeads(nn.Module):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
         """Dense Transformer-XL attention: ``attend_reference`` with the content and position terms above."""
         if hasattr(normaliser, "attend"):  # kernel attention: no score matrix for this head to extend
@@ -123,8 +132,8 @@ class RelativeConvHeads(nn.Module):
         scores = (content + self.relative_scores(qc, k.shape[2])) * scale
         if score_mod is not None:
             scores = apply_score_mod(scores, score_mod)
-        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
-        weights = normaliser(scores, mask)
+        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window) if mask is None else mask
+        weights = normalise(normaliser, scores, mask)  # a caller's row that sees nothing: weights 0
         out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, d]
         shown = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
         return AttnOutput(out, shown, weights)

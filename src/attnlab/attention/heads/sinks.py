@@ -101,6 +101,7 @@ class SinkMultiHead(MultiHead):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
         """``attend_reference`` over [sinks ⧺ keys]; returns weights over the real keys only."""
         n, (t_q, t_k) = self.n_sinks, (q.shape[2], k.shape[2])
@@ -117,8 +118,8 @@ class SinkMultiHead(MultiHead):
         if score_mod is not None:
             scores = apply_score_mod(scores, score_mod)  # real keys keep their positions 0 … Tk−1
         sink_scores, sink_values = self.sink_scores_and_values(qc, scale)  # [B, H, Tq, n], [·, H, n, d]
-        mask = build_mask(t_q, t_k, q.device, causal, window)
-        full_mask = None if mask is None else torch.cat([mask.new_ones(t_q, n), mask], dim=-1)  # sinks: visible
+        mask = build_mask(t_q, t_k, q.device, causal, window) if mask is None else mask  # a caller's, rule folded in
+        full_mask = None if mask is None else torch.cat([mask.new_ones(*mask.shape[:-1], n), mask], dim=-1)
         weights = normaliser(torch.cat([sink_scores, scores], dim=-1), full_mask)  # [B, H, Tq, n + Tk]
         sink_weights, weights = weights[..., :n], weights[..., n:]
         out = weights @ repeat_kv(v, rep).to(dtype) + sink_weights @ sink_values  # [B, H, Tq, d]

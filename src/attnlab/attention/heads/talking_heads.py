@@ -42,6 +42,7 @@ from attnlab.attention.core import (
     apply_score_mod,
     build_mask,
     compute_dtype,
+    normalise,
     repeat_kv,
 )
 from attnlab.attention.heads.base import HEADS, MultiHead, check_kv_heads
@@ -79,6 +80,7 @@ class TalkingHeads(MultiHead):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
         """Dense talking-heads attention; q [B, H, Tq, d], k, v [B, Hkv, Tk, d] → out [B, H, Tq, d]."""
         n_rep = q.shape[1] // k.shape[1]
@@ -89,8 +91,8 @@ class TalkingHeads(MultiHead):
         if score_mod is not None:
             scores = apply_score_mod(scores, score_mod)
         mixed = mix_heads(self.logit_mix, scores)  # s', still unmasked (finite) here
-        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window)
-        weights = mix_heads(self.weight_mix, normaliser(mixed, mask))  # masked cells: Σ P·0 = 0
+        mask = build_mask(q.shape[2], k.shape[2], q.device, causal, window) if mask is None else mask
+        weights = mix_heads(self.weight_mix, normalise(normaliser, mixed, mask))  # masked cells: Σ P·0 = 0
         out = (weights @ v.to(dtype)).to(v.dtype)  # [B, H, Tq, d]
         shown = mixed if mask is None else mixed.masked_fill(~mask, float("-inf"))
         return AttnOutput(out, shown, weights)

@@ -90,12 +90,14 @@ class Softmax(TiledNormaliser):
         causal: bool = True,
         scale: float | None = None,
         window: int | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
-        """Softmax through compiled FlexAttention (score_mod, soft-capping, window as a block mask)."""
+        """Softmax through compiled FlexAttention (score_mod, soft-capping, window as a block mask; ``mask``, a
+        boolean [B|1, H|1, Tq, Tk] with the rule folded in, as a mask_mod read from the tensor)."""
         from attnlab.attention.fast.flex import compiled_flex_softmax  # imports torch's flex machinery on first use
 
         out, _ = compiled_flex_softmax(
-            q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window, softcap=self.softcap
+            q, k, v, score_mod=score_mod, causal=causal, scale=scale, window=window, softcap=self.softcap, mask=mask
         )
         return AttnOutput(out, None, None)
 

@@ -51,8 +51,10 @@ class TiledNormaliser(NormaliserBase):
         window: int | None = None,
         raw_qk: tuple[Tensor, Tensor] | None = None,
         native: bool | None = None,
+        mask: Tensor | None = None,
     ) -> AttnOutput:
-        """This normaliser in tiles of scores: O(T·chunk) memory in forward and backward, exact."""
+        """This normaliser in tiles of scores: O(T·chunk) memory in forward and backward, exact. ``mask``: a
+        boolean [B|1, H|1, Tq, Tk] used instead of the causal / window rule (PyTorch tiles only)."""
         q, k, qk_norm = self.chunked_inputs(q, k, raw_qk)
         return attend_chunked_rule(
             self.chunked_rule(),
@@ -66,4 +68,5 @@ class TiledNormaliser(NormaliserBase):
             window=window,
             qk_norm=qk_norm,
             native=native,
+            mask=mask,
         )

