@@ -27,8 +27,10 @@ above is what the paper trains; the paper's inference-time retrieval of the top-
 offloaded to CPU) and its positional tricks for retrieved blocks are not implemented: decoding with the KV cache
 computes the same grouped softmax over every cached block, so it equals the full pass. Another normaliser than
 softmax replaces both softmaxes (a generalisation; the paper's model is the default). Not supported: non-causal
-and cross-attention (there is no "earlier block" there), a sliding window, and positions that act through a
-score_mod (ALiBi, T5): the gate's score would need a landmark position of its own.
+and cross-attention (there is no "earlier block" there), a sliding window, positions that act through a
+score_mod (ALiBi, T5: the gate's score would need a landmark position of its own), and KV caches that drop tokens
+(``attnlab.experiments.kv_eviction``): the layer finds the landmarks by their index among the keys, which eviction
+shifts (that experiment does not refuse this heads module yet: do not combine them).
 
 ``attend`` is the dense reference (the spec: any score normaliser, float64, returns the effective weights w over
 the keys, with exact zeros on landmarks and future keys, for the lens). ``attend_sdpa`` is the fast path the
