@@ -29,10 +29,13 @@ def qkv(t_q: int, t_k: int, h: int = 4, h_kv: int = 2, d: int = 8, dtype: torch.
     )
 
 
-def by_the_paper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+def by_the_paper(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, top_k: int | None = None
+) -> torch.Tensor:
     """The grouped softmax of Mohtashami & Jaggi (arXiv:2305.16300, §3.1) one query and one key at a time: the query
-    group is its block's regular tokens so far and the landmarks of earlier blocks; a token of an earlier block gets
-    its landmark's share of the query group times its share of its own block."""
+    group is its block's regular tokens so far and the landmarks of earlier blocks (with ``top_k``, of the k earlier
+    blocks whose landmarks score highest); a token of an earlier block gets its landmark's share of the query group
+    times its share of its own block."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     t_q, t_k, period = q.shape[2], k.shape[2], block + 1
@@ -45,13 +48,17 @@ def by_the_paper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
                 s = [float(q[b, h, i] @ k[b, h, j]) * scale for j in range(t_k)]
                 cur = t // period
                 group = [j for j in range(t + 1) if j // period == cur and j % period != block]
-                group += [bb * period + block for bb in range(cur)]
+                landmarks = sorted((bb * period + block for bb in range(cur)), key=lambda j: -s[j])
+                read = {j // period for j in landmarks[: top_k or len(landmarks)]}
+                group += [bb * period + block for bb in read]
                 z = sum(math.exp(s[j]) for j in group)
                 for j in range(t + 1):
                     if j % period == block:
                         continue  # a landmark gates, it is never read
                     if j // period == cur:
                         w = math.exp(s[j]) / z
+                    elif j // period not in read:
+                        continue
                     else:
                         own = [bb for bb in range(t_k) if bb // period == j // period and bb % period != block]
                         gate = math.exp(s[(j // period) * period + block]) / z
@@ -60,11 +67,30 @@ def by_the_paper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
     return out
 
 
+@pytest.mark.parametrize("top_k", [None, 1, 2])
 @pytest.mark.parametrize(("t_q", "t_k", "block"), [(11, 11, 3), (4, 11, 3), (1, 10, 2), (9, 9, 1)])
-def test_reference_is_the_papers_grouped_softmax_query_by_query(t_q: int, t_k: int, block: int) -> None:
+def test_reference_is_the_papers_grouped_softmax_query_by_query(t_q: int, t_k: int, block: int, top_k) -> None:
     q, k, v = qkv(t_q, t_k)
-    got = landmark_reference(q, k, v, normaliser=SOFTMAX, block=block).out
-    torch.testing.assert_close(got, by_the_paper(q, k, v, block), atol=1e-12, rtol=0)
+    got = landmark_reference(q, k, v, normaliser=SOFTMAX, block=block, top_k=top_k).out
+    torch.testing.assert_close(got, by_the_paper(q, k, v, block, top_k), atol=1e-12, rtol=0)
+
+
+def test_top_k_of_at_least_every_block_is_the_full_grouped_softmax() -> None:
+    q, k, v = qkv(13, 13)
+    want = landmark_reference(q, k, v, normaliser=SOFTMAX, block=2).out
+    for top_k in (4, 5, 100):  # 13 positions in blocks of 3: at most 4 earlier blocks
+        got = landmark_reference(q, k, v, normaliser=SOFTMAX, block=2, top_k=top_k).out
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        torch.testing.assert_close(landmark_tiled(q, k, v, block=2, top_k=top_k), want, atol=1e-13, rtol=0)
+
+
+def test_top_k_reads_only_the_best_blocks() -> None:
+    q, k, v = qkv(1, 16, h=2, h_kv=2)
+    w = landmark_reference(q, k, v, normaliser=SOFTMAX, block=3, top_k=1).weights  # 4 blocks; the query is in block 3
+    read = (w[..., :12].view(2, 2, 1, 3, 4).sum(-1) > 0).sum(-1)  # earlier blocks with any weight
+    assert (read == 1).all()
+    best = k[..., 3:12:4, :].mul(q).sum(-1).argmax(-1)  # the earlier landmark with the highest score, per head
+    assert torch.equal(w[..., :12].view(2, 2, 1, 3, 4).sum(-1).argmax(-1).squeeze(-1), best)
 
 
 @pytest.mark.parametrize("fn", ["reference", "fast"])
@@ -109,12 +135,13 @@ def test_a_block_gets_the_mass_its_landmark_wins() -> None:
 SHAPES = [(13, 13, 3, 4, 2), (5, 13, 3, 4, 4), (1, 17, 4, 2, 1), (70, 70, 6, 4, 2), (33, 300, 7, 2, 2)]
 
 
+@pytest.mark.parametrize("top_k", [None, 2])
 @pytest.mark.parametrize(("t_q", "t_k", "block", "h", "h_kv"), SHAPES)
-def test_fast_path_equals_the_reference_outputs_and_gradients_float64(t_q, t_k, block, h, h_kv) -> None:
+def test_fast_path_equals_the_reference_outputs_and_gradients_float64(t_q, t_k, block, h, h_kv, top_k) -> None:
     q, k, v = (t.requires_grad_() for t in qkv(t_q, t_k, h, h_kv))
     grad = torch.randn(2, h, t_q, 8, dtype=torch.float64)
-    want = landmark_reference(q, k, v, normaliser=SOFTMAX, block=block).out
-    got = landmark_tiled(q, k, v, block=block, tile=16)  # several tiles, not aligned to the cached queries
+    want = landmark_reference(q, k, v, normaliser=SOFTMAX, block=block, top_k=top_k).out
+    got = landmark_tiled(q, k, v, block=block, top_k=top_k, tile=16)  # several tiles, not aligned to the queries
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     for g, w in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad), strict=True):
         torch.testing.assert_close(g, w, atol=1e-11, rtol=0)
@@ -140,6 +167,7 @@ def test_gradcheck_of_both_paths_in_float64() -> None:
     q, k, v = (t.requires_grad_() for t in qkv(6, 9, 2, 1, 3))
     torch.autograd.gradcheck(lambda *x: landmark_tiled(*x, block=2, tile=3), (q, k, v))
     torch.autograd.gradcheck(lambda *x: landmark_reference(*x, normaliser=SOFTMAX, block=2).out, (q, k, v))
+    torch.autograd.gradcheck(lambda *x: landmark_tiled(*x, block=2, top_k=1, tile=3), (q, k, v))
 
 
 def layer(backend: str, block: int = 3, **attention) -> torch.nn.Module:
@@ -161,10 +189,11 @@ def test_the_layer_takes_the_fast_path_and_it_equals_the_reference_path_with_eve
         torch.testing.assert_close(p.grad, p2.grad, atol=1e-10, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("top_k", [None, 1])
 @pytest.mark.parametrize("chunk", [1, 3, 5])
 @torch.no_grad()
-def test_cached_decoding_across_block_boundaries_equals_the_full_pass(make_lm, chunk: int) -> None:
-    model = make_lm(heads="landmark", heads_args={"block": 3}).double()
+def test_cached_decoding_across_block_boundaries_equals_the_full_pass(make_lm, chunk: int, top_k) -> None:
+    model = make_lm(heads="landmark", heads_args={"block": 3, "top_k": top_k}).double()
     tokens = torch.randint(0, 31, (2, 15))
     cache = model.new_cache()
     decoded = torch.cat([model(tokens[:, i : i + chunk], cache) for i in range(0, 15, chunk)], dim=1)

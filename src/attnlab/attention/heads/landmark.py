@@ -22,10 +22,14 @@ its own block's regular tokens; its own landmark key is masked. One block (t < l
 softmax over the block: the known answer the tests check.
 
 Where it differs from the authors' code: the landmark positions are the fixed period l + 1 of the stream (their
-training data has the same period; they mark landmarks by token id, ``idx == landmark_id``). The training form
-above is what the paper trains; the paper's inference-time retrieval of the top-k blocks per head (with a KV cache
-offloaded to CPU) and its positional tricks for retrieved blocks are not implemented: decoding with the KV cache
-computes the same grouped softmax over every cached block, so it equals the full pass. Another normaliser than
+training data has the same period; they mark landmarks by token id, ``idx == landmark_id``). The form above
+is what the paper trains. Its retrieval at inference is ``top_k`` = k: each query, in each head, keeps the k earlier
+blocks whose landmarks score highest and drops the others' landmarks from its group (so their tokens get no weight;
+the authors' ``cache_selection_method="per_token_and_head"`` in ``models/caches/mem_cache.py``). No parameter
+depends on k, so a model trained with every block can be evaluated with ``top_k`` by changing ``heads_args``. What
+is not the authors': their cache stores whole blocks (offloaded to CPU) and gives the retrieved blocks new positions
+just before the current context; here the KV cache keeps every key at its own position and retrieval is a mask over
+them, so decoding with the cache equals the full pass, and memory is not reduced. Another normaliser than
 softmax replaces both softmaxes (a generalisation; the paper's model is the default). Not supported: non-causal
 and cross-attention (there is no "earlier block" there), a sliding window, positions that act through a
 score_mod (ALiBi, T5: the gate's score would need a landmark position of its own), and KV caches that drop tokens
@@ -66,6 +70,7 @@ TILE_POSITIONS = 128  # the fast path's query tile: about this many positions, a
 class LandmarkParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     block: int = Field(16, gt=0)  # l: regular tokens per block; the stream has a landmark at every (l + 1)-th place
+    top_k: int | None = Field(None, gt=0)  # each query reads its k best earlier blocks (by landmark score); None: all
     n_kv_heads: int | None = Field(None, gt=0)
 
     def check_site(self, site, field: str) -> None:
@@ -91,8 +96,26 @@ def refuse_unsupported(heads: str, window: int | None, score_mod: object, causal
         )
 
 
+def top_blocks(landmark_scores: Tensor, earlier: Tensor, top_k: int | None) -> Tensor:
+    """Which earlier blocks a query reads: all of them (``top_k`` None), else the ``top_k`` whose landmark scores
+    are highest, per query and head (the authors' ``cache_selection_method="per_token_and_head"``; ties keep all).
+    ``landmark_scores`` [..., n] and the boolean ``earlier`` [..., n] (broadcastable) → boolean [..., n]."""
+    if top_k is None:
+        return earlier
+    masked = landmark_scores.masked_fill(~earlier, float("-inf"))
+    kth = masked.topk(min(top_k, masked.shape[-1]), dim=-1).values[..., -1:]  # −inf when fewer blocks exist
+    return earlier & (masked >= kth)
+
+
 def landmark_reference(
-    q: Tensor, k: Tensor, v: Tensor, *, normaliser: Normaliser, block: int, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    normaliser: Normaliser,
+    block: int,
+    scale: float | None = None,
+    top_k: int | None = None,
 ) -> AttnOutput:
     """Dense causal landmark attention: the grouped softmax of the module docstring, with ``normaliser`` for both
     softmaxes. Queries are the last Tq of the Tk positions (KV-cache decoding). Returns the effective weights
@@ -110,7 +133,7 @@ def landmark_reference(
     landmark = landmark_positions(t_k, block, dev)
     visible = k_pos[None] <= q_pos[:, None]  # [Tq, Tk]
     own = visible & ~landmark & (k_block[None] == q_block[:, None])  # the query's block, regular tokens
-    gates = landmark & (k_block[None] < q_block[:, None])  # landmarks of earlier blocks
+    gates = top_blocks(scores.detach(), landmark & (k_block[None] < q_block[:, None]), top_k)  # earlier landmarks
     group = normaliser(scores, own | gates)  # [B, H, Tq, Tk]
     # every block's own normaliser, over its l regular tokens (rows of blocks not yet earlier are gated by 0)
     n_blocks = -(-t_k // period)
@@ -126,7 +149,7 @@ def landmark_reference(
     return AttnOutput(out, scores.masked_fill(~visible, float("-inf")), weights)
 
 
-def _landmark_tile(q: Tensor, k: Tensor, v: Tensor, start: int, block: int, scale: float) -> Tensor:
+def _landmark_tile(q: Tensor, k: Tensor, v: Tensor, start: int, block: int, scale: float, top_k: int | None) -> Tensor:
     """Softmax landmark attention of the queries at positions start … start + Tq − 1 over keys 0 … start + Tq − 1."""
     b, h, t_q, _ = q.shape
     t_k, period = k.shape[2], block + 1
@@ -141,7 +164,8 @@ def _landmark_tile(q: Tensor, k: Tensor, v: Tensor, start: int, block: int, scal
     blocks, slot = torch.arange(n_blocks, device=dev), torch.arange(period, device=dev)
     k_pos = blocks[:, None] * period + slot  # [n_blocks, period]
     regular = slot < block
-    earlier = (blocks[None] < q_block[:, None])[..., None] & regular  # [Tq, n_blocks, period]
+    read = top_blocks(s[..., block].detach(), blocks[None] < q_block[:, None], top_k)  # [·, Tq, n_blocks]
+    earlier = read[..., None] & regular  # [·, Tq, n_blocks, period]
     own = (blocks[None, :, None] == q_block[:, None, None]) & regular & (k_pos[None] <= q_pos[:, None, None])
     a = torch.where(earlier, shift, torch.where(own, 0.0, float("-inf")))
     w = torch.softmax((s + a).view(b, h, t_q, n_blocks * period), dim=-1)[..., :t_k]
@@ -149,7 +173,14 @@ def _landmark_tile(q: Tensor, k: Tensor, v: Tensor, start: int, block: int, scal
 
 
 def landmark_tiled(
-    q: Tensor, k: Tensor, v: Tensor, *, block: int, scale: float | None = None, tile: int = TILE_POSITIONS
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    block: int,
+    scale: float | None = None,
+    top_k: int | None = None,
+    tile: int = TILE_POSITIONS,
 ) -> Tensor:
     """Softmax landmark attention in query tiles of whole blocks, recomputed in the backward; equals
     ``landmark_reference`` with softmax (the tests check it). Queries are the last Tq of the Tk positions."""
@@ -165,7 +196,7 @@ def landmark_tiled(
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     outs = []
     for lo, hi in itertools.pairwise(edges):
-        args = (qc[:, :, lo - offset : hi - offset], kc[:, :, :hi], vc[:, :, :hi], lo, block, scale)
+        args = (qc[:, :, lo - offset : hi - offset], kc[:, :, :hi], vc[:, :, :hi], lo, block, scale, top_k)
         outs.append(checkpoint(_landmark_tile, *args, use_reentrant=False) if grads else _landmark_tile(*args))
     return torch.cat(outs, dim=2).to(v.dtype)
 
@@ -173,9 +204,9 @@ def landmark_tiled(
 class LandmarkHeads(MultiHead):
     """Multi-head (or grouped-query) projections; attention is the grouped softmax over a stream with landmarks."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, block: int):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, block: int, top_k: int | None = None):
         super().__init__(d_model, n_heads, n_kv_heads)
-        self.block = block
+        self.block, self.top_k = block, top_k
 
     def attend(
         self,
@@ -191,7 +222,7 @@ class LandmarkHeads(MultiHead):
     ) -> AttnOutput:
         """The dense reference, ``landmark_reference``, with the layer's normaliser."""
         refuse_unsupported("landmark", window, score_mod, causal, normaliser)
-        return landmark_reference(q, k, v, normaliser=normaliser, block=self.block, scale=scale)
+        return landmark_reference(q, k, v, normaliser=normaliser, block=self.block, scale=scale, top_k=self.top_k)
 
     def attend_sdpa(
         self,
@@ -208,7 +239,8 @@ class LandmarkHeads(MultiHead):
         """The fused form for softmax (``landmark_tiled``): no scores or weights. The dispatch sends only softmax
         without soft-capping here; a bias is refused at config time (no score_mod)."""
         refuse_unsupported("landmark", window, bias, causal, normaliser)
-        return AttnOutput(landmark_tiled(q, k, v, block=self.block, scale=scale), None, None)
+        out = landmark_tiled(q, k, v, block=self.block, scale=scale, top_k=self.top_k)
+        return AttnOutput(out, None, None)
 
 
 @HEADS.register(
@@ -223,4 +255,4 @@ class LandmarkHeads(MultiHead):
     kernel_ok=False,
 )
 def build_landmark(params: LandmarkParams, site) -> LandmarkHeads:
-    return LandmarkHeads(site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params.block)
+    return LandmarkHeads(site.d_model, site.n_heads, params.n_kv_heads or site.n_heads, params.block, params.top_k)
