@@ -365,12 +365,16 @@ def test_causal_cross_attention_sees_only_the_aligned_past() -> None:
             "position_ids",
         ),
         (dict(position="tpe2d", position_args={"rows": 2, "cols": 2}), dict(mask=torch.zeros(1, 6)), "mask"),
+        # heads that compute attention themselves without a mask parameter (landmark, CCA) refuse one
+        (dict(heads="landmark", heads_args={"block": 2}), dict(mask=torch.ones(1, 6, dtype=torch.bool)), "mask"),
+        (dict(heads="cca", heads_args={"group": 2, "window": 2}), dict(mask=torch.ones(1, 6)), "mask"),
     ],
 )
 def test_a_layer_that_cannot_take_a_mask_or_positions_says_so_in_one_line(
     attention: dict, kwargs: dict, field: str
 ) -> None:
-    layer = build_attention(AttentionConfig(**attention), ENCODER if "tpe2d" not in str(attention) else SITE)
+    causal_only = "tpe2d" in str(attention) or "heads" in attention
+    layer = build_attention(AttentionConfig(**attention), SITE if causal_only else ENCODER)
     with pytest.raises(ValueError, match=rf"^{field}: .*allowed: {field}=None$") as err:
         layer(torch.randn(1, 6, 32), **kwargs)
     assert "\n" not in str(err.value)

@@ -36,6 +36,8 @@ Extension points, each optional, found by duck typing so the module never names 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -277,6 +279,8 @@ class Attention(nn.Module):
             why = "mask", "kernel attention's scans sum over every key; an arbitrary mask is not defined there"
         elif masked and hasattr(self.position, "attend"):
             why = "mask", "this position encoding computes attention itself, with its own masks"
+        elif masked and hasattr(self.heads, "attend") and "mask" not in inspect.signature(self.heads.attend).parameters:
+            why = "mask", "these heads compute attention themselves and take no caller's mask"
         elif positions and hasattr(self.position, "attend"):
             why = "position_ids", "this position encoding derives its traversal orders from token indices"
         elif positions and hasattr(self.normaliser, "attend_fft"):
