@@ -170,3 +170,21 @@ def test_the_pytorch_form_runs_on_cuda() -> None:
     got = block_sparse_attention(q, k, v, cuda_layout)
     want = reference(q.double(), k.double(), v.double(), layout_mask(cuda_layout), 0.25)
     assert (got.double() - want).abs().max().item() <= order_bound(torch.float32, 150, 3, 4.0) * scale_of(want)
+
+
+def test_runs_and_columns_longer_than_a_key_tile(form: bool) -> None:
+    """The compiled kernel cuts runs of consecutive blocks and lists of columns into tiles of 512 keys: a layout
+    with runs of up to 750 keys and up to 750 columns per query block crosses those boundaries."""
+    h, t, block = 2, 1600, 50  # 32 query blocks
+    q, k, v = qkv(h, 1, t, 8, torch.float64, seed=5)
+    nq = -(-t // block)
+    i = torch.arange(nq)[:, None]
+    blocks = torch.where(torch.arange(nq)[None, :] < i // 2, torch.arange(nq)[None, :], -1)  # the first half
+    cols = torch.arange(t)[None, :].expand(nq, t)
+    cols = torch.where((cols >= (i // 2) * block) & (cols < i * block), cols, -1)  # the second half, as columns
+    layout = BlockLayout(t, block, blocks.expand(h, nq, nq).clone(), cols.expand(h, nq, t).clone())
+    layout.check()
+    assert int(layout.column_counts().max()) > 512 and int(layout.block_counts().max()) * block > 512
+    got = block_sparse_attention(q, k, v, layout, use_compiled=form)
+    want = reference(q, k, v, layout_mask(layout), 8**-0.5)
+    assert (got - want).abs().max().item() <= order_bound(torch.float64, t, depth=3, condition=4.0) * scale_of(want)

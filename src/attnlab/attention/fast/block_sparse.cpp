@@ -32,7 +32,7 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
 
 namespace {
 
-constexpr int64_t KEY_TILE = 256;  // keys per score tile
+constexpr int64_t KEY_TILE = 512;  // keys per score tile (as the CPU flash kernel's kv split)
 
 // exp that vectorises (a library call per element costs more than the tile's matrix products): Cody–Waite range
 // reduction and the Cephes expf polynomial, as native.cpp's exp_f (a separate build, so a copy of its 20 lines).
@@ -99,6 +99,7 @@ struct Row {
       T* sr = sp + r * n;
       const int64_t visible = diag ? std::min(n, r + 1) : n;
       T mx = m[r];
+#pragma omp simd reduction(max : mx)
       for (int64_t c = 0; c < visible; ++c) mx = std::max(mx, sr[c]);
       const T corr = m[r] == -std::numeric_limits<T>::infinity() ? T(0) : exp_any(m[r] - mx);
       T sum = 0;
