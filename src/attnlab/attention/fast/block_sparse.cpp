@@ -4,13 +4,16 @@
 //
 // q [H, Tp, D], k, v [Hk, Tp, D] contiguous, float32 or float64, Tp = nq · bs; query head h reads key/value head
 // h / (H / Hk). blocks [H, nq, nb] int64: per (head, query block) the listed key blocks in ascending order, then −1;
-// columns [H, nq, nc] int64: the listed key positions, then −1. order [H · nq]: the rows, most expensive first.
+// columns [H, nq, nc] int64: the listed key positions, then −1. units [U, 3] int64: (first head h0, heads n, query
+// block i), most expensive first: heads h0 … h0 + n − 1 read one key/value head and list the same keys for block i
+// (the lists of h0 are used), so their n · bs query rows share every key tile (GQA: one pass over the keys, and
+// matrix products n times taller).
 //
-// Each row (head h, query block i) is one FlashAttention forward (Dao et al. 2022, arXiv:2205.14135) over its own
-// keys only: the listed blocks (consecutive ones merged into one run, read in place through BLAS ?gemm_ with the
-// key matrix's leading dimension: nothing is copied), its diagonal block (causal inside), and its columns (copied
-// into a per-thread buffer, KEY_TILE at a time). Online softmax: running row max m and sum l, the accumulator
-// rescaled by e^{m_old − m_new}. The rows are dealt to the threads round-robin in order of cost.
+// Each unit is one FlashAttention forward (Dao et al. 2022, arXiv:2205.14135) over its own keys only: the listed
+// blocks (consecutive ones merged into one run, read in place through BLAS ?gemm_ with the key matrix's leading
+// dimension: nothing is copied), its diagonal block (causal inside), and its columns (copied into a per-thread
+// buffer, KEY_TILE at a time). Online softmax: running row max m and sum l, the accumulator rescaled by
+// e^{m_old − m_new}. The units are dealt to the threads round-robin in order of cost.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -79,25 +82,28 @@ void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
 
 template <typename T>
 struct Row {
-  int64_t rows, d;
+  int64_t rows, bs, d;
   T scale;
   std::vector<T> s, acc, m, l;
-  Row(int64_t rows_, int64_t d_, T scale_)
-      : rows(rows_), d(d_), scale(scale_), s(rows_ * KEY_TILE), acc(rows_ * d_), m(rows_), l(rows_) {}
+  Row(int64_t max_rows, int64_t bs_, int64_t d_, T scale_)
+      : rows(max_rows), bs(bs_), d(d_), scale(scale_), s(max_rows * KEY_TILE), acc(max_rows * d_), m(max_rows),
+        l(max_rows) {}
 
-  void reset() {
-    std::fill(acc.begin(), acc.end(), T(0));
-    std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-    std::fill(l.begin(), l.end(), T(0));
+  void reset(int64_t rows_) {
+    rows = rows_;
+    std::fill(acc.begin(), acc.begin() + rows * d, T(0));
+    std::fill(m.begin(), m.begin() + rows, -std::numeric_limits<T>::infinity());
+    std::fill(l.begin(), l.begin() + rows, T(0));
   }
 
-  // n ≤ KEY_TILE keys at kt, values at vt (leading dimension d); diag: key c visible to row r iff c ≤ r.
+  // n ≤ KEY_TILE keys at kt, values at vt (leading dimension d); diag: key c visible to row r iff c ≤ r mod bs
+  // (the rows are the stacked query blocks of the unit's heads).
   void tile(const T* qt, const T* kt, const T* vt, int64_t n, bool diag) {
     T* sp = s.data();
     gemm<T>('T', 'N', n, rows, d, scale, kt, d, qt, d, T(0), sp, n);  // S = scale · Q Kᵀ  [rows x n]
     for (int64_t r = 0; r < rows; ++r) {
       T* sr = sp + r * n;
-      const int64_t visible = diag ? std::min(n, r + 1) : n;
+      const int64_t visible = diag ? std::min(n, r % bs + 1) : n;
       T mx = m[r];
 #pragma omp simd reduction(max : mx)
       for (int64_t c = 0; c < visible; ++c) mx = std::max(mx, sr[c]);
@@ -121,7 +127,7 @@ struct Row {
 
 template <typename T>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& blocks,
-         const at::Tensor& columns, const at::Tensor& order, int64_t bs, double scale, at::Tensor& out) {
+         const at::Tensor& columns, const at::Tensor& units, int64_t bs, double scale, at::Tensor& out) {
   const int64_t H = q.size(0), Tp = q.size(1), D = q.size(2), Hk = k.size(0);
   const int64_t nq = Tp / bs, nb = blocks.size(2), nc = columns.size(2), rep = H / Hk;
   const T* qp = q.data_ptr<T>();
@@ -129,20 +135,27 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   const T* vp = v.data_ptr<T>();
   const int64_t* bp = blocks.data_ptr<int64_t>();
   const int64_t* cp = columns.data_ptr<int64_t>();
-  const int64_t* op = order.data_ptr<int64_t>();
+  const int64_t* up = units.data_ptr<int64_t>();
   T* outp = out.data_ptr<T>();
-  const int64_t n_rows = H * nq;
-  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_rows));
+  const int64_t n_units = units.size(0);
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_units));
   at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
-    Row<T> st(bs, D, (T)scale);
-    std::vector<T> kbuf(KEY_TILE * D), vbuf(KEY_TILE * D);
+    Row<T> st(rep * bs, bs, D, (T)scale);
+    std::vector<T> kbuf(KEY_TILE * D), vbuf(KEY_TILE * D), qbuf(rep * bs * D);
     for (int64_t slot = begin; slot < end; ++slot) {
-      for (int64_t idx = slot; idx < n_rows; idx += slots) {
-        const int64_t row = op[idx], h = row / nq, i = row % nq, hk = h / rep;
+      for (int64_t idx = slot; idx < n_units; idx += slots) {
+        const int64_t h = up[idx * 3], nh = up[idx * 3 + 1], i = up[idx * 3 + 2], hk = h / rep, row = h * nq + i;
         const T* qt = qp + (h * Tp + i * bs) * D;
+        if (nh > 1) {  // stack the heads' query blocks
+          for (int64_t g = 0; g < nh; ++g) {
+            const T* src = qp + ((h + g) * Tp + i * bs) * D;
+            std::copy(src, src + bs * D, qbuf.data() + g * bs * D);
+          }
+          qt = qbuf.data();
+        }
         const T* kh = kp + hk * Tp * D;
         const T* vh = vp + hk * Tp * D;
-        st.reset();
+        st.reset(nh * bs);
         const int64_t* ids = bp + row * nb;
         int64_t j = 0;
         while (j < nb && ids[j] >= 0) {  // a run of consecutive blocks, read in place
@@ -165,18 +178,18 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
           }
           st.tile(qt, kbuf.data(), vbuf.data(), n, false);
         }
-        T* ot = outp + (h * Tp + i * bs) * D;
-        for (int64_t r = 0; r < bs; ++r) {
+        for (int64_t r = 0; r < nh * bs; ++r) {
+          T* ot = outp + ((h + r / bs) * Tp + i * bs + r % bs) * D;
           const T inv = T(1) / st.l[r];
 #pragma omp simd
-          for (int64_t e = 0; e < D; ++e) ot[r * D + e] = st.acc[r * D + e] * inv;
+          for (int64_t e = 0; e < D; ++e) ot[e] = st.acc[r * D + e] * inv;
         }
       }
     }
   });
 }
 
-at::Tensor forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor blocks, at::Tensor columns, at::Tensor order,
+at::Tensor forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor blocks, at::Tensor columns, at::Tensor units,
                    int64_t bs, double scale) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v must be [H, Tp, D]");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
@@ -186,13 +199,14 @@ at::Tensor forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor blocks, 
   TORCH_CHECK(k.size(2) == q.size(2) && v.size(2) == q.size(2), "one head dim");
   TORCH_CHECK(q.size(0) % k.size(0) == 0 && v.size(0) == k.size(0), "H must be a multiple of Hk");
   TORCH_CHECK(blocks.scalar_type() == at::kLong && columns.scalar_type() == at::kLong, "int64 ids");
-  TORCH_CHECK(blocks.is_contiguous() && columns.is_contiguous() && order.is_contiguous(), "contiguous ids");
+  TORCH_CHECK(blocks.is_contiguous() && columns.is_contiguous() && units.is_contiguous(), "contiguous ids");
+  TORCH_CHECK(units.dim() == 2 && units.size(1) == 3 && units.scalar_type() == at::kLong, "units [U, 3] int64");
   TORCH_CHECK(blas_available(), "no BLAS sgemm_/dgemm_ symbols in this PyTorch build");
   auto out = at::empty_like(q);
   if (q.scalar_type() == at::kFloat) {
-    run<float>(q, k, v, blocks, columns, order, bs, scale, out);
+    run<float>(q, k, v, blocks, columns, units, bs, scale, out);
   } else {
-    run<double>(q, k, v, blocks, columns, order, bs, scale, out);
+    run<double>(q, k, v, blocks, columns, units, bs, scale, out);
   }
   return out;
 }

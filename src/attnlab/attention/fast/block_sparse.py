@@ -340,14 +340,37 @@ def _ascending(ids: Tensor) -> Tensor:
     return torch.where(s == big, -1, s).contiguous()
 
 
+def kv_units(blocks: Tensor, columns: Tensor, rep: int) -> Tensor:
+    """[U, 3] (first head, heads, query block): the query heads of one key/value head that list the same keys for a
+    query block form one unit (all ``rep`` of them, or each alone), most expensive first."""
+    h, nq = blocks.shape[:2]
+    cost = (blocks >= 0).sum(-1) * 64 + (columns >= 0).sum(-1) + 64  # [H, nq], in keys
+    if rep > 1:
+        g = h // rep
+        same = (blocks.view(g, rep, nq, -1) == blocks.view(g, rep, nq, -1)[:, :1]).all(-1).all(1)
+        same &= (columns.view(g, rep, nq, -1) == columns.view(g, rep, nq, -1)[:, :1]).all(-1).all(1)  # [G, nq]
+    else:
+        same = torch.zeros(h, nq, dtype=torch.bool, device=blocks.device)
+    first = torch.arange(h, device=blocks.device) // rep * rep
+    grouped = same.repeat_interleave(rep, 0) if rep > 1 else same  # [H, nq]
+    lead = grouped & (torch.arange(h, device=blocks.device) == first)[:, None]
+    alone = ~grouped
+    heads = torch.arange(h, device=blocks.device)[:, None].expand(h, nq)
+    blocks_i = torch.arange(nq, device=blocks.device)[None, :].expand(h, nq)
+    pick = lead | alone
+    n = torch.where(lead, rep, 1)
+    units = torch.stack([heads[pick], n[pick], blocks_i[pick]], -1)
+    work = (cost * n)[pick]
+    return units[torch.argsort(work, descending=True, stable=True)].contiguous()
+
+
 def _run_compiled(ext: Any, q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout, scale: float, flush: bool) -> Tensor:
     t = q.shape[1]
     bs, nq = layout.block, layout.n_query_blocks
     wide = compute_dtype(q)
     with torch.no_grad(), no_denormals(flush):
         qp, kp, vp = (torch.nn.functional.pad(x.to(wide), (0, 0, 0, nq * bs - t)).contiguous() for x in (q, k, v))
-        cost = layout.block_counts() * bs + layout.column_counts()
-        order = torch.argsort(cost.flatten(), descending=True, stable=True).contiguous()
         blocks, columns = _ascending(layout.blocks.long()), _ascending(layout.columns.long())
-        out = ext.forward(qp, kp, vp, blocks, columns, order, bs, float(scale))
+        units = kv_units(blocks, columns, q.shape[0] // k.shape[0])
+        out = ext.forward(qp, kp, vp, blocks, columns, units, bs, float(scale))
     return out[:, :t].to(q.dtype)
