@@ -9,10 +9,10 @@
 // (the lists of h0 are used), so their n · bs query rows share every key tile (GQA: one pass over the keys, and
 // matrix products n times taller).
 //
-// Each unit is one FlashAttention forward (Dao et al. 2022, arXiv:2205.14135) over its own keys only: the listed
-// blocks (consecutive ones merged into one run, read in place through BLAS ?gemm_ with the key matrix's leading
-// dimension: nothing is copied), its diagonal block (causal inside), and its columns (copied into a per-thread
-// buffer, KEY_TILE at a time). Online softmax: running row max m and sum l, the accumulator rescaled by
+// Each unit is one FlashAttention forward (Dao et al. 2022, arXiv:2205.14135) over its own keys only: runs of
+// consecutive listed blocks are read in place through BLAS ?gemm_ (the key matrix's leading dimension) a whole
+// KEY_TILE at a time; the rest of the runs and the columns are copied into a per-thread buffer that becomes a tile
+// when full (scattered blocks would otherwise make tiles of one block); then the diagonal block (causal inside). Online softmax: running row max m and sum l, the accumulator rescaled by
 // e^{m_old − m_new}. The units are dealt to the threads round-robin in order of cost.
 
 #include <torch/extension.h>
@@ -156,28 +156,39 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
         const T* kh = kp + hk * Tp * D;
         const T* vh = vp + hk * Tp * D;
         st.reset(nh * bs);
+        // keys that are not part of a long run are copied into the buffer, so that every score tile holds up to
+        // KEY_TILE keys (scattered blocks and columns would otherwise make tiles of 64 keys or fewer)
+        int64_t filled = 0;
+        auto flush = [&]() {
+          if (filled) st.tile(qt, kbuf.data(), vbuf.data(), filled, false);
+          filled = 0;
+        };
+        auto append = [&](int64_t first, int64_t count) {  // keys first … first + count − 1
+          while (count > 0) {
+            const int64_t take = std::min(count, KEY_TILE - filled);
+            std::copy(kh + first * D, kh + (first + take) * D, kbuf.data() + filled * D);
+            std::copy(vh + first * D, vh + (first + take) * D, vbuf.data() + filled * D);
+            filled += take, first += take, count -= take;
+            if (filled == KEY_TILE) flush();
+          }
+        };
         const int64_t* ids = bp + row * nb;
         int64_t j = 0;
-        while (j < nb && ids[j] >= 0) {  // a run of consecutive blocks, read in place
+        while (j < nb && ids[j] >= 0) {  // a run of consecutive blocks
           int64_t stop = j + 1;
           while (stop < nb && ids[stop] == ids[stop - 1] + 1) ++stop;
           const int64_t first = ids[j] * bs, n_keys = (stop - j) * bs;
-          for (int64_t c0 = 0; c0 < n_keys; c0 += KEY_TILE) {
-            const int64_t n = std::min(KEY_TILE, n_keys - c0);
-            st.tile(qt, kh + (first + c0) * D, vh + (first + c0) * D, n, false);
+          const int64_t in_place = n_keys / KEY_TILE * KEY_TILE;  // whole tiles: read where they are
+          for (int64_t c0 = 0; c0 < in_place; c0 += KEY_TILE) {
+            st.tile(qt, kh + (first + c0) * D, vh + (first + c0) * D, KEY_TILE, false);
           }
+          append(first + in_place, n_keys - in_place);
           j = stop;
         }
-        st.tile(qt, kh + i * bs * D, vh + i * bs * D, bs, true);
         const int64_t* cols = cp + row * nc;
-        for (int64_t c0 = 0; c0 < nc && cols[c0] >= 0; c0 += KEY_TILE) {
-          int64_t n = 0;
-          for (; n < KEY_TILE && c0 + n < nc && cols[c0 + n] >= 0; ++n) {
-            std::copy(kh + cols[c0 + n] * D, kh + (cols[c0 + n] + 1) * D, kbuf.data() + n * D);
-            std::copy(vh + cols[c0 + n] * D, vh + (cols[c0 + n] + 1) * D, vbuf.data() + n * D);
-          }
-          st.tile(qt, kbuf.data(), vbuf.data(), n, false);
-        }
+        for (int64_t c = 0; c < nc && cols[c] >= 0; ++c) append(cols[c], 1);
+        flush();
+        st.tile(qt, kh + i * bs * D, vh + i * bs * D, bs, true);
         for (int64_t r = 0; r < nh * bs; ++r) {
           T* ot = outp + ((h + r / bs) * Tp + i * bs + r % bs) * D;
           const T inv = T(1) / st.l[r];
