@@ -30,11 +30,11 @@ MIN_COLUMNS, MIN_DIAGONALS = 30, 50
 
 def last_query_weights(q: Tensor, k: Tensor, scale: float, last_q: int = LAST_Q) -> Tensor:
     """[H, n, T] float32: softmax of the last n = min(last_q, T) queries' scores over all keys (causal among them)."""
-    h, t, _ = q.shape
+    h, t, d = q.shape
     n = min(last_q, t)
-    rep = h // k.shape[0]
-    kk = k.repeat_interleave(rep, 0).float()
-    s = (q[:, t - n :].float() @ kk.transpose(-1, -2)) * scale  # [H, n, T]
+    hkv = k.shape[0]
+    rows = q[:, t - n :].float().reshape(hkv, (h // hkv) * n, d)  # a key head's query heads, stacked
+    s = (rows @ k.float().transpose(-1, -2)).view(h, n, t) * scale  # [H, n, T]
     pos = torch.arange(t - n, t, device=q.device)[:, None]
     s = s.masked_fill(torch.arange(t, device=q.device)[None, :] > pos, float("-inf"))
     return torch.softmax(s, -1)
@@ -62,24 +62,26 @@ def estimate(q: Tensor, k: Tensor, n_vertical: int, n_slash: int, scale: float) 
 
 
 def vertical_slash_layout(columns: Tensor, offsets: Tensor, t: int, block: int) -> BlockLayout:
-    """The aligned key blocks each chosen diagonal crosses, and the chosen columns outside them (per head)."""
+    """The aligned key blocks each chosen diagonal crosses, and the chosen columns outside them (per head).
+
+    Diagonal o crosses query block i in the key blocks ⌊(i·b − o)/b⌋ = i − ⌈o/b⌉ and ⌊(i·b + b − 1 − o)/b⌋ =
+    i − ⌊o/b⌋: the same block distances δ for every query block, so the tiles are one Toeplitz pattern per head,
+    tiles[i, j] = [i − j ∈ Δ_h], j ≥ 0 (no row offsets to compute per query block).
+    """
     h = columns.shape[0]
     nq = n_blocks(t, block)
     device = columns.device
-    start = torch.arange(nq, device=device)[None, :, None] * block  # [1, nq, 1]
-    o = offsets[:, None, :]  # [H, 1, ns]
-    tiles = torch.zeros(h, nq, nq + 1, dtype=torch.bool, device=device)  # column nq: out of range
-    for first_row in (start - o, start + block - 1 - o):
-        jb = torch.div(first_row, block, rounding_mode="floor")
-        ok = (first_row >= 0) & (jb <= start // block)
-        tiles.scatter_(2, torch.where(ok, jb, nq).expand(h, nq, -1), True)
-    tiles = tiles[..., :nq]
-    cols = columns[:, None, :].expand(h, nq, -1)
-    inside = tiles.gather(2, torch.div(cols, block, rounding_mode="floor").clamp(max=nq - 1))
-    keep = (cols < start) & ~inside
-    picked = torch.where(keep, cols, -1)
+    near = torch.zeros(h, nq + 1, dtype=torch.bool, device=device)  # Δ_h; index nq: out of range
+    for dist in (-torch.div(-offsets, block, rounding_mode="floor"), torch.div(offsets, block, rounding_mode="floor")):
+        near.scatter_(1, dist.clamp(max=nq), True)
+    i = torch.arange(nq, device=device)
+    lag = (i[:, None] - i[None, :]).clamp(min=0)  # [nq, nq]
+    tiles = near[:, :nq].gather(1, lag.flatten().expand(h, -1)).view(h, nq, nq) & (i[None, :] <= i[:, None])
+    owner = torch.div(columns, block, rounding_mode="floor")  # [H, nv]
+    gap = i[None, :, None] - owner[:, None, :]  # [H, nq, nv]: block distance of each column from block i
+    keep = (columns[:, None, :] < i[None, :, None] * block) & ~near.gather(1, gap.clamp(0, nq).flatten(1)).view_as(gap)
     width = int(keep.sum(-1).max()) if keep.numel() else 0
-    picked = picked.sort(-1, descending=True).values[..., :width]
+    picked = torch.where(keep, columns[:, None, :], -1).sort(-1, descending=True).values[..., :width]
     return from_tiles(tiles, t, block, picked)
 
 
