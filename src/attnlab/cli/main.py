@@ -18,6 +18,7 @@ from attnlab.cli.experiments import experiments_app
 from attnlab.cli.explain import explain_app
 from attnlab.cli.inspect import inspect_app
 from attnlab.cli.intervene import intervene_app
+from attnlab.cli.longctx import longctx_app
 from attnlab.cli.quantise import quantise_app
 from attnlab.cli.sensitivity import sensitivity_app
 from attnlab.cli.speed import speed_app
@@ -56,4 +57,9 @@ app.add_typer(
     circuits_app,
     name="circuits",
     help="Find a task's circuit in a pretrained model: patching, attribution, head classes (attnlab circuits ioi).",
+)
+app.add_typer(
+    longctx_app,
+    name="longctx",
+    help="Long-context inference on SmolLM2: sparse prefill patterns (attnlab longctx prefill).",
 )
