@@ -49,10 +49,11 @@ def one_line_error(result) -> str:
 
 def test_lofit_prints_the_comparison_and_the_heads(tiny) -> None:
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    result = invoke("lofit", "smollm2", "--k", "2", "--eval-batch", "4", "--text-chunks", "1", *SMALL)
+    result = invoke("lofit", "smollm2", "--k", "2", "--eval-batch", "4", "--text-chunks", "1", "--controls", *SMALL)
     assert result.exit_code == 0, result.output
     for text in ("no change", "PEAR, all heads", "PEAR, 2 heads (path patching)", "LoFiT, 2 heads", "LoFiT (‖A‖₂)",
-                 "LoFiT's heads also in path patching", "LoFiT selection: step 2/2"):  # fmt: skip
+                 "LoFiT's heads also in path patching", "LoFiT selection: step 2/2",
+                 "offsets on 2 random heads", "LoFiT offsets, random heads: step 2/2", "K-th"):  # fmt: skip
         assert text in result.output, text
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
 

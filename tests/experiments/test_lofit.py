@@ -26,6 +26,7 @@ from attnlab.experiments.pear import held_out_batch, pear_experiment
 from attnlab.hook_points import capture
 from attnlab.lens.copy_task import CopyTask, copy_loss, measure_copy
 from attnlab.lens.head_offsets import HeadOffsets
+from attnlab.train.device import devices_present
 from attnlab.train.loop import token_loss
 
 TASK = CopyTask(n=6, low=3, high=31, bos=1)
@@ -123,8 +124,28 @@ def test_the_comparison_uses_pears_held_out_set(make_lm) -> None:
     assert lofit.scores != none.scores and len(res.selection.heads) == 2 and len(res.offset_norms) == 2
     assert len(res.heads_table().rows) == 2 and res.table().row_count == 4
     assert set(res.overlaps()) == {"path patching", "PEAR all heads"}
+    with_controls = lofit_experiment(model, k=2, select_steps=3, steps=3, pear_steps=3, controls=True, **kwargs)
+    assert with_controls.rows[:4] == res.rows  # the same runs, then the two controls
+    assert [r.trained for r in with_controls.rows[4:]] == [16, 16]
+    assert with_controls.rows[4].scores != with_controls.rows[5].scores
     for k in (0, 9):
         with pytest.raises(ConfigError, match=f"k={k}"):
             lofit_experiment(model, k=k, **kwargs)
     with pytest.raises(ConfigError, match="l1"):
         lofit_selection(model, TASK, 1, l1=-1.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_lofit_runs_on_the_models_device(make_lm, device: str) -> None:
+    if device not in devices_present():
+        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
+    model = make_lm(n_layers=2).to(device)
+    res = lofit_experiment(model, task=TASK, k=2, select_steps=2, steps=2, pear_steps=2, batch=2, eval_batch=4)
+    assert len(res.selection.heads) == 2 and res.rows[-1].scores != res.rows[0].scores
+    edits, _ = lofit_offsets(model, res.selection.heads, TASK, steps=2, batch=2)
+    assert edits.offset is not None and edits.offset.device.type == device
+    zero = HeadOffsets.for_model(model, res.selection.heads, scale=True).to(device)
+    tokens = TASK.batch(2, torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad(), zero.applied(model):
+        edited = model(tokens)
+    assert torch.equal(edited, model(tokens).detach())

@@ -229,6 +229,9 @@ def lofit(
     eval_batch: Annotated[int, typer.Option(help="held-out copying sequences (PEAR's held-out set)")] = 32,
     text_chunks: Annotated[int, typer.Option(help="chunks of 128 tokens of real text for a side-effect loss")] = 4,
     seed: Annotated[int, typer.Option(help="seed of the training batches (held-out: another seed)")] = 0,
+    controls: Annotated[
+        bool, typer.Option(help="also learn the offsets on PEAR's path-patching heads and on K random heads")
+    ] = False,
 ) -> None:
     """LoFiT (select K heads by learned scaling vectors, then learn offsets on them; model frozen) against no change
     and PEAR (all heads; K heads by path patching), on PEAR's copying proxy and the same held-out sequences."""
@@ -249,10 +252,9 @@ def lofit(
         task = _task(model, seq_len)
         m, tok = _load(model)
         text = chunks(tok, 128, text_chunks, from_end=True) if text_chunks > 0 else None
-        totals = {"LoFiT selection": select_steps, "LoFiT offsets": steps}
 
         def progress(stage: str, step: int, loss: float) -> None:
-            total = totals.get(stage, pear_steps)
+            total = select_steps if stage == "LoFiT selection" else steps if stage.startswith("LoFiT") else pear_steps
             if step == 1 or step % max(1, total // 4) == 0:
                 console.print(f"{stage}: step {step}/{total}, proxy copy loss {loss:.3f}", highlight=False)
 
@@ -272,6 +274,7 @@ def lofit(
             seed=seed,
             text_tokens=text,
             on_step=progress,
+            controls=controls,
         )
         console.print(res.table())
         console.print(res.heads_table())

@@ -41,7 +41,7 @@ from attnlab.experiments.pear import PathSelection, held_out_batch, pear_experim
 from attnlab.experiments.tables import cell
 from attnlab.lens.copy_task import CopyScores, CopyTask, measure_copy
 from attnlab.lens.head_offsets import HeadOffsets
-from attnlab.lens.interventions import Head, all_heads, head_label
+from attnlab.lens.interventions import Head, all_heads, head_label, random_heads
 from attnlab.lens.losses import text_loss
 from attnlab.tasks.base import IGNORE, Batch
 from attnlab.train.config import TrainConfig
@@ -258,7 +258,15 @@ class LofitResult:
         """The K heads of each method side by side, with the score each ranked them by."""
         pear_all = sorted(self.pear_coefficients.items(), key=lambda x: -abs(x[1] - 1.0))[: self.k]
         change = self.pear_selection.change
-        t = Table(title=f"The {self.k} heads each method picks", title_justify="left")
+        norms = sorted(self.selection.norms.values(), reverse=True)
+        t = Table(
+            title=f"The {self.k} heads each method picks",
+            caption=f"‖A‖₂ over the {len(norms)} heads: largest {norms[0]:.3f}, K-th {norms[self.k - 1]:.3f}, "
+            + (f"(K+1)-th {norms[self.k]:.3f}, " if self.k < len(norms) else "")
+            + f"median {norms[len(norms) // 2]:.3f}, smallest {norms[-1]:.3f}",
+            title_justify="left",
+            caption_justify="left",
+        )
         for col in ("rank", "LoFiT (‖A‖₂)", "PEAR path patching (Δ logit)", "PEAR all heads (α, largest |α − 1|)"):
             t.add_column(col, justify="right")
         pp = self.pear_selection.heads
@@ -298,11 +306,13 @@ def lofit_experiment(
     seed: int = 0,
     text_tokens: Tensor | None = None,
     on_step: StepHook | None = None,
+    controls: bool = False,
 ) -> LofitResult:
     """Run PEAR (every head; the ``k`` heads of its path patching) and LoFiT (``k`` heads) on ``task`` with the
     training seed ``seed`` and measure each on ``pear.held_out_batch(task, eval_batch, seed)`` (and on
     ``text_tokens`` [B, T], real text, as a side-effect check). All train on the same sequences (the generator
-    seeded with ``seed``); the model's parameters are never changed.
+    seeded with ``seed``); the model's parameters are never changed. ``controls``: also learn step 2's offsets on
+    PEAR's path-patching heads and on ``k`` random heads (seeded), to separate the selection from the offsets.
     """
     task = task or CopyTask(n=25, low=100, high=20000, bos=1)
     if not 1 <= k <= len(all_heads(model)):
@@ -324,14 +334,22 @@ def lofit_experiment(
         model, task, k, steps=select_steps, batch=batch, lr=select_lr, l1=l1, init_std=init_std, seed=seed,
         on_step=hook("LoFiT selection", 1),
     )  # fmt: skip
-    edits, losses = lofit_offsets(
-        model, selection.heads, task, steps=steps, batch=batch, lr=lr, init_std=init_std, seed=seed,
-        on_step=hook("LoFiT offsets", 1),
-    )  # fmt: skip
-    held_out = held_out_batch(task, eval_batch, seed)
-    with edits.deployed(model):
-        lofit_scores = measure_copy(model, held_out, task)
-        lofit_text = text_loss(model, text_tokens) if text_tokens is not None else None
+    device = next(model.parameters()).device
+    held_out = held_out_batch(task, eval_batch, seed).to(device)
+    text_tokens = text_tokens.to(device) if text_tokens is not None else None
+
+    def offsets_on(heads: list[Head], stage: str) -> tuple[HeadOffsets, list[float], CopyScores, float | None]:
+        """Step 2 on ``heads``, then the held-out copying and text loss with the learned offsets."""
+        edits, losses = lofit_offsets(
+            model, heads, task, steps=steps, batch=batch, lr=lr, init_std=init_std, seed=seed,
+            on_step=hook(stage, 1),
+        )  # fmt: skip
+        with edits.deployed(model):
+            scores = measure_copy(model, held_out, task)
+            text = text_loss(model, text_tokens) if text_tokens is not None else None
+        return edits, losses, scores, text
+
+    edits, losses, lofit_scores, lofit_text = offsets_on(selection.heads, "LoFiT offsets")
     n_heads = len(all_heads(model))
     rows = [
         Row("no change", 0, 0, pear_all.before, pear_all.text_before),
@@ -339,6 +357,11 @@ def lofit_experiment(
         Row(f"PEAR, {k} heads (path patching)", k, k, pear_k.after, pear_k.text_after),
         Row(f"LoFiT, {k} heads (‖A‖₂)", edits.n_trained(), k, lofit_scores, lofit_text),
     ]
+    if controls:
+        drawn = random_heads(model, k, seed + 6_000_003)
+        for label, heads in (("PEAR's path-patching heads", pear_k.selection.heads), ("random heads", drawn)):
+            control, _, scores, text = offsets_on(heads, f"LoFiT offsets, {label}")
+            rows.append(Row(f"offsets on {k} {label}", control.n_trained(), k, scores, text))
     offsets = edits.offset.detach().norm(dim=-1).tolist() if edits.offset is not None else []
     return LofitResult(
         task=task,

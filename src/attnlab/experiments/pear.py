@@ -335,7 +335,9 @@ def pear_experiment(
         selection = path_patching_selection(model, task, select, select_batch, seed + 2_000_003)
         heads = selection.heads
     heads = check_heads(model, heads) if heads is not None else all_heads(model, layers)
-    held_out = held_out_batch(task, eval_batch, seed)
+    device = next(model.parameters()).device
+    held_out = held_out_batch(task, eval_batch, seed).to(device)
+    text_tokens = text_tokens.to(device) if text_tokens is not None else None
     start = time.perf_counter()
     before = measure_copy(model, held_out, task)
     text_before = text_loss(model, text_tokens) if text_tokens is not None else None
