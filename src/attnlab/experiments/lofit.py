@@ -21,7 +21,9 @@ What the authors' code does, and what is done here:
 
 The comparison: the unchanged model, PEAR on every head, PEAR on the K heads its path patching selects
 (``pear.pear_experiment``, ``select=K``), and LoFiT on K heads, all measured on ``pear.held_out_batch`` (the same
-held-out sequences), with the number of trained parameters and the heads each method chose.
+held-out sequences), with the number of trained parameters and the heads each method chose. ``controls`` adds step
+2's offsets on PEAR's path-patching heads and on K random heads: the same edit on other heads, which tells the
+selection's share of the result from the offsets'.
 """
 
 from __future__ import annotations
@@ -254,9 +256,13 @@ class LofitResult:
             t.add_row(r.method, str(r.trained), str(r.heads), cell(r.scores.copy_loss), cell(r.scores.copy_acc), text)
         return t
 
+    def pear_most_changed(self) -> list[Head]:
+        """The K heads whose PEAR coefficient (on every head) moved farthest from 1, farthest first."""
+        return sorted(self.pear_coefficients, key=lambda h: -abs(self.pear_coefficients[h] - 1.0))[: self.k]
+
     def heads_table(self) -> Table:
         """The K heads of each method side by side, with the score each ranked them by."""
-        pear_all = sorted(self.pear_coefficients.items(), key=lambda x: -abs(x[1] - 1.0))[: self.k]
+        pear_all = [(h, self.pear_coefficients[h]) for h in self.pear_most_changed()]
         change = self.pear_selection.change
         norms = sorted(self.selection.norms.values(), reverse=True)
         t = Table(
@@ -280,8 +286,7 @@ class LofitResult:
 
     def overlaps(self) -> dict[str, list[Head]]:
         """LoFiT's heads shared with PEAR's path-patching heads and with PEAR's K most-changed coefficients."""
-        lofit = self.selection.heads
-        pear_all = sorted(self.pear_coefficients, key=lambda h: -abs(self.pear_coefficients[h] - 1.0))[: self.k]
+        lofit, pear_all = self.selection.heads, self.pear_most_changed()
         return {
             "path patching": [h for h in lofit if h in self.pear_selection.heads],
             "PEAR all heads": [h for h in lofit if h in pear_all],
