@@ -1,5 +1,5 @@
-"""``attnlab intervene ablate|scale|pear|act``: the typer sub-application for the experiments in
-``attnlab.experiments`` (ablation, scaling, PEAR, ACT).
+"""``attnlab intervene ablate|scale|pear|lofit|act``: the typer sub-application for the experiments in
+``attnlab.experiments`` (ablation, scaling, PEAR, LoFiT, ACT).
 
 The main CLI mounts it with ``app.add_typer(intervene_app, name="intervene")``. Every command loads the model with
 ``lens.inspect.load_model`` (only SmolLM2 for now: the tasks need a causal LM), runs one experiment and prints its
@@ -20,7 +20,7 @@ from attnlab.errors import ConfigError
 intervene_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Intervene on attention heads of a pretrained model: ablate, scale, PEAR, ACT; before / after tables.",
+    help="Intervene on attention heads of a pretrained model: ablate, scale, PEAR, LoFiT, ACT; before / after tables.",
 )
 
 CAUSAL_MODELS = ("smollm2",)
@@ -209,6 +209,80 @@ def pear(
             f"{a.copy_loss:.3f} nats/token ({res.seconds:.0f} s)",
             highlight=False,
         )
+
+    _guard(go)
+
+
+@intervene_app.command()
+def lofit(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    k: Annotated[int, typer.Option(help="heads LoFiT keeps, and PEAR's --select (authors: 3% of the heads)")] = 10,
+    select_steps: Annotated[int, typer.Option(help="steps of step 1 (scaling vectors on every head)")] = 40,
+    select_lr: Annotated[float, typer.Option(help="AdamW lr of step 1 (authors: 5e-4 to 5e-3, ~190 steps)")] = 1e-2,
+    l1: Annotated[float, typer.Option(help="L1 weight on the scaling vectors (authors: 5e-4 to 5e-3)")] = 1e-3,
+    steps: Annotated[int, typer.Option(help="steps of step 2 (offsets on the K heads)")] = 40,
+    lr: Annotated[float, typer.Option(help="AdamW lr of step 2 (authors: 1e-2 to 2e-2)")] = 1e-2,
+    pear_steps: Annotated[int, typer.Option(help="PEAR's steps (both PEAR rows)")] = 40,
+    pear_lr: Annotated[float, typer.Option(help="PEAR's Adam lr")] = 3e-2,
+    batch: Annotated[int, typer.Option(help="sequences per step, every method")] = 4,
+    seq_len: Annotated[int, typer.Option(help="length of the random sequence x in [BOS] + x + x")] = 25,
+    eval_batch: Annotated[int, typer.Option(help="held-out copying sequences (PEAR's held-out set)")] = 32,
+    text_chunks: Annotated[int, typer.Option(help="chunks of 128 tokens of real text for a side-effect loss")] = 4,
+    seed: Annotated[int, typer.Option(help="seed of the training batches (held-out: another seed)")] = 0,
+    controls: Annotated[
+        bool, typer.Option(help="also learn the offsets on PEAR's path-patching heads and on K random heads")
+    ] = False,
+) -> None:
+    """LoFiT (select K heads by learned scaling vectors, then learn offsets on them; model frozen) against no change
+    and PEAR (all heads; K heads by path patching), on PEAR's copying proxy and the same held-out sequences."""
+
+    def go() -> None:
+        from attnlab.experiments.lofit import lofit_experiment
+        from attnlab.experiments.text import text_chunks as chunks
+        from attnlab.lens.interventions import head_label
+
+        for name, value in (("k", k), ("select_steps", select_steps), ("steps", steps), ("pear_steps", pear_steps)):
+            if value < 1:
+                raise ConfigError(name, value, "must be at least 1")
+        for name, rate in (("select_lr", select_lr), ("lr", lr), ("pear_lr", pear_lr)):
+            if not rate > 0:
+                raise ConfigError(name, rate, "must be a positive number")
+        if l1 < 0:
+            raise ConfigError("l1", l1, "must be >= 0")
+        task = _task(model, seq_len)
+        m, tok = _load(model)
+        text = chunks(tok, 128, text_chunks, from_end=True) if text_chunks > 0 else None
+
+        def progress(stage: str, step: int, loss: float) -> None:
+            total = select_steps if stage == "LoFiT selection" else steps if stage.startswith("LoFiT") else pear_steps
+            if step == 1 or step % max(1, total // 4) == 0:
+                console.print(f"{stage}: step {step}/{total}, proxy copy loss {loss:.3f}", highlight=False)
+
+        res = lofit_experiment(
+            m,
+            task=task,
+            k=k,
+            select_steps=select_steps,
+            select_lr=select_lr,
+            l1=l1,
+            steps=steps,
+            lr=lr,
+            batch=batch,
+            pear_steps=pear_steps,
+            pear_lr=pear_lr,
+            eval_batch=eval_batch,
+            seed=seed,
+            text_tokens=text,
+            on_step=progress,
+            controls=controls,
+        )
+        console.print(res.table())
+        console.print(res.heads_table())
+        shared = res.overlaps()
+        for name, heads in shared.items():
+            listed = ", ".join(map(head_label, heads)) or "none"
+            console.print(f"LoFiT's heads also in {name}: {len(heads)} of {k} ({listed})", highlight=False)
+        console.print(f"{res.seconds:.0f} s", highlight=False)
 
     _guard(go)
 

@@ -293,6 +293,14 @@ class PearResult:
         return t
 
 
+def held_out_batch(task: CopyTask, eval_batch: int, seed: int) -> Tensor:
+    """The held-out copying set of the run with training seed ``seed``: ``eval_batch`` sequences drawn from
+    ``seed + 1_000_003`` (never a training batch's generator). LoFiT (``experiments.lofit``) measures on the same."""
+    if eval_batch < 1:
+        raise ConfigError("eval_batch", eval_batch, "must be at least 1")
+    return task.batch(eval_batch, torch.Generator().manual_seed(seed + 1_000_003))
+
+
 def pear_experiment(
     model: nn.Module,
     heads: Sequence[Head] | None = None,
@@ -327,9 +335,9 @@ def pear_experiment(
         selection = path_patching_selection(model, task, select, select_batch, seed + 2_000_003)
         heads = selection.heads
     heads = check_heads(model, heads) if heads is not None else all_heads(model, layers)
-    if eval_batch < 1:
-        raise ConfigError("eval_batch", eval_batch, "must be at least 1")
-    held_out = task.batch(eval_batch, torch.Generator().manual_seed(seed + 1_000_003))
+    device = next(model.parameters()).device
+    held_out = held_out_batch(task, eval_batch, seed).to(device)
+    text_tokens = text_tokens.to(device) if text_tokens is not None else None
     start = time.perf_counter()
     before = measure_copy(model, held_out, task)
     text_before = text_loss(model, text_tokens) if text_tokens is not None else None

@@ -5,11 +5,16 @@ time), recorded after the attention and before the heads' combination (``o_proj`
 gate first). So the same code works on ``TransformerLM``, SmolLM2's ``LlamaLM`` and MiniLM's ``BertEncoder``. One
 edit per layer is an affine map per head::
 
-    z'[:, h] = m_h · z[:, h] + a_h         (m_h: scale, a_h [d_head]: offset)
+    z'[:, h] = m_h ⊙ z[:, h] + a_h         (m_h: a scale or a vector [d_head], a_h [d_head]: offset)
 
     zero-ablation   m_h = 0, a_h = 0
     mean-ablation   m_h = 0, a_h = mean of z[:, h] over a reference batch and its positions
     scaling         m_h = c, a_h = 0        (c may be a tensor with a gradient: PEAR learns it)
+    vector scaling  m_h = 1 + A_h [d_head]  (LoFiT's head-selection step learns A_h)
+    offset          m_h = 1, a_h = v_h      (LoFiT's bias vectors; a head may be scaled and offset at once)
+
+Scales and offsets may carry gradients: the per-layer scale and offset tensors are stacked, never written in place,
+so a learned parameter (``lens.head_offsets.HeadOffsets``, PEAR's coefficients) receives its gradient through them.
 
 Hooking ``hook_z`` does not force the reference attention (only score / pattern hooks do), so the fused SDPA path
 stays in use. Zero-ablating every head of a layer whose output projection has no bias removes the layer's attention
@@ -116,7 +121,7 @@ def check_heads(model: nn.Module, heads: Iterable[Head], field: str = "heads") -
 
 
 def _layer_fn(head_idx: list[int], mult: list[Tensor | float], add: list[Tensor | None]) -> Callable[[Tensor], Tensor]:
-    """One hook_z function applying ``z'[:, h] = m_h z[:, h] + a_h`` to the listed heads (others untouched)."""
+    """One hook_z function applying ``z'[:, h] = m_h ⊙ z[:, h] + a_h`` to the listed heads (others untouched)."""
     top = max(head_idx)
 
     def edit(z: Tensor) -> Tensor:
@@ -124,24 +129,33 @@ def _layer_fn(head_idx: list[int], mult: list[Tensor | float], add: list[Tensor 
             raise ConfigError(
                 "heads", f"head {top}", f"hook_z has shape {tuple(z.shape)}; expected [B, H, T, d] with H > {top}"
             )
-        n_heads = z.shape[1]
-        one = torch.ones((), dtype=z.dtype, device=z.device)
-        coefs = {h: _as_scalar(m, z) for h, m in zip(head_idx, mult, strict=True)}
-        # stacked, never written in place, so a coefficient that carries a gradient (PEAR) back-propagates
-        scale = torch.stack([coefs.get(h, one) for h in range(n_heads)])
-        offset = torch.zeros(n_heads, z.shape[-1], dtype=z.dtype, device=z.device)
-        for h, a in zip(head_idx, add, strict=True):
-            if a is not None:
-                offset[h] = a.to(dtype=z.dtype, device=z.device)
-        return z * scale[None, :, None, None] + offset[None, :, None, :]
+        n_heads, d = z.shape[1], z.shape[-1]
+        one = torch.ones(d, dtype=z.dtype, device=z.device)
+        zero = torch.zeros(d, dtype=z.dtype, device=z.device)
+        scales = {h: _as_scale(m, z) for h, m in zip(head_idx, mult, strict=True)}
+        offsets = {h: _as_vector(a, z, "offset") for h, a in zip(head_idx, add, strict=True) if a is not None}
+        # stacked, never written in place, so a scale or offset that carries a gradient back-propagates
+        scale = torch.stack([scales.get(h, one) for h in range(n_heads)])  # [H, d]
+        offset = torch.stack([offsets.get(h, zero) for h in range(n_heads)])  # [H, d]
+        return z * scale[None, :, None, :] + offset[None, :, None, :]
 
     return edit
 
 
-def _as_scalar(value: Tensor | float, like: Tensor) -> Tensor:
+def _as_scale(value: Tensor | float, like: Tensor) -> Tensor:
+    """A coefficient (float or 0-d tensor) or a vector [d] as a [d] tensor in ``like``'s dtype and device."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return _as_vector(value, like, "scale")
     if isinstance(value, Tensor):
-        return value.to(dtype=like.dtype, device=like.device).reshape(())
-    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+        return value.to(dtype=like.dtype, device=like.device).reshape(()).expand(like.shape[-1])
+    return torch.full((like.shape[-1],), float(value), dtype=like.dtype, device=like.device)
+
+
+def _as_vector(value: Tensor, like: Tensor, field: str) -> Tensor:
+    """``value`` [d_head] in ``like``'s dtype and device; ConfigError when its length is not hook_z's last dim."""
+    if value.shape != like.shape[-1:]:
+        raise ConfigError(field, f"a tensor of shape {tuple(value.shape)}", f"needs [{like.shape[-1]}] (d_head)")
+    return value.to(dtype=like.dtype, device=like.device)
 
 
 def head_edit_hooks(
@@ -150,13 +164,16 @@ def head_edit_hooks(
     zero: Iterable[Head] = (),
     mean: Mapping[Head, Tensor] | None = None,
     scale: Mapping[Head, Tensor | float] | None = None,
+    offset: Mapping[Head, Tensor] | None = None,
 ) -> dict[str, Callable[[Tensor], Tensor]]:
     """The ``{hook name: fn}`` dict that applies the edits (for ``attnlab.hook_points.hooks``).
 
-    ``zero``: heads set to 0; ``mean``: head → replacement vector [d_head]; ``scale``: head → coefficient (a float
-    or a 0-d tensor, which may require grad). A head may appear in only one of them (ConfigError otherwise).
+    ``zero``: heads set to 0; ``mean``: head → replacement vector [d_head]; ``scale``: head → coefficient (a float,
+    a 0-d tensor or a vector [d_head], any of which may require grad); ``offset``: head → vector [d_head] added to
+    the head's output (may require grad). A head zeroed or mean-ablated may appear nowhere else; a head may be both
+    scaled and offset, ``z' = m ⊙ z + a`` (ConfigError otherwise).
     """
-    mean, scale = dict(mean or {}), dict(scale or {})
+    mean, scale, offset = dict(mean or {}), dict(scale or {}), dict(offset or {})
     edits: dict[Head, tuple[Tensor | float, Tensor | None]] = {}
     for kind, heads in (("zero", list(zero)), ("mean", list(mean)), ("scale", list(scale))):
         for head in check_heads(model, heads, field=kind):
@@ -171,6 +188,13 @@ def head_edit_hooks(
                 edits[head] = (0.0, vec.detach())
             else:
                 edits[head] = (scale[head], None)
+    for head in check_heads(model, list(offset), field="offset"):
+        vec = offset[head]
+        if not isinstance(vec, Tensor) or vec.dim() != 1:
+            raise ConfigError("offset", head_label(head), "needs a 1-d tensor [d_head]")
+        if head in edits and head not in scale:
+            raise ConfigError("offset", head_label(head), "is also zeroed or mean-ablated")
+        edits[head] = (scale.get(head, 1.0), vec)
     by_layer: dict[int, list[Head]] = {}
     for head in edits:
         by_layer.setdefault(head[0], []).append(head)
@@ -188,9 +212,10 @@ def edit_heads(
     zero: Iterable[Head] = (),
     mean: Mapping[Head, Tensor] | None = None,
     scale: Mapping[Head, Tensor | float] | None = None,
+    offset: Mapping[Head, Tensor] | None = None,
 ) -> Iterator[None]:
-    """Run ``model`` with heads zero-ablated, mean-ablated and / or scaled inside the ``with`` block."""
-    with hooks(model, head_edit_hooks(model, zero=zero, mean=mean, scale=scale)):
+    """Run ``model`` with heads zero-ablated, mean-ablated, scaled and / or offset inside the ``with`` block."""
+    with hooks(model, head_edit_hooks(model, zero=zero, mean=mean, scale=scale, offset=offset)):
         yield
 
 
@@ -213,6 +238,19 @@ def scale_heads(model: nn.Module, scales: Mapping[Head, Tensor | float]) -> Iter
     """Scaling: each head's output is multiplied by its coefficient, ``z'[:, h] = c_h · z[:, h]``."""
     with edit_heads(model, scale=scales):
         yield
+
+
+@contextmanager
+def offset_heads(model: nn.Module, offsets: Mapping[Head, Tensor]) -> Iterator[None]:
+    """Offsets: each head's output gets its vector added at every position, ``z'[:, h] = z[:, h] + v_h``."""
+    with edit_heads(model, offset=offsets):
+        yield
+
+
+def head_dim(model: nn.Module, layer: int) -> int:
+    """The length of one head's output in ``blocks.{layer}.attn.hook_z`` (the attention site's ``d_head``)."""
+    check_layers(model, [layer])
+    return int(model.get_submodule(f"blocks.{layer}.attn").site.d_head)
 
 
 @torch.no_grad()
