@@ -165,3 +165,21 @@ def test_unsupported_layers_and_layouts_are_refused(make_lm) -> None:  # type: i
         PineLayout(2, (3,), 0)
     with pytest.raises(ValueError, match="documents"):
         PineLayout(2, (), 1)
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_pine_runs_on_the_models_device(device: str) -> None:
+    from attnlab.train.device import devices_present
+
+    if device not in devices_present():
+        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
+    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    model = llama().to(dtype)
+    tokens = torch.randint(1, 31, (2, LAYOUT.total))
+    want = pine_logits(model, tokens, LAYOUT)
+    got = pine_logits(model.to(device), tokens.to(device), LAYOUT).cpu()
+    if dtype == torch.float64:
+        close64(got, want)
+    else:  # float32 on two devices: each within the order bound of the exact value
+        bound = order_bound(torch.float32, LM_TERMS, lm_depth(2)) * scale_of(want)
+        assert (got - want).abs().max().item() <= bound
