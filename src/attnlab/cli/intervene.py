@@ -1,5 +1,5 @@
-"""``attnlab intervene ablate|scale|pear|lofit|act``: the typer sub-application for the experiments in
-``attnlab.experiments`` (ablation, scaling, PEAR, LoFiT, ACT).
+"""``attnlab intervene ablate|scale|pear|lofit|act|pine``: the typer sub-application for the experiments in
+``attnlab.experiments`` (ablation, scaling, PEAR, LoFiT, ACT, PINE).
 
 The main CLI mounts it with ``app.add_typer(intervene_app, name="intervene")``. Every command loads the model with
 ``lens.inspect.load_model`` (only SmolLM2 for now: the tasks need a causal LM), runs one experiment and prints its
@@ -333,6 +333,27 @@ def act(
         kept = ", ".join(f"L{la}H{h}" for (la, h), _ in res.selected[:20])
         summary = f"{len(res.candidates)} candidate heads; kept {len(res.selected)}: {kept or '-'}"
         console.print(summary, highlight=False)
+
+    _guard(go)
+
+
+@intervene_app.command()
+def pine(
+    model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
+    docs: Annotated[int, typer.Option(help="records per prompt (key-value documents)")] = 5,
+    prompts: Annotated[int, typer.Option(help="prompts; each is run with its answer at every position")] = 20,
+    seed: Annotated[int, typer.Option(help="seed of the prompts")] = 0,
+) -> None:
+    """PINE (arXiv:2407.01100) against position bias: key-value retrieval accuracy by the answer's position and the
+    flip rate, plain and under PINE."""
+
+    def go() -> None:
+        from attnlab.experiments.pine import position_bias, retrieval_prompts
+
+        _check_model(model)
+        m, tok = _load(model)
+        res = position_bias(m, retrieval_prompts(tok, docs, prompts, seed))
+        console.print(res.table(), highlight=False)
 
     _guard(go)
 
