@@ -7,9 +7,9 @@ encoder and ``n_layers`` decoder blocks. ``attnlab.model.encdec.build_model`` re
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from attnlab.attention.config import AttentionConfig, AttentionSite
 from attnlab.config import StrictModel
@@ -29,9 +29,16 @@ class ModelConfig(StrictModel):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     tie_embeddings: bool = True
     attention: AttentionConfig = AttentionConfig()
+    # encoder_decoder only: CAB's causal cross-attention (Zhang et al., arXiv:2210.07661): decoder position i reads
+    # memory positions j ≤ i (the cross sites' ``causal_cross``), and the encoder is causal too, so target i depends
+    # on source tokens ≤ i only (a non-causal encoder's memory at j ≤ i would already mix the whole source). Omitted
+    # from the JSON when False, so run ids from before it stay.
+    causal_cross: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
+        if self.causal_cross and self.mode != "encoder_decoder":
+            raise ConfigError("causal_cross", True, f"needs an encoder-decoder, not mode={self.mode!r}", [False])
         if self.d_model % self.n_heads:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             raise ConfigError("n_heads", self.n_heads, f"does not divide d_model={self.d_model}", divisors)
@@ -44,17 +51,26 @@ class ModelConfig(StrictModel):
                 self.cross_attention.check_site(self.cross_site(layer))
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump without ``causal_cross`` when False: configs (and run ids) from before it keep their JSON."""
+        data = handler(self)
+        if not self.causal_cross:
+            data.pop("causal_cross", None)
+        return data
+
     @property
     def causal(self) -> bool:
         """Whether the single stack (``site``) is causal: True only for ``mode="decoder"``."""
         return self.mode == "decoder"
 
     def site(self, layer: int) -> AttentionSite:
-        """The self-attention site of ``layer`` in a single-stack model, or in an encoder-decoder's encoder."""
+        """The self-attention site of ``layer`` in a single-stack model, or in an encoder-decoder's encoder (causal
+        with ``causal_cross``)."""
         return AttentionSite(
             d_model=self.d_model,
             n_heads=self.n_heads,
-            causal=self.causal,
+            causal=self.causal or self.causal_cross,
             cross=False,
             layer_idx=layer,
             n_layers=self.n_layers,
@@ -75,12 +91,13 @@ class ModelConfig(StrictModel):
 
     def cross_site(self, layer: int) -> AttentionSite:
         """The cross-attention site of decoder ``layer``: queries from the decoder, keys from the encoder output
-        (``seq_len`` is the training source length, ``max_seq_len``)."""
+        (``seq_len`` is the training source length, ``max_seq_len``); causal with ``causal_cross``."""
         return AttentionSite(
             d_model=self.d_model,
             n_heads=self.n_heads,
             causal=False,
             cross=True,
+            causal_cross=self.causal_cross,
             layer_idx=layer,
             n_layers=self.n_layers,
             seq_len=self.max_seq_len,

@@ -31,6 +31,7 @@ from attnlab.stats.halving import log_grid
 from attnlab.tasks import TASKS, TaskConfig, task_from_dict
 from attnlab.tasks.base import extrapolation_tasks
 from attnlab.train.config import TrainConfig
+from attnlab.train.meap import model_vocab
 
 
 class RunConfig(StrictModel):
@@ -56,6 +57,10 @@ class RunConfig(StrictModel):
                 self.model.vocab_size,
                 f"smaller than the task's vocabulary ({self.task.vocab_size})",
             )
+        needed = model_vocab(self.task.vocab_size, self.train.meap_mask_fraction)
+        if self.model.vocab_size < needed:
+            problem = f"MEAP masks with the reserved id {self.task.vocab_size}: the model needs {needed} ids"
+            raise ConfigError("model.vocab_size", self.model.vocab_size, problem, f"{needed} …")
         if self.task.mode != self.model.mode:
             raise ConfigError(
                 "model.mode",
@@ -259,7 +264,7 @@ class Sweep(StrictModel):
                     model = ModelConfig.parse(
                         {
                             **self.model,
-                            "vocab_size": task.vocab_size,
+                            "vocab_size": model_vocab(task.vocab_size, self.train.meap_mask_fraction),
                             "d_model": width,
                             "max_seq_len": task.seq_len,
                             "mode": task.mode,

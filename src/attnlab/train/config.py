@@ -23,6 +23,10 @@ class TrainConfig(StrictModel):
     # z-loss: + z_loss · mean(log² Z) over scored positions, Z the softmax normaliser of the output logits (PaLM,
     # arXiv:2204.02311, §5 with 1e-4; Wortsman et al. 2023, arXiv:2309.14322: it removes output-logit divergence)
     z_loss: float = Field(0.0, ge=0)
+    # MEAP (Zhuang et al. 2025, arXiv:2502.07490): this fraction of each training batch's input tokens is replaced
+    # by a mask token (the reserved id = the task's vocab_size; the model needs one more id), targets unchanged;
+    # evaluation is never masked (attnlab.train.meap). 0: off.
+    meap_mask_fraction: float = Field(0.0, ge=0, lt=1)
     eval_every: int = Field(100, gt=0)
     eval_examples: int = Field(512, gt=0)
     target_accuracy: float | None = Field(None, gt=0, le=1)  # early stop once reached at an evaluation
@@ -116,10 +120,10 @@ class TrainConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without ``extrapolate`` and ``extrapolate_positions`` when empty, ``compile``, ``z_loss`` and
-        ``probes`` when off, ``stop_at`` and ``checkpoint_every`` when None, and ``precision`` as the older ``bf16``
-        flag unless fp16, so configs (and run ids) from before those fields existed keep their canonical JSON and a
-        resumed sweep finds its finished runs."""
+        """Dump without ``extrapolate`` and ``extrapolate_positions`` when empty, ``compile``, ``z_loss``,
+        ``meap_mask_fraction`` and ``probes`` when off, ``stop_at`` and ``checkpoint_every`` when None, and
+        ``precision`` as the older ``bf16`` flag unless fp16, so configs (and run ids) from before those fields existed
+        keep their canonical JSON and a resumed sweep finds its finished runs."""
         data = handler(self)
         data["bf16"] = self.precision == "bf16"
         if self.precision != "fp16":
@@ -132,6 +136,8 @@ class TrainConfig(StrictModel):
             data.pop("compile", None)
         if not self.z_loss:
             data.pop("z_loss", None)
+        if not self.meap_mask_fraction:
+            data.pop("meap_mask_fraction", None)
         if self.stop_at is None:
             data.pop("stop_at", None)
         if not self.probes:

@@ -7,8 +7,9 @@ only; the schedule is linear warmup then cosine decay to a floor (SGDR's cosine,
 ``train.py`` (``get_lr``).
 
 ``train`` builds the model, ``build_model(model_cfg)`` (a ``TransformerLM`` for single-stream tasks, an
-``EncoderDecoder`` for sequence-to-sequence tasks, whose batches carry ``source``), and the task from their configs,
-then runs ``fit``: the loop itself, on any built model and any source of batches (an experiment with its own data,
+``EncoderDecoder`` for sequence-to-sequence tasks, whose batches carry ``source``), and the task from their configs
+(its training batches masked by MEAP with ``TrainConfig.meap_mask_fraction``: ``attnlab.train.meap``), then runs
+``fit``: the loop itself, on any built model and any source of batches (an experiment with its own data,
 such as ``attnlab.experiments.sinks``, calls ``fit`` directly).
 
 Length extrapolation (``TrainConfig.extrapolate``): after training, for each factor f the task is rebuilt with
@@ -43,6 +44,7 @@ from attnlab.model.transformer import PositionRangeError
 from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
 from attnlab.train.config import TrainConfig
 from attnlab.train.device import autocast, grad_scaler, resolve_device
+from attnlab.train.meap import meap_batches, model_vocab
 from attnlab.train.state import TrainState, capture, lineage_json, restore
 
 log = logging.getLogger(__name__)
@@ -226,12 +228,21 @@ def train(
             "model.mode", model_cfg.mode, f"task {task_cfg.name!r} needs a {task_cfg.mode} model", [task_cfg.mode]
         )
     extrapolation_tasks(task_cfg, cfg.extrapolate)  # reject a task without with_length before training
+    if model_cfg.vocab_size < model_vocab(task_cfg.vocab_size, cfg.meap_mask_fraction):
+        needed = model_vocab(task_cfg.vocab_size, cfg.meap_mask_fraction)
+        raise ConfigError(
+            "model.vocab_size",
+            model_cfg.vocab_size,
+            f"MEAP masks with the reserved id {task_cfg.vocab_size}: the model needs {needed} ids",
+            f"{needed} …",
+        )
     check_positions(model_cfg.attention.position, cfg.extrapolate_positions)
     torch.manual_seed(seed)
     model = build_model(model_cfg).to(resolve_device(cfg.device))
     task: Task = task_cfg.build(seed)
     eval_set = task.eval_batch(cfg.eval_examples)
-    result = fit(model, task.train_batch, eval_set, cfg, on_eval=on_eval, resume=resume, probe=probe)
+    batches = meap_batches(task.train_batch, cfg.meap_mask_fraction, task_cfg.vocab_size, seed)  # training only
+    result = fit(model, batches, eval_set, cfg, on_eval=on_eval, resume=resume, probe=probe)
     extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     stats = {name: result.final.pop(name) for name in RUN_STATS}
     result.final.update(extrapolated)
