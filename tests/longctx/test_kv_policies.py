@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,7 +166,7 @@ def test_streaming_and_recent_keep_sinks_and_windows_with_budgets_per_head() -> 
 def test_pyramid_budgets_sum_to_the_total_and_shrink_with_depth(layers, mean, length) -> None:
     b = pyramid(layers, mean, length, beta=20)
     assert sum(b) == layers * min(mean, length)
-    assert all(x >= y for x, y in zip(b, b[1:], strict=False)) and max(b) <= length and min(b) >= 0
+    assert all(x >= y for x, y in itertools.pairwise(b)) and max(b) <= length and min(b) >= 0
 
 
 @torch.no_grad()
@@ -191,7 +193,7 @@ def test_taskkv_gives_the_farthest_heads_full_caches_and_the_rest_sinks_recent_m
         assert counts[far] == PROMPT and sorted(counts.tolist()) == [5, 5, 5, 16]
         for h in range(4):
             idx = layer.token_index[0, h][layer.valid[0, h]].tolist()
-            assert h == far or idx[:2] == [0, 1] and idx[-2:] == [14, 15]
+            assert h == far or (idx[:2] == [0, 1] and idx[-2:] == [14, 15])
     assert torch.isfinite(torch.cat(list(decode(model, torch.randint(0, 31, (1, 4)), cache, 2)), 1)).all()
 
 

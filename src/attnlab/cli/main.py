@@ -17,6 +17,7 @@ from attnlab.cli.experiments import experiments_app
 from attnlab.cli.explain import explain_app
 from attnlab.cli.inspect import inspect_app
 from attnlab.cli.intervene import intervene_app
+from attnlab.cli.longctx import app as longctx_app
 from attnlab.cli.quantise import quantise_app
 from attnlab.cli.sensitivity import sensitivity_app
 from attnlab.cli.speed import speed_app
@@ -51,3 +52,4 @@ app.add_typer(
     name="circuits",
     help="Find a task's circuit in a pretrained model: patching, attribution, head classes (attnlab circuits ioi).",
 )
+app.add_typer(longctx_app, name="longctx")
