@@ -60,6 +60,7 @@ def test_the_table_has_the_full_cache_and_every_policy_and_ratio(make_lm, tmp_pa
         (t, n, r) for t in ("ppl", "passkey") for n in names for r in (0.0, 0.5)
     }
     full = {r.task: r.score for r in rows if r.policy == "full"}
+    assert all(len(r.by_depth) == 2 if r.task == "passkey" else r.by_depth == "" for r in rows)
     for r in rows:
         if r.ratio == 0.0:  # nothing removed from the prompt
             assert r.kept == pytest.approx(1.0)

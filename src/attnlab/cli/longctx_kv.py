@@ -31,7 +31,7 @@ def kv(
     tasks: Annotated[str, typer.Option(help="ppl, passkey")] = "ppl,passkey",
     out: Annotated[Path, typer.Option(help="folder for kv.md, kv.csv and the plots")] = Path("runs/longctx_kv"),
     samples: Annotated[int, typer.Option(help="ppl: texts per length")] = 1,
-    continuation: Annotated[int, typer.Option(help="ppl: tokens scored after the prompt")] = 128,
+    continuation: Annotated[int, typer.Option(help="ppl: tokens scored after the prompt")] = 256,
     chunk: Annotated[int, typer.Option(help="ppl: tokens per decoding call (1 = token by token)")] = 16,
     depths: Annotated[str, typer.Option(help="passkey: needle depths in [0, 1]")] = "0,0.25,0.5,0.75,1",
     positions: Annotated[str, typer.Option(help="original (kvpress) or cache (StreamingLLM's re-numbering)")] = (

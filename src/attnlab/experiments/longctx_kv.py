@@ -64,6 +64,7 @@ class KVRow:
     score: float  # perplexity (lower is better) or exact-match accuracy
     seconds: float  # the policy's own time: compression + continuation, summed over samples
     prompt_seconds: float  # the shared prompt passes, summed over samples
+    by_depth: str = ""  # passkey: 1 / 0 per needle depth, in the order of the depths (e.g. "11011")
 
 
 def passkey_prompt(tokenizer: Any, length: int, depth: float, key: str) -> tuple[list[int], list[int]]:
@@ -113,6 +114,7 @@ class Runner:
     def __init__(self, model: Any, names: Sequence[str], ratios: Sequence[float], positions: str, params: dict) -> None:
         self.model, self.names, self.ratios, self.positions, self.params = model, names, ratios, positions, params
         self.totals: dict[tuple[str, float], list[float]] = {}  # cell → [score sum, kept sum, seconds, count]
+        self.hits: dict[tuple[str, float], str] = {}  # passkey: one character per depth
         self.prompt_seconds = 0.0
 
     def policies(self, length: int) -> list[tuple[str, float, KVPolicy | None]]:
@@ -141,7 +143,8 @@ class Runner:
         out = []
         for (name, r), (score, kept, seconds, n) in self.totals.items():
             value = math.exp(score / n) if average == "exp" else score / n
-            out.append(KVRow(task, length, name, r, kept / n, value, seconds, self.prompt_seconds))
+            hits = self.hits.get((name, r), "")
+            out.append(KVRow(task, length, name, r, kept / n, value, seconds, self.prompt_seconds, hits))
         return out
 
 
@@ -189,8 +192,9 @@ def passkey_rows(
             cache.compress()
             kept = kept_fraction(cache, name, policy.budget if policy else None, len(ids))
             logits = torch.cat([first[:, None], *decode(model, target[:, :-1], cache, target.shape[1])], dim=1)
-            hit = float(bool((logits.argmax(-1) == target).all()))
-            runner.add((name, r), hit, kept, time.perf_counter() - t0)
+            hit = bool((logits.argmax(-1) == target).all())
+            runner.add((name, r), float(hit), kept, time.perf_counter() - t0)
+            runner.hits[name, r] = runner.hits.get((name, r), "") + "01"[hit]
     return runner.rows("passkey", length, "mean")
 
 
@@ -204,7 +208,7 @@ def longctx_kv_table(
     tasks: Sequence[str] = TASKS,
     positions: str = "original",
     samples: int = 1,
-    continuation: int = 128,
+    continuation: int = 256,
     chunk: int = 16,
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     seed: int = 0,
@@ -232,7 +236,8 @@ SCORE_NAME = {"ppl": "perplexity (lower is better)", "passkey": "passkey exact m
 
 
 def markdown_tables(rows: Sequence[KVRow]) -> str:
-    """One table per (task, length): a policy per row, a compression ratio per column, ``score (seconds)`` cells."""
+    """One table per (task, length): a policy per row, a compression ratio per column, ``score (seconds)`` cells;
+    passkey cells add the hit (1) or miss (0) at each needle depth, in the order of the depths."""
     out = []
     for task in TASKS:
         for length in sorted({r.length for r in rows if r.task == task}):
@@ -240,8 +245,9 @@ def markdown_tables(rows: Sequence[KVRow]) -> str:
             full = next(r for r in cells if r.policy == "full")
             ratios = sorted({r.ratio for r in cells if r.policy != "full"})
             fmt = "{:.3f}" if task == "ppl" else "{:.2f}"
+            depths = f" [{full.by_depth}]" if full.by_depth else ""
             out.append(
-                f"{task}, {length} tokens — {SCORE_NAME[task]}; full cache {fmt.format(full.score)} "
+                f"{task}, {length} tokens — {SCORE_NAME[task]}; full cache {fmt.format(full.score)}{depths} "
                 f"({full.seconds:.1f} s); prompt passes {full.prompt_seconds:.0f} s"
             )
             out.append("")
@@ -249,10 +255,16 @@ def markdown_tables(rows: Sequence[KVRow]) -> str:
             out.append("|---|" + "---|" * len(ratios))
             for name in dict.fromkeys(r.policy for r in cells if r.policy != "full"):
                 by_ratio = {r.ratio: r for r in cells if r.policy == name}
-                row = [f"{fmt.format(by_ratio[x].score)} ({by_ratio[x].seconds:.1f} s)" for x in ratios]
+                row = [cell(by_ratio[x], fmt) for x in ratios]
                 out.append(f"| {name} | " + " | ".join(row) + " |")
             out.append("")
     return "\n".join(out)
+
+
+def cell(row: KVRow, fmt: str) -> str:
+    """``score [hits by depth] (seconds)``."""
+    depths = f" [{row.by_depth}]" if row.by_depth else ""
+    return f"{fmt.format(row.score)}{depths} ({row.seconds:.1f} s)"
 
 
 def write_csv(rows: Sequence[KVRow], path: Any) -> None:

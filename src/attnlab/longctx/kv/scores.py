@@ -42,8 +42,9 @@ def accumulated(q: Tensor, k: Tensor, valid: Tensor, scale: float) -> Tensor:
     block = max(1, BLOCK_ELEMENTS // max(1, b * h_q * s))
     total = torch.zeros(b, k.shape[1], s, dtype=torch.float64, device=q.device)
     for start in range(0, t_q, block):
-        w = group_weights(q[:, :, start : start + block], k, valid, scale, s - t_q + start)
-        total += w.sum((2, 3)).to(torch.float64)
+        seen = s - t_q + min(start + block, t_q)  # the causal mask hides every key past the block's last query
+        w = group_weights(q[:, :, start : start + block], k[:, :, :seen], valid[..., :seen], scale, s - t_q + start)
+        total[..., :seen] += w.sum((2, 3)).to(torch.float64)
     return total
 
 
