@@ -95,6 +95,14 @@ def visible(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float | None) 
     return torch.cat([qq, torch.ones_like(q[..., :1])], -1), kk, vv
 
 
+def check_positions(policy: KVPolicy | None, positions: str) -> None:
+    """ConfigError for a position scheme that is unknown or that ``policy`` does not support."""
+    if positions not in ("cache", "original"):
+        raise ConfigError("positions", positions, "unknown position scheme", ["cache", "original"])
+    if policy is not None and positions not in policy.positions:
+        raise ConfigError("positions", positions, f"not supported by {policy.name}", policy.positions)
+
+
 class PolicyLayerCache(LayerKVCache):
     """One layer's cache under a policy: k, v [B, Hkv, S, d], ``token_index`` / ``valid`` / statistics [B, Hkv, S].
 
@@ -249,10 +257,7 @@ class PolicyKVCache(KVCache):
     ) -> None:
         super().__init__(0)
         self.policy, self.positions = policy, positions
-        if policy is not None and positions not in policy.positions:
-            raise ConfigError("positions", positions, f"not supported by {policy.name}", policy.positions)
-        if positions not in ("cache", "original"):
-            raise ConfigError("positions", positions, "unknown position scheme", ["cache", "original"])
+        check_positions(policy, positions)
         self.track = frozenset(track) | (policy.needs if policy is not None else frozenset())
         self.window = window if window is not None else getattr(policy, "window", 32)
         self.kernel = kernel if kernel is not None else getattr(policy, "kernel", 5)
@@ -301,6 +306,7 @@ class PolicyKVCache(KVCache):
         """This cache's tokens and statistics under another policy, which may need only statistics this cache
         tracked (the tensors are shared, never written in place; statistics the policy does not need are dropped).
         Call ``compress()`` on it to apply the policy's budgets."""
+        check_positions(policy, self.positions)
         needs = policy.needs if policy is not None else frozenset()
         if needs - self.track:
             missing = sorted(needs - self.track)
