@@ -103,7 +103,12 @@ def test_bad_input_exits_2_with_one_line(args: list[str], expected: str) -> None
 def test_longctx_kv_on_smollm2_writes_the_tables(tmp_path) -> None:
     torch.manual_seed(0)
     args = "kv smollm2 --lengths 160 --ratios 0.5 --policies streaming,tova --continuation 8 --depths 0.5 --chunk 4"
+    args += " --rope yarn:2"
     result = runner.invoke(app, ["longctx", *args.split(), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "ppl, 160 tokens" in result.output and "passkey, 160 tokens" in result.output
+    assert (
+        "RoPE yarn ×2" in result.output
+        and "ppl, 160 tokens" in result.output
+        and "passkey, 160 tokens" in result.output
+    )
     assert (tmp_path / "kv.csv").exists() and (tmp_path / "kv_ppl_ratio.png").exists()
