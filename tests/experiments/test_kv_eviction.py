@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.kv_eviction import (
-    EvictingLayerCache,
-    EvictionConfig,
-    decode_with_eviction,
-    eviction_table,
-    keep_slots,
-)
+from attnlab.experiments.kv_eviction import EvictionConfig, decode_with_eviction, eviction_table, policy_of
 from attnlab.lens.capture import patterns, run_with_cache
+from attnlab.longctx.kv import HeadState, PolicyLayerCache
 from attnlab.position.base import NoPE
 
 N = 20
@@ -95,10 +90,11 @@ def test_original_positions_differ_from_cache_positions_after_eviction(make_lm) 
 
 
 def test_h2o_scores_accumulate_a_hand_built_pattern_per_kv_head() -> None:
-    cache = EvictingLayerCache(EvictionConfig(policy="h2o", budget=3, n_recent=1, positions="original"))
+    cache = PolicyLayerCache(policy_of(EvictionConfig(policy="h2o", budget=3, n_recent=1)), positions="original")
     b, h_q, h_kv, d = 1, 4, 2, 2
     k, v = torch.zeros(b, h_kv, 5, d), torch.zeros(b, h_kv, 5, d)
     cache.extend_rotated(NoPE(), torch.zeros(b, h_q, 5, d), k, v)
+    cache.store["acc"].zero_()  # drop the uniform weights of the zero queries: only the hand-built pattern counts
     w = torch.zeros(b, h_q, 5, 5)
     w[0, 0, :, 1] = 1.0  # query head 0 (KV group 0) puts everything on token 1
     w[0, 1, 4, 2] = 0.5  # query head 1 (KV group 0)
@@ -108,7 +104,7 @@ def test_h2o_scores_accumulate_a_hand_built_pattern_per_kv_head() -> None:
     cache.observe(w)  # a second step adds again
     expected = 2 * torch.tensor([[[0.0, 5.0, 0.5, 0.0, 0.0], [2.0, 0.0, 0.0, 1.25, 0.0]]], dtype=torch.float64)
     torch.testing.assert_close(cache.score, expected)
-    cache.evict()  # keep the last token plus the two heaviest older ones, per KV head
+    cache.compress(0, torch.tensor([3, 3]))  # keep the last token plus the two heaviest older ones, per KV head
     assert cache.token_index[0].tolist() == [[1, 2, 4], [0, 3, 4]]
     torch.testing.assert_close(cache.score, expected.gather(2, torch.tensor([[[1, 2, 4], [0, 3, 4]]])))
 
@@ -136,13 +132,22 @@ def test_h2o_keeps_the_recent_window_and_the_heaviest_older_tokens(make_lm) -> N
             assert kept[:4] == sorted(kept[:4]) and max(kept[:4]) < 16
 
 
-def test_keep_slots_known_answers() -> None:
-    assert keep_slots("streaming", 10, 6, n_sink=2).tolist() == [0, 1, 6, 7, 8, 9]
-    assert keep_slots("recent", 10, 6).tolist() == [4, 5, 6, 7, 8, 9]
-    assert keep_slots("recent", 5, 6).tolist() == [0, 1, 2, 3, 4]
-    scores = torch.tensor([[[5.0, 1.0, 3.0, 3.0, 0.0, 9.0, 0.0]]])
-    assert keep_slots("h2o", 7, 4, scores=scores, n_recent=2)[0, 0].tolist() == [0, 2, 5, 6]  # tie 2/3: older wins
-    assert keep_slots("h2o", 7, 3, scores=scores, n_recent=0)[0, 0].tolist() == [0, 2, 5]
+def kept_slots(cfg: EvictionConfig, size: int, scores: list[float] | None = None) -> list[int]:
+    """The slots ``cfg``'s policy keeps of a one-head cache of ``size`` tokens (``scores``: H2O's sums)."""
+    valid = torch.ones(1, 1, size, dtype=torch.bool)
+    stats = {"acc": torch.tensor([[scores]], dtype=torch.float64)} if scores is not None else {}
+    state = HeadState(valid, torch.arange(size).expand(1, 1, size), stats)
+    keep = policy_of(cfg).select(0, state, torch.tensor([min(cfg.budget, size)]))
+    return keep[0, 0].nonzero()[:, 0].tolist()
+
+
+def test_the_policies_keep_known_slots() -> None:
+    assert kept_slots(EvictionConfig(policy="streaming", budget=6, n_sink=2), 10) == [0, 1, 6, 7, 8, 9]
+    assert kept_slots(EvictionConfig(policy="recent", budget=6), 10) == [4, 5, 6, 7, 8, 9]
+    assert kept_slots(EvictionConfig(policy="recent", budget=6), 5) == [0, 1, 2, 3, 4]
+    scores = [5.0, 1.0, 3.0, 3.0, 0.0, 9.0, 0.0]
+    assert kept_slots(EvictionConfig(policy="h2o", budget=4, n_recent=2), 7, scores) == [0, 2, 5, 6]  # tie 2/3: older
+    assert kept_slots(EvictionConfig(policy="h2o", budget=3, n_recent=0), 7, scores) == [0, 2, 5]
 
 
 def test_bad_settings_are_one_line_config_errors(make_lm) -> None:

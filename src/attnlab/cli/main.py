@@ -61,5 +61,5 @@ app.add_typer(
 app.add_typer(
     longctx_app,
     name="longctx",
-    help="Long-context inference on SmolLM2: sparse prefill patterns (attnlab longctx prefill).",
+    help="Long-context inference on SmolLM2: sparse prefill patterns and KV-cache policies (attnlab longctx).",
 )

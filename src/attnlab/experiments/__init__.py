@@ -8,6 +8,9 @@ One module per experiment, each citing its paper and, where one exists, the auth
 - ``act``: ACT attention calibration of hidden sinks (Yu et al. 2024, arXiv:2406.15765);
 - ``kv_eviction``: StreamingLLM, H2O and a recent window under a KV-cache budget (arXiv:2309.17453,
   arXiv:2306.14048);
+- ``longctx_kv``: every KV-cache policy of ``attnlab.longctx.kv`` (StreamingLLM, H2O, recent, SnapKV, PyramidKV,
+  TOVA, Task-KV, Recycled Attention) on SmolLM2 at 2k–16k tokens: perplexity and passkey accuracy against
+  compression ratio and time, as NVIDIA's kvpress reports them;
 - ``rope_scaling``: PI, NTK, YaRN, ABF on SmolLM2 without fine-tuning;
 - ``sinks``: does the first-token sink emerge with softmax and with sigmoid attention (Gu et al. 2025,
   arXiv:2410.10781);
