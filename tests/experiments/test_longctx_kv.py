@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attnlab.cli.longctx_outputs import write_kv_outputs as write_outputs
 from attnlab.cli.main import app
 from attnlab.experiments.longctx_kv import (
     budget_for,
     longctx_kv_table,
     markdown_tables,
     passkey_prompt,
-    write_outputs,
 )
 
 runner = CliRunner()

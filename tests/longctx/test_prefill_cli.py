@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli import app
-from attnlab.experiments.sparse_prefill import PrefillRow, markdown_table, parse_patterns, time_methods, write_outputs
+from attnlab.cli.longctx_outputs import write_prefill_outputs as write_outputs
+from attnlab.experiments.sparse_prefill import PrefillRow, markdown_table, parse_patterns, time_methods
 from attnlab.longctx.prefill.patterns import PatternSpec
 
 runner = CliRunner()

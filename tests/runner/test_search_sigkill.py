@@ -98,11 +98,14 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
             while True:
                 snapshot = rows(db).values()
                 done = sum(r["status"] == "done" for r in snapshot)
-                # past the first rung (a promoted run continues from a state), well inside a run
-                if done > FIRST_RUNG and any(
-                    r["started_at"] < time.time() - 0.1 for r in snapshot if r["status"] == "running"
-                ):
-                    break
+                # past the first rung (a promoted run continues from a state), with a run under way
+                if done > FIRST_RUNG and any(r["status"] == "running" for r in snapshot):
+                    # freeze the command, then look again: the run may have finished between the read and now;
+                    # kill only while one is under way, so the test does not depend on how long a run takes
+                    os.killpg(proc.pid, signal.SIGSTOP)
+                    if any(r["status"] == "running" for r in rows(db).values()):
+                        break
+                    os.killpg(proc.pid, signal.SIGCONT)
                 assert proc.poll() is None, f"the search exited before it could be killed; see {log.name}"
                 assert time.monotonic() < deadline, f"not past the first rung within 300 s: {done} done"
                 time.sleep(0.02)

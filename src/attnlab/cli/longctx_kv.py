@@ -47,7 +47,8 @@ def kv(
     """Perplexity and passkey accuracy of SmolLM2 under every KV-cache policy and compression ratio."""
 
     def go() -> None:
-        from attnlab.experiments.longctx_kv import check, longctx_kv_table, markdown_tables, write_outputs
+        from attnlab.cli.longctx_outputs import write_kv_outputs as write_outputs
+        from attnlab.experiments.longctx_kv import check, longctx_kv_table, markdown_tables
         from attnlab.experiments.rope_scaling import parse_methods, scaled_position
 
         if model not in MODELS:

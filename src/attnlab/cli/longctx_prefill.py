@@ -40,7 +40,8 @@ def prefill(
     """Perplexity and attention time of SmolLM2's prefill under sparse patterns (MInference, HiP) vs dense SDPA."""
 
     def go() -> None:
-        from attnlab.experiments.sparse_prefill import ROPES, parse_patterns, prefill_table, write_outputs
+        from attnlab.cli.longctx_outputs import write_prefill_outputs as write_outputs
+        from attnlab.experiments.sparse_prefill import ROPES, parse_patterns, prefill_table
 
         if model not in MODELS:
             raise ConfigError("model", model, "unknown model", MODELS)

@@ -22,13 +22,11 @@ part of the manual, ``calib_tokens`` tokens, plain RoPE) and then uses the chose
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -253,37 +251,3 @@ def markdown_table(rows: Sequence[PrefillRow]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def write_outputs(rows: Sequence[PrefillRow], out: Path, header: str) -> list[Path]:
-    """prefill.csv, prefill.md (``header`` then the table) and prefill.png (perplexity ratio vs speed-up)."""
-    from attnlab.report.plots import plain, png_bytes, write_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "prefill.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([fld.name for fld in fields(PrefillRow)])
-        for r in rows:
-            writer.writerow(list(asdict(r).values()))
-    md_path = write_atomic(out / "prefill.md", (header + "\n\n" + markdown_table(rows)).encode())
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110, layout="constrained")
-    markers = dict(zip(PATTERNS, "o^sDvP", strict=True))
-    for length in sorted({r.length for r in rows}):
-        for name in PATTERNS:
-            pts = [(r.speedup, r.ppl_ratio) for r in rows if r.length == length and r.pattern == name]
-            if pts:
-                xs, ys = zip(*sorted(pts), strict=True)
-                ax.plot(xs, ys, marker=markers[name], linestyle="-", label=plain(f"{name} {length}"))
-    ax.axhline(1.02, color="grey", linestyle=":", linewidth=1)
-    ax.axvline(3.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("attention speed-up over dense SDPA (all layers, estimation included)")
-    ax.set_ylabel("perplexity / dense")
-    ax.set_title(plain(header.splitlines()[0].lstrip("# ")))
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    png_path = write_atomic(out / "prefill.png", png_bytes(fig))
-    return [csv_path, md_path, png_path]
