@@ -168,3 +168,21 @@ def test_durations_read_as_hours_minutes_seconds() -> None:
         "1 h",
         "1 h 23 min 45 s",
     ]
+
+
+def test_a_killed_sitting_counts_to_the_last_run_it_finished(
+    store: Store, runs: list[RunConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between a run's finish and the sitting's touch: the run's finish still ends the sitting."""
+    now = [100.0]
+    monkeypatch.setattr("attnlab.runner.store.time.time", lambda: now[0])
+    store.enqueue(runs[:1])
+    sweep = runs[0].sweep
+    first = store.begin_sitting(sweep, workers=1, threads=1)  # at 100
+    now[0] = 110.0
+    store.touch_sitting(first)
+    now[0] = 150.0
+    store.finish(runs[0].run_id, {"accuracy": 1.0}, [])  # then killed before the touch
+    now[0] = 400.0
+    store.begin_sitting(sweep, workers=1, threads=1)  # the next sitting
+    assert [s["wall_s"] for s in store.sittings(sweep)] == [50.0, 0.0]

@@ -51,13 +51,7 @@ def measurement_png(result: ClaimResult) -> bytes:
     """Each series of the measurement (a sweep claim: each arm's value per seed) as points and lines."""
     m = result.measurement
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110, layout="constrained")
-    for label, points in sorted(m.series.items()):
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", linewidth=1.2, label=plots.plain(label))
-    if ax.lines:
-        ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    plots._lines(ax, m.series, marker="o")  # the report's own line drawing: one line per label, NaNs left out
     ax.set_xlabel(plots.plain(m.xlabel))
     ax.set_ylabel(plots.plain(m.ylabel))
     ax.set_title(plots.plain(f"{result.claim.name}: {result.verdict.outcome}"))

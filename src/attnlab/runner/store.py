@@ -379,10 +379,25 @@ class Store:
             )
 
     def sittings(self, sweep: str | None = None) -> list[dict[str, Any]]:
-        """The sittings of ``sweep`` (or of every sweep), oldest first, each with its ``wall_s``."""
+        """The sittings of ``sweep`` (or of every sweep), oldest first, each with its ``wall_s``.
+
+        A sitting killed outright (no ``ended``) may have been killed between a run's finish and the sitting's touch:
+        it ends at the later of its last touch and the last run of its sweep finished before the next sitting began.
+        """
         where, args = ("WHERE sweep = ?", (sweep,)) if sweep is not None else ("", ())
-        rows = self.conn.execute(f"SELECT * FROM sittings {where} ORDER BY sitting_id", args).fetchall()
-        return [{**dict(r), "wall_s": (r["finished_at"] or r["started_at"]) - r["started_at"]} for r in rows]
+        rows = [dict(r) for r in self.conn.execute(f"SELECT * FROM sittings {where} ORDER BY sitting_id", args)]
+        for i, r in enumerate(rows):
+            end = r["finished_at"] or r["started_at"]
+            if r["ended"] is None:
+                later = [n["started_at"] for n in rows[i + 1 :] if n["sweep"] == r["sweep"]]
+                (last,) = self.conn.execute(
+                    "SELECT MAX(finished_at) FROM runs WHERE sweep = ? AND status = 'done' AND finished_at >= ?"
+                    " AND finished_at < ?",
+                    (r["sweep"], r["started_at"], later[0] if later else float("inf")),
+                ).fetchone()
+                end = max(end, last or end)
+            r["wall_s"] = end - r["started_at"]
+        return rows
 
     def wall_time(self, sweep: str) -> float:
         """The wall time of every sitting of ``sweep``, in seconds."""
