@@ -34,6 +34,7 @@ NEW_MODULES = {
     "roformer": 1,
     "snapkv": 2,
     "t5": 1,
+    "tpe2d": 1,
     "taskkv": 1,
     "tova": 2,
     "yarn": 2,
