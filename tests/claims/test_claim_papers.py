@@ -32,6 +32,7 @@ NEW_MODULES = {
     "pyramidkv": 1,
     "recycled_attention": 1,
     "roformer": 1,
+    "small_scale_proxies": 1,
     "snapkv": 2,
     "t5": 1,
     "tpe2d": 1,
@@ -239,3 +240,37 @@ def test_the_arithmetic_claims_compare_formats() -> None:
     assert derived(name, addition_rows(same, "accuracy@2x")) == "does not hold"
     noisy = {"reversed": [0.3, 0.6, 0.29], "index_hints": [0.5, 0.3, 0.55]}
     assert derived(name, addition_rows(noisy, "accuracy@2x")) == "inconclusive"
+
+
+def sensitivity_rows(per_seed: list[tuple[list[float], list[float]]]) -> list[dict[str, Any]]:
+    """Per seed: final losses over the claim's seven learning rates, (plain, qk-norm)."""
+    from attnlab.claims.papers.small_scale_proxies import SWEEP
+
+    rows = []
+    for seed, losses in enumerate(per_seed):
+        for qk, values in zip((None, "layernorm"), losses, strict=True):
+            for lr, loss in zip(SWEEP.lrs, values, strict=True):
+                config = {"model": {"vocab_size": 256, "attention": {"qk_norm": qk}}, "train": {}}
+                rows.append({**run_row(seed, config, {"loss": loss}), "lr": lr})
+    return rows
+
+
+def test_the_qk_norm_claim_compares_sensitivities_per_seed() -> None:
+    name = "qk-norm-lowers-lr-sensitivity"
+    plain, stable = [3.8, 2.6, 2.1, 2.0, 2.1, 2.3, 2.5], [3.8, 2.6, 2.1, 2.0, 2.0, 2.0, 2.0]
+    assert derived(name, sensitivity_rows([(plain, stable)] * 3)) == "holds"
+    assert derived(name, sensitivity_rows([(stable, plain)] * 3)) == "does not hold"
+    assert derived(name, sensitivity_rows([(plain, stable)])) == "inconclusive"  # one seed
+    claim = all_claims()[name]
+    assert isinstance(claim.experiment, SweepExperiment) and claim.experiment.derive is not None
+    missing = [r for r in sensitivity_rows([(stable, stable)]) if not (r["lr"] == 0.1 and '"layernorm"' in r["config"])]
+    m = claim.experiment.derive(missing, {})  # qk-norm's run at 0.1 did not finish: it counts as ln 256
+    assert m.values[0] == pytest.approx(-(math.log(256) - 2.0) / 7)
+
+
+def test_docs_list_every_claim() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "claims.md").read_text()
+    missing = [name for name in all_claims() if f"`{name}`" not in text]
+    assert not missing, f"docs/claims.md does not list {missing}: paste the registry's list (attnlab claims list)"
