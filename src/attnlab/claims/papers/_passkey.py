@@ -3,7 +3,7 @@ paper module). A part keeps the preset's every setting (2 layers, 4 heads, width
 digits, lr 2e-3, 800 steps of 64 examples, early stop at 99%, evaluated at 1×, 2×, 4×, 8×), so its seed-0 runs are
 the preset's own (runs are found by id) and claims on one part share its runs.
 
-Time: the standard run's passkey rows printed 176–534 s per 800-step run on 2 shared cores (softmax 319 s,
+Time: the standard run's passkey rows printed 174–534 s per 800-step run on 2 shared cores (softmax 319 s,
 docs/results/standard/report.md); a part of two mechanisms × three seeds is six such runs, two at a time: about
 16 minutes on 2 cores.
 """

@@ -8,8 +8,9 @@ authors report that this improves performance on tasks with several documents (a
 each run with the asked record at every position, plain and under PINE; the flip rate (the share of prompts whose
 answer changes with the position) and the accuracy. One deterministic run (seed 0).
 
-Time: 100 plain and 100 PINE forward passes over prompts of about 60 tokens; PINE's per-query rotations make its pass
-several times a plain one's: about 3 minutes on 2 cores.
+Time: no time was printed for ``attnlab intervene pine``; it runs 100 plain and 100 PINE forward passes over prompts
+of about 60 tokens, PINE's several times a plain one's (per-query rotations in query chunks): estimated at about 5
+minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ column-major positions keeps both and improves table understanding (abstract). T
 column's answer reads at a distance fixed by the column: per-cell accuracy, 2D-TPE (``tpe2d``, the sequence-causal
 mask) − RoPE, same model otherwise, three seeds.
 
-Time: six runs of 1000 steps of 64 sequences of 43 tokens (2 layers, width 64; about the tokens of the demo's MQAR
-step, 24–36 ms of one core, README, and 2D-TPE attends twice): about a minute each, about 4 minutes on 2 cores.
+Time: six runs of 1000 steps of 64 sequences of 43 tokens (2 layers, width 64, with MLPs): 1.3× the tokens of the
+demo's MQAR step (24–36 ms of one core, README, without MLPs), and 2D-TPE attends twice, so 1–1.5 minutes a run:
+about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
