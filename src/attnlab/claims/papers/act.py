@@ -50,8 +50,8 @@ CLAIMS = [
     Claim(
         name="act-improves-without-training",
         paper=PAPER,
-        statement="Calibrating the hidden attention sinks of heads chosen on a calibration set lowers the held-out "
-        "loss, with no training.",
+        statement="Calibrating the hidden attention sinks of selected heads at inference improves a model's accuracy, "
+        "with no weight update.",
         where="abstract",
         experiment=FunctionExperiment(act_on_smollm2, seeds="none: one deterministic run"),
         rule=Rule("held-out loss, ACT on the searched heads − none, nats/token (SmolLM2-135M)", "less", 0.0),

@@ -2,12 +2,12 @@
 code fc2869/lo-fit).
 
 Learning offset vectors on the outputs of a few attention heads, chosen by a first step of L1-penalised scaling
-vectors, adapts a frozen model to a task; the choice of heads matters: the same offsets on other heads do worse
-(abstract; the analysis of the selected heads). Tested with ``experiments.lofit``'s two steps
-(``lofit_selection`` then ``lofit_offsets``, the defaults of ``attnlab intervene lofit smollm2``: K = 10 of 270
-heads, 40 steps each, batch 4) on PEAR's copying proxy with SmolLM2-135M, for training seeds 0, 1, 2, each measured
-on its own held-out set (``pear.held_out_batch``): held-out copying loss with the offsets on LoFiT's heads, and with
-offsets learned the same way on 10 random heads (the ``--controls`` draw).
+vectors, adapts a frozen model to a task; the choice of heads matters: the abstract reports that task-specific
+heads do better than heads selected for a different task (this test compares random heads instead). Tested with
+``experiments.lofit``'s two steps (``lofit_selection`` then ``lofit_offsets``, the defaults of ``attnlab intervene
+lofit smollm2``: K = 10 of 270 heads, 40 steps each, batch 4) on PEAR's copying proxy with SmolLM2-135M, for
+training seeds 0, 1, 2, each measured on its own held-out set (``pear.held_out_batch``): held-out copying loss with
+the offsets on LoFiT's heads, and with offsets learned the same way on 10 random heads (the ``--controls`` draw).
 
 Time: per seed three 40-step trainings of the frozen 135M model on batches of 4 × 51 tokens; the full
 ``attnlab intervene lofit`` (five such trainings and path patching) printed user 3m56s, so about 2.5 minutes of one
@@ -96,7 +96,7 @@ CLAIMS = [
         name="lofit-head-selection-matters",
         paper=PAPER,
         statement="The same offsets learned on randomly chosen heads improve the task less than on LoFiT's heads.",
-        where="the analysis of the selected heads",
+        where="abstract (the localisation step matters)",
         experiment=_experiment("random heads", "LoFiT heads"),
         rule=Rule(
             "held-out copying loss, offsets on 10 random heads − on LoFiT's 10 heads, nats/token", "greater", 0.0

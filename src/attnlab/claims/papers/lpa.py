@@ -1,8 +1,9 @@
 """Lv et al. 2024, "Scalable Efficient Training of Large Language Models with Low-dimensional Projected Attention"
 (LPA, arXiv:2411.02063).
 
-LPA factors the attention projections through a low dimension r and reports language models as good as full-rank
-ones with fewer parameters (abstract, §4). Tested at r = 16 (width 64) on byte-level language modelling.
+LPA factors the attention projections through a low dimension r and reports language models at least as good as
+full-rank ones (about 5% lower test perplexity, up to 12.4% less training time) with fewer parameters, at 130M, 370M
+and 3B parameters (abstract, §4). Tested at r = 16 (width 64) on byte-level language modelling.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ CLAIMS = [
     Claim(
         name="lpa-matches-full-rank",
         paper=PAPER,
-        statement="Attention with low-dimensional projections (r = width/4) matches full-rank projections, with "
-        "fewer parameters.",
+        statement="Attention with low-dimensional projections matches or beats full-rank projections, with fewer "
+        "parameters.",
         where="abstract, §4 (Table 1)",
         experiment=SweepExperiment(
             SWEEP, "loss", Arm(AttentionConfig.model_validate(LPA).label, "lm"), Arm("softmax", "lm")
