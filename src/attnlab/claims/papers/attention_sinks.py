@@ -43,7 +43,7 @@ CLAIMS = [
         paper=PAPER,
         statement="A softmax language model puts attention sinks on the first token far more often than one with "
         "sigmoid attention and no normalisation.",
-        where="§7.4, Table 6",
+        where="abstract; §7.4, Table 6",
         experiment=FunctionExperiment(sink_rates, seeds="0, 1, 2"),
         rule=Rule("first-token sink rate (ε = 0.3), softmax − sigmoid (b = 0)", "greater", 0.05),
         scale_note="~0.2M parameters trained for 1000 steps of 16 × 64 bytes, against the paper's 60M-parameter "

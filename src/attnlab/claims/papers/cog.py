@@ -28,7 +28,7 @@ CLAIMS = [
         paper=PAPER,
         statement="Language models with Cog attention (softmax in the edge layers) reach a lower loss than softmax "
         "ones at equal steps.",
-        where="§4, Table 1",
+        where="abstract; §4, Table 1",
         experiment=SweepExperiment(
             SWEEP, "loss", Arm(AttentionConfig.model_validate(COG).label, "lm"), Arm("softmax", "lm")
         ),

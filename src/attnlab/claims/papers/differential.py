@@ -78,7 +78,7 @@ CLAIMS = [
         name="differential-attends-less-to-noise",
         paper=PAPER,
         statement="Differential attention gives a smaller share of its attention to irrelevant context than softmax.",
-        where="§3, Figure 1",
+        where="abstract; §3, Figure 1",
         experiment=FunctionExperiment(filler_attention, seeds="0, 1, 2"),
         rule=Rule("share of last-layer |attention| on filler tokens, softmax − differential", "greater", 0.0),
         scale_note="2 layers of width 64 on 64-token passkey retrieval for 800 steps; the paper's Figure 1 is a 3B "

@@ -2,7 +2,7 @@
 2021, arXiv:2106.12566).
 
 With a relative positional encoding the kernelized attention's position term is a Toeplitz matrix, so it can be
-applied with the FFT in O(n log n) instead of O(n²) (§3.2). Tested by timing attnlab's FFT path of one layer's
+applied with the FFT in O(n log n) instead of O(n²) (abstract, §3.2). Tested by timing attnlab's FFT path of one layer's
 forward pass at 1024 … 8192 tokens and fitting the exponent of time against length (log-log slope): near 1 for
 n log n, 2 for a quadratic; three independent measurements.
 """
@@ -41,7 +41,7 @@ CLAIMS = [
         name="kernelized-rpe-costs-n-log-n",
         paper=PAPER,
         statement="Kernelized attention with a relative positional encoding costs O(n log n) through the FFT.",
-        where="§3.2",
+        where="abstract, §3.2",
         experiment=FunctionExperiment(time_exponent, seeds="3 repeated timings"),
         rule=Rule("exponent of forward time against length, 1024–8192 tokens", "less", 1.5),
         scale_note="One layer of width 64 on 2 CPU cores; at short lengths fixed costs flatten the slope, so the fit "

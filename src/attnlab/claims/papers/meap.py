@@ -2,7 +2,8 @@
 arXiv:2502.07490).
 
 Masking a small fraction of the input tokens during next-token training, at no extra cost, improves retrieval of
-key information (needle in a haystack) over plain next-token training (abstract). Tested on the
+key information (needle in a haystack) over plain next-token training (abstract; §4.1.2, needle-in-a-haystack
+retrieval after pre-training). Tested on the
 ``longctx-passkey`` preset's passkey part (``_passkey``: softmax, T = 64, 800 steps) with and without 15% of each
 training batch's inputs masked (``TrainConfig.meap_mask_fraction``; evaluation never masked), three seeds: passkey
 accuracy, MEAP − plain, paired by seed. About 8 minutes on 2 cores for the three MEAP runs (the plain runs are the
@@ -45,7 +46,7 @@ CLAIMS = [
         paper=PAPER,
         statement="Masking a fraction of the input tokens during next-token training improves key-information "
         "retrieval.",
-        where="abstract",
+        where="abstract, §4.1.2",
         experiment=SweepExperiment(
             SUITE,
             derive=paired(

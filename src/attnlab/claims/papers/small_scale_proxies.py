@@ -2,7 +2,7 @@
 (arXiv:2309.14322).
 
 At high learning rates the attention logits grow and training degrades; qk-layernorm removes that instability, so
-a model with it loses less over a range of learning rates: a lower learning-rate sensitivity (§2.2, §3.1,
+a model with it loses less over a range of learning rates: a lower learning-rate sensitivity (§2.2, §3.1.1,
 Figure 1). Tested with the ``lr-sensitivity`` preset's plain part at width 64 (``sweeps/lr_sensitivity.py``:
 byte-level language modelling at T = 64, 2 layers, 300 steps, seven learning rates from 1e-4 to 1e-1) with three
 seeds: per seed, the sensitivity E_η[min(ℓ(η), ℓ₀) − ℓ*] (``experiments.lr_sensitivity``) of softmax minus that of
@@ -63,7 +63,7 @@ CLAIMS = [
         paper=PAPER,
         statement="qk-layernorm lowers a model's learning-rate sensitivity: it loses less loss over a range of "
         "learning rates.",
-        where="§2.2, §3.1, Figure 1",
+        where="§2.2, §3.1.1, Figure 1",
         experiment=SweepExperiment(SWEEP, derive=sensitivity_gap),
         rule=Rule(
             "learning-rate sensitivity over 1e-4 … 1e-1, plain softmax − with qk-layernorm, nats/token", "greater", 0.0
