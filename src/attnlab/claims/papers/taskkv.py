@@ -1,5 +1,5 @@
-"""He, Liu, Chen 2025, "Task-aware KV Cache Optimization via Semantic Differentiation of Attention Heads"
-(Task-KV, arXiv:2501.15113).
+"""He, Liu, Chen 2025, "Task-KV: Task-aware KV Cache Optimization via Semantic Differentiation of Attention Heads"
+(arXiv:2501.15113).
 
 Heads whose outputs lie far from the layer's semantic centre (heterogeneous heads) keep their whole cache, the
 others a few sinks, recent and middle tokens; this beats uniform compression at the same budget (abstract).
@@ -16,7 +16,7 @@ from attnlab.claims.papers._kv import SCALE, kv_claim, passkey_gap
 from attnlab.claims.verdict import Rule
 
 PAPER = Paper(
-    "Task-aware KV Cache Optimization via Semantic Differentiation of Attention Heads",
+    "Task-KV: Task-aware KV Cache Optimization via Semantic Differentiation of Attention Heads",
     "He, Liu, Chen",
     2025,
     "2501.15113",
