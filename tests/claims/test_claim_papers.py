@@ -28,7 +28,7 @@ NEW_MODULES = {
     "meap": 1,
     "minference": 2,
     "pine": 2,
-    "positional_description": 1,
+    "teaching_arithmetic": 1,
     "pyramidkv": 1,
     "recycled_attention": 1,
     "roformer": 1,

@@ -17,7 +17,8 @@ CLAIMS = [
         "mla-matches-mha",
         PAPER,
         {"normaliser": "softmax", "heads": "mla", "heads_args": {"kv_rank": 16, "q_rank": 24}},
-        "Multi-head latent attention matches multi-head attention's quality with a much smaller KV cache.",
+        "Multi-head latent attention is at least as good as multi-head attention, with a much smaller KV cache.",
         "§2.1, Appendix D.2, Table 9",
+        direction="less",  # the paper reports MLA at least as good: "matches" is no worse by more than the margin
     )
 ]
