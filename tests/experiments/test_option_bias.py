@@ -1,7 +1,7 @@
 """The position-bias evaluation without the pretrained weights (a tiny float64 Llama, prompts of token ids): the
-option labels follow ``Question.options``, PINE and CCA never flip on moved records (their outputs do not depend
-on the documents' order), Uni-Encoder never flips on rotated options, the table's rows and columns, and the
-methods' one-line errors."""
+option labels follow ``Question.options``, PINE and CCA never flip on moved records or on rotated options without
+letters (their outputs do not depend on the documents' order), Uni-Encoder never flips on rotated options, the
+table's rows and columns, and the methods' one-line errors."""
 
 from __future__ import annotations
 
@@ -66,9 +66,10 @@ def test_pine_and_cca_never_flip_on_moved_records() -> None:
     assert (logits[0] - logits[2]).abs().max() > 1e-3
 
 
-def option_prompt(letters: list[int]) -> OptionPrompt:
-    options = [draw(n) for n in (1, 2, 3, 1)]  # content 0 is the answer
-    lines = [[[30 + j, 4, *options[OptionPrompt.content(r, j)], 3] for j in range(4)] for r in range(4)]
+def option_prompt(letters: list[int] | None) -> OptionPrompt:
+    options = [[5 + i, *draw(n)] for i, n in enumerate((0, 1, 2, 0))]  # content 0 is the answer; distinct starts
+    mark = [30, 31, 32, 33] if letters is not None else [34] * 4
+    lines = [[[mark[j], 4, *options[OptionPrompt.content(r, j)], 3] for j in range(4)] for r in range(4)]
     return OptionPrompt(
         prefix=[1, *draw(4)], lines=lines, suffix=draw(2), letters=letters, cloze=[1, *draw(5)], options=options
     )
@@ -96,3 +97,14 @@ def test_methods_are_checked() -> None:
     retrieval = Retrieval(prefix=[1], records=[[2], [3]], suffix=[4], asked=0, answer=2)
     with pytest.raises(ConfigError, match="methods='uni-encoder': not a method of this task"):
         position_bias(llama(), [retrieval], ["uni-encoder"])
+
+
+def test_without_letters_pine_and_cca_never_flip_on_rotated_options() -> None:
+    torch.manual_seed(2)
+    prompts = [option_prompt(None) for _ in range(4)]
+    res = position_bias(llama(), prompts, ["plain", "pine", "cca"])
+    assert res.flip_rate("pine") == 0.0 and res.flip_rate("cca") == 0.0
+    # the label is read off the options' first tokens, in the question's order
+    logits = torch.zeros(41)
+    logits[prompts[0].options[2][0]] = 1.0
+    assert prompts[0].label(3, logits) == 2

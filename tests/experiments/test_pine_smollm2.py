@@ -98,6 +98,7 @@ def test_intervene_pine_runs_and_refuses_bad_input(smollm2) -> None:
         (["--methods", "uni-encoder"], "error: methods='uni-encoder': not a method of this task"),
         (["--methods", "pine,bogus"], "error: methods='bogus': not a method of this task"),
         (["--task", "mcq", "--prompts", "100000"], "error: prompts=100000: must be between 1 and"),
+        (["--task", "mcq", "--mcq-format", "roman"], "error: mcq_format='roman': not a multiple-choice format"),
     ):
         res = runner.invoke(intervene_app, ["pine", "smollm2", *args])
         assert res.exit_code == 2 and line in res.output, res.output
@@ -117,6 +118,10 @@ def test_option_prompts_are_the_mcq_prompts_in_segments(smollm2) -> None:
         tokens, layout = prompt.moved(r)
         assert tokens[0].tolist() == [1, *encode_ids(tok, question.render(r))]
         assert layout.n_docs == 4 and layout.suffix == len(encode_ids(tok, "Answer:"))
+    for bare in option_prompts(tok, 5, seed=0, bos=1, fmt="bare"):
+        assert bare.letters is None
+        assert len({option[0] for option in bare.options}) == 4  # the choice reads four different tokens
+        assert all(tok.decode(line).startswith("- ") for line in bare.lines[0])
 
 
 @needs_weights

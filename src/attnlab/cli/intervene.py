@@ -352,6 +352,9 @@ def pine(
         ),
     ] = None,
     docs: Annotated[int, typer.Option(help="retrieval: records per prompt (key-value documents)")] = 5,
+    mcq_format: Annotated[
+        str, typer.Option(help="mcq: letters (A. option, answer a letter) or bare (- option, answer the option)")
+    ] = "letters",
     prompts: Annotated[
         int, typer.Option(help="prompts (mcq: questions); each is run with its answer at every position")
     ] = 20,
@@ -362,6 +365,7 @@ def pine(
     on mcq, Uni-Encoder's one-pass candidate scoring (arXiv:2106.01263)."""
 
     def go() -> None:
+        from attnlab.experiments.option_bias import FORMATS
         from attnlab.experiments.pine import LAYOUT_METHODS, METHODS, check_methods, position_bias, retrieval_prompts
 
         _check_model(model)
@@ -370,6 +374,8 @@ def pine(
         allowed = METHODS if task == "mcq" else tuple(LAYOUT_METHODS)
         chosen = list(allowed) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
         check_methods(chosen, allowed)
+        if mcq_format not in FORMATS:
+            raise ConfigError("mcq_format", mcq_format, "not a multiple-choice format", FORMATS)
         if prompts < 1:
             raise ConfigError("prompts", prompts, "must be at least 1")
         m, tok = _load(model)
@@ -380,7 +386,7 @@ def pine(
             from attnlab.experiments.prompts.mcq import LETTERS
             from attnlab.lens.inspect import MODEL_INFO
 
-            questions = option_prompts(tok, prompts, seed, bos=MODEL_INFO[model]["bos"])
+            questions = option_prompts(tok, prompts, seed, bos=MODEL_INFO[model]["bos"], fmt=mcq_format)
             res = position_bias(m, questions, chosen, position_names=LETTERS)
         console.print(res.table(), highlight=False)
 

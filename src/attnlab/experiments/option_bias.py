@@ -13,7 +13,13 @@ arXiv:2407.01100, treat the options of a multiple-choice question as its documen
 and the choice is the letter among " A" … " D" with the largest logit after "Answer:"; its label is the option's
 content (its index in the question's own order, the answer first), so the flip rate counts questions whose chosen
 *answer* changes with the rotation. The letter of a document changes with its place, so PINE removes the positional
-part of the bias (where the option stands) and keeps any preference for a letter.
+part of the bias (where the option stands) and keeps any preference for a letter; a small model that always
+answers "A" (the anchor of "Anchored Answers") is then as biased under PINE as without it.
+
+The ``bare`` format takes the letters away, so that only the place of an option can bias the choice: each document
+is ``"- Berlin\n"`` and the choice is the option whose first token (of " " + option) has the largest logit after
+"Answer:" (questions whose four options do not start with four different tokens are left out). The documents then
+only move, so PINE's and CCA's choices do not depend on the rotation.
 
 Uni-Encoder (Song et al., arXiv:2106.01263; ``lens.uni_encoder``) scores the options themselves: the context is the
 question and "Answer:" without the lettered list (a listed order would bring the order back), each candidate is
@@ -39,6 +45,7 @@ from attnlab.lens.pine import PineLayout
 from attnlab.lens.uni_encoder import candidate_scores
 
 N_ARITHMETIC = 16  # one-digit additions added to the fact questions (as ``attnlab circuits mcq``'s default)
+FORMATS = ("letters", "bare")
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,9 @@ class OptionPrompt:
     cloze form for Uni-Encoder (context, and each option's tokens in the question's order)."""
 
     prefix: list[int]
-    lines: list[list[list[int]]]  # [rotation][letter] → tokens of "A. option\n"
+    lines: list[list[list[int]]]  # [rotation][place] → tokens of "A. option\n" (bare: "- option\n")
     suffix: list[int]
-    letters: list[int]
+    letters: list[int] | None  # the ids of " A" … " D"; None: the bare format, read the options' first tokens
     cloze: list[int]
     options: list[list[int]]  # [content] → tokens of " option"; content 0 is the answer
     answer: int = 0
@@ -70,7 +77,10 @@ class OptionPrompt:
         return torch.tensor([layout.concat(self.prefix, docs, self.suffix)]), layout
 
     def label(self, position: int, logits: Tensor) -> int:
-        """The chosen option's content, from the last token's logits [V] (the best of the four letters)."""
+        """The chosen option's content, from the last token's logits [V]: the best of the four letters, or (bare)
+        the best of the options' first tokens."""
+        if self.letters is None:
+            return int(logits[[option[0] for option in self.options]].argmax())
         return self.content(position, int(logits[self.letters].argmax()))
 
     def uni_label(self, model: nn.Module, position: int) -> int:
@@ -80,14 +90,14 @@ class OptionPrompt:
         return order[int(scores.argmax())]
 
 
-def option_prompt(tokenizer: Any, question: Question, letters: list[int], bos: int | None = None) -> OptionPrompt:
-    """A question cut into PINE's segments (module docstring), in every rotation."""
+def option_prompt(
+    tokenizer: Any, question: Question, letters: list[int] | None, bos: int | None = None
+) -> OptionPrompt:
+    """A question cut into PINE's segments (module docstring), in every rotation; ``letters`` None: bare."""
     first = [] if bos is None else [bos]
+    marks = [f"{letter}." for letter in LETTERS] if letters is not None else ["-"] * len(LETTERS)
     lines = [
-        [
-            encode_ids(tokenizer, f"{letter}. {option}\n")
-            for letter, option in zip(LETTERS, question.options(r), strict=True)
-        ]
+        [encode_ids(tokenizer, f"{mark} {option}\n") for mark, option in zip(marks, question.options(r), strict=True)]
         for r in range(len(LETTERS))
     ]
     base = [question.answer, *question.distractors]
@@ -101,12 +111,23 @@ def option_prompt(tokenizer: Any, question: Question, letters: list[int], bos: i
     )
 
 
-def option_prompts(tokenizer: Any, n_prompts: int, seed: int = 0, bos: int | None = None) -> list[OptionPrompt]:
+def distinct_starts(tokenizer: Any, question: Question) -> bool:
+    """Whether the four options (" " + option) start with four different tokens (the bare format reads them)."""
+    return len({encode_ids(tokenizer, " " + o)[0] for o in (question.answer, *question.distractors)}) == 4
+
+
+def option_prompts(
+    tokenizer: Any, n_prompts: int, seed: int = 0, bos: int | None = None, fmt: str = "letters"
+) -> list[OptionPrompt]:
     """``n_prompts`` questions drawn (``random.Random(seed)``) from the fact questions of the recall set and
-    ``N_ARITHMETIC`` one-digit additions, each in its four rotations."""
+    ``N_ARITHMETIC`` one-digit additions, each in its four rotations, in the format ``fmt`` (``FORMATS``)."""
+    if fmt not in FORMATS:
+        raise ConfigError("mcq_format", fmt, "not a multiple-choice format", FORMATS)
     questions = fact_questions(candidate_facts(tokenizer), seed) + arithmetic_questions(N_ARITHMETIC, seed)
+    if fmt == "bare":
+        questions = [q for q in questions if distinct_starts(tokenizer, q)]
     if not 1 <= n_prompts <= len(questions):
         raise ConfigError("prompts", n_prompts, f"must be between 1 and {len(questions)} (the questions there are)")
-    letters = letter_tokens(tokenizer).tolist()
+    letters = letter_tokens(tokenizer).tolist() if fmt == "letters" else None
     chosen = random.Random(seed).sample(questions, n_prompts)
     return [option_prompt(tokenizer, q, letters, bos) for q in chosen]
