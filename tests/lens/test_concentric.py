@@ -1,5 +1,5 @@
 """Concentric causal attention's text analogue (Xing et al., arXiv:2410.15926; ``lens.concentric``): the positions
-and the mask by known answers, one document is the plain model, reordering the documents leaves the prefix and
+and the mask by known answers, one document is the plain model (bitwise), reordering the documents leaves the prefix and
 the suffix unchanged (float64), the layers' causal rule comes back afterwards, and bad models are refused."""
 
 from __future__ import annotations
@@ -50,12 +50,16 @@ def test_the_mask_is_causal_in_the_positions_between_documents() -> None:
     assert torch.equal(cca_visible(PineLayout(1, (2, 1), 1)), want)
 
 
-def test_one_document_is_the_plain_model() -> None:
+def test_one_document_is_the_plain_model_bitwise() -> None:
     model = llama()
     layout = PineLayout(2, (6,), 3)
     assert torch.equal(cca_positions(layout), torch.arange(layout.total))
     tokens = torch.randint(1, 31, (2, layout.total))
-    close64(cca_logits(model, tokens, layout), model(tokens))
+    assert torch.equal(cca_logits(model, tokens, layout), model(tokens))
+    # documents of one token each are a ring of their own: the same position, and they see each other
+    layout = PineLayout(2, (1, 1, 1), 2)
+    assert cca_positions(layout).tolist() == [0, 1, 2, 2, 2, 3, 4]
+    assert cca_visible(layout)[2:5, 2:5].all()
 
 
 def test_reordering_the_documents_leaves_prefix_and_suffix_unchanged() -> None:

@@ -27,11 +27,13 @@ float summation order). Unlike PINE (``lens.pine``), every query sees the same l
 attention core's ``position_ids`` and ``AttentionMask`` (one position per key). The mask shows some keys after a
 query's index (a later document's outer ring), which a causal layer's own rule would hide, so ``concentric`` lifts
 every layer's causal rule while it runs and the mask, which contains causality outside the documents, is the whole
-rule. With one document the layout is the plain one (positions equal to the indices, the causal mask).
+rule. With one document the layout is the plain one (positions equal to the indices, the causal mask), and
+``cca_logits`` returns the plain model's logits bitwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +95,10 @@ def cca_logits(model: nn.Module, tokens: Tensor, layout: PineLayout) -> Tensor:
     if tokens.shape[-1] != layout.total:
         raise ValueError(f"cca: the input has {tokens.shape[-1]} tokens, the layout {layout.total}")
     positions = cca_positions(layout, tokens.device).expand(tokens.shape[0], -1)
-    mask = AttentionMask(visible=cca_visible(layout, tokens.device)[None, None])
-    with concentric(model):
+    visible = cca_visible(layout, tokens.device)
+    mask = AttentionMask(visible=visible[None, None])
+    # lift the causal rule only where the mask shows a later key: a layout the causal rule holds (one document)
+    # then runs the core's own call, which drops index positions and a mask that hides nothing more (bitwise)
+    later = bool((visible & ~torch.ones_like(visible).tril()).any())
+    with concentric(model) if later else contextlib.nullcontext():
         return model(tokens, position_ids=positions, attention_mask=mask)
