@@ -99,3 +99,21 @@ def test_bad_models_and_inputs_are_refused(make_lm) -> None:  # type: ignore[no-
         pass
     with pytest.raises(ValueError, match="the layout 15"):
         cca_logits(llama(), torch.randint(1, 31, (1, 7)), LAYOUT)
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_cca_runs_on_the_models_device(device: str) -> None:
+    from attnlab.train.device import devices_present
+
+    if device not in devices_present():
+        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
+    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    model = llama().to(dtype)
+    tokens = torch.randint(1, 31, (2, LAYOUT.total))
+    want = cca_logits(model, tokens, LAYOUT)
+    got = cca_logits(model.to(device), tokens.to(device), LAYOUT).cpu()
+    if dtype == torch.float64:
+        close64(got, want)
+    else:  # float32 on two devices: each within the order bound of the exact value
+        bound = order_bound(torch.float32, LM_TERMS, lm_depth(SPEC.n_layers)) * scale_of(want)
+        assert (got - want).abs().max().item() <= bound

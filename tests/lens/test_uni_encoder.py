@@ -20,11 +20,11 @@ CONTEXT = [5, 9, 2, 14]
 CANDIDATES = [[3, 7], [11], [4, 20, 8, 1], [6, 6, 30]]
 
 
-def bound(model: torch.nn.Module) -> float:
+def bound(model: torch.nn.Module, dtype: torch.dtype = torch.float64) -> float:
     """A mean log-probability is a logit minus a log-sum-exp of logits: each moves at most as far as the logits,
     which are within the order bound of the model's forward pass (one more step for the log-sum-exp)."""
     scale = scale_of(model(torch.tensor([CONTEXT + [t for c in CANDIDATES for t in c]])))
-    return 2 * order_bound(torch.float64, LM_TERMS, lm_depth(SPEC.n_layers) + 1) * scale
+    return 2 * order_bound(dtype, LM_TERMS, lm_depth(SPEC.n_layers) + 1) * scale
 
 
 def llama() -> LlamaLM:
@@ -71,3 +71,17 @@ def test_bad_layouts_are_refused() -> None:
         UniLayout(2, ())
     with pytest.raises(ValueError, match="positive lengths"):
         UniLayout(2, (2, 0))
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_uni_encoder_runs_on_the_models_device(device: str) -> None:
+    from attnlab.train.device import devices_present
+
+    if device not in devices_present():
+        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
+    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    model = llama().to(dtype)
+    want = candidate_scores(model, CONTEXT, CANDIDATES)
+    got = candidate_scores(model.to(device), CONTEXT, CANDIDATES).cpu()
+    assert (got - want).abs().max().item() <= bound(model.cpu(), dtype)
+    assert got.dtype == torch.float64  # log-probabilities are taken in float64 on every device
