@@ -1,6 +1,8 @@
 """PINE (Wang et al., arXiv:2407.01100): the mask and the ranking by known answers, the layer against a per-query
 float64 reference written from the paper's description, and the acceptance test: reordering the documents leaves
-the suffix's logits unchanged; with one document PINE is the plain model."""
+the suffix's logits unchanged; with one document PINE is the plain model. Its parts alone (the ablations): both
+off is the plain model, the mask alone is the attention core under that mask, the positions alone match the
+reference under the causal mask, and neither alone removes the order dependence."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import torch
 
 from attnlab.attention import Attention
 from attnlab.checks import liven
+from attnlab.lens.concentric import concentric
 from attnlab.lens.pine import PineLayout, pine, pine_forward, pine_logits, rank_shifts
 from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec
+from attnlab.types import AttentionMask
 from tolerances import LM_TERMS, lm_depth, order_bound, scale_of
 
 SPEC = LlamaSpec(
@@ -64,8 +68,9 @@ def test_rank_shifts_place_the_most_important_document_last() -> None:
     assert rank_shifts(torch.tensor([0.5, 0.5, 0.5]), lengths).tolist() == [0, 4, 6]
 
 
-def reference_layer(attn: Attention, x: torch.Tensor, layout: PineLayout) -> torch.Tensor:
-    """PINE for one layer, one (batch row, head, query) at a time, from the paper's description."""
+def reference_layer(attn: Attention, x: torch.Tensor, layout: PineLayout, mask: bool = True) -> torch.Tensor:
+    """PINE for one layer, one (batch row, head, query) at a time, from the paper's description (``mask=False``:
+    the causal mask, PINE's positions alone)."""
     proj = attn.heads.project(x, None)
     q, k, v = proj.q, proj.k, proj.v
     n_rep = q.shape[1] // k.shape[1]
@@ -102,7 +107,9 @@ def reference_layer(attn: Attention, x: torch.Tensor, layout: PineLayout) -> tor
                     pos[starts[d] : starts[d] + layout.documents[d]] = torch.arange(end - layout.documents[d], end)
                     end -= layout.documents[d]
                 seen = [
-                    j for j in range(layout.total) if j <= i or (own is not None and 0 <= seg[j] < n and seg[j] != own)
+                    j
+                    for j in range(layout.total)
+                    if j <= i or (mask and own is not None and 0 <= seg[j] < n and seg[j] != own)
                 ]
                 qi, _ = attn.position.rotate(qh[None, None, i : i + 1], qh[None, None, i : i + 1], base[i : i + 1])
                 _, kr = attn.position.rotate(kh[None, None], kh[None, None], pos)
@@ -111,12 +118,41 @@ def reference_layer(attn: Attention, x: torch.Tensor, layout: PineLayout) -> tor
     return attn.heads.combine(z, x)
 
 
-def test_the_layer_matches_a_per_query_reference() -> None:
+@pytest.mark.parametrize("mask", [True, False])
+def test_the_layer_matches_a_per_query_reference(mask: bool) -> None:
     attn = llama().blocks[0].attn
     x = torch.randn(2, LAYOUT.total, SPEC.d_model, dtype=torch.float64)
-    got = pine_forward(attn, LAYOUT, x)
-    want = reference_layer(attn, x, LAYOUT)
+    got = pine_forward(attn, LAYOUT, x, parts=(mask, True))
+    want = reference_layer(attn, x, LAYOUT, mask=mask)
     close64(got, want, n_layers=1)
+
+
+def test_without_both_parts_pine_is_the_plain_model() -> None:
+    model = llama()
+    tokens = torch.randint(1, 31, (2, LAYOUT.total))
+    close64(pine_logits(model, tokens, LAYOUT, mask=False, positions=False), model(tokens))
+
+
+def test_the_mask_alone_is_the_core_with_pines_mask_at_the_indices() -> None:
+    # PINE's mask at index positions, against the attention core under the same mask with the causal rule lifted
+    model = llama()
+    tokens = torch.randint(1, 31, (2, LAYOUT.total))
+    with concentric(model):
+        want = model(tokens, attention_mask=AttentionMask(visible=LAYOUT.visible()[None, None]))
+    got = pine_logits(model, tokens, LAYOUT, positions=False)
+    close64(got, want)
+    assert (got - model(tokens)).abs().max() > 1e-3  # the mask does change the output
+
+
+def test_each_part_alone_leaves_some_order_dependence() -> None:
+    # only both parts together make the suffix independent of the documents' order
+    model = llama()
+    prefix, docs, suffix = segments(LAYOUT)
+    layout = PineLayout(LAYOUT.prefix, tuple(LAYOUT.documents[i] for i in [3, 2, 1, 0]), LAYOUT.suffix)
+    for parts in ({"mask": False}, {"positions": False}):
+        a = pine_logits(model, permuted(prefix, docs, suffix, [0, 1, 2, 3]), LAYOUT, **parts)[:, -1]
+        b = pine_logits(model, permuted(prefix, docs, suffix, [3, 2, 1, 0]), layout, **parts)[:, -1]
+        assert (a - b).abs().max() > 1e-6, parts
 
 
 def permuted(prefix: list[int], docs: list[list[int]], suffix: list[int], order: list[int]) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """``attnlab intervene ablate|scale|pear|lofit|act|pine``: the typer sub-application for the experiments in
-``attnlab.experiments`` (ablation, scaling, PEAR, LoFiT, ACT, PINE).
+``attnlab.experiments`` (ablation, scaling, PEAR, LoFiT, ACT, and position bias: PINE, CCA, Uni-Encoder).
 
 The main CLI mounts it with ``app.add_typer(intervene_app, name="intervene")``. Every command loads the model with
 ``lens.inspect.load_model`` (only SmolLM2 for now: the tasks need a causal LM), runs one experiment and prints its
@@ -337,22 +337,57 @@ def act(
     _guard(go)
 
 
+TASKS = ("retrieval", "mcq")
+
+
 @intervene_app.command()
 def pine(
     model: Annotated[str, typer.Argument(help="a causal pretrained model: smollm2")],
-    docs: Annotated[int, typer.Option(help="records per prompt (key-value documents)")] = 5,
-    prompts: Annotated[int, typer.Option(help="prompts; each is run with its answer at every position")] = 20,
+    task: Annotated[str, typer.Option(help="retrieval (key-value records) or mcq (options rotated)")] = "retrieval",
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated: plain, pine, pine-mask-only, pine-positions-only, cca, uni-encoder (mcq only); "
+            "default: all the task defines"
+        ),
+    ] = None,
+    docs: Annotated[int, typer.Option(help="retrieval: records per prompt (key-value documents)")] = 5,
+    mcq_format: Annotated[
+        str, typer.Option(help="mcq: letters (A. option, answer a letter) or bare (- option, answer the option)")
+    ] = "letters",
+    prompts: Annotated[
+        int, typer.Option(help="prompts (mcq: questions); each is run with its answer at every position")
+    ] = 20,
     seed: Annotated[int, typer.Option(help="seed of the prompts")] = 0,
 ) -> None:
-    """PINE (arXiv:2407.01100) against position bias: key-value retrieval accuracy by the answer's position and the
-    flip rate, plain and under PINE."""
+    """Position bias: accuracy by the answer's position, its mean and the flip rate, for the plain model, PINE
+    (arXiv:2407.01100) and its two parts alone, concentric causal attention's text analogue (arXiv:2410.15926) and,
+    on mcq, Uni-Encoder's one-pass candidate scoring (arXiv:2106.01263)."""
 
     def go() -> None:
-        from attnlab.experiments.pine import position_bias, retrieval_prompts
+        from attnlab.experiments.option_bias import FORMATS
+        from attnlab.experiments.pine import LAYOUT_METHODS, METHODS, check_methods, position_bias, retrieval_prompts
 
         _check_model(model)
+        if task not in TASKS:
+            raise ConfigError("task", task, "not a position-bias task", TASKS)
+        allowed = METHODS if task == "mcq" else tuple(LAYOUT_METHODS)
+        chosen = list(allowed) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+        check_methods(chosen, allowed)
+        if mcq_format not in FORMATS:
+            raise ConfigError("mcq_format", mcq_format, "not a multiple-choice format", FORMATS)
+        if prompts < 1:
+            raise ConfigError("prompts", prompts, "must be at least 1")
         m, tok = _load(model)
-        res = position_bias(m, retrieval_prompts(tok, docs, prompts, seed))
+        if task == "retrieval":
+            res = position_bias(m, retrieval_prompts(tok, docs, prompts, seed), chosen)
+        else:
+            from attnlab.experiments.option_bias import option_prompts
+            from attnlab.experiments.prompts.mcq import LETTERS
+            from attnlab.lens.inspect import MODEL_INFO
+
+            questions = option_prompts(tok, prompts, seed, bos=MODEL_INFO[model]["bos"], fmt=mcq_format)
+            res = position_bias(m, questions, chosen, position_names=LETTERS)
         console.print(res.table(), highlight=False)
 
     _guard(go)

@@ -1,4 +1,4 @@
-"""Position bias before and after PINE: multi-document key–value retrieval with the answer's document moved.
+"""Position bias before and after PINE, its parts and CCA: key–value retrieval with the answer's document moved.
 
 PINE: Wang et al., "Eliminating Position Bias of Language Models: A Mechanistic Approach" (ICLR 2025,
 arXiv:2407.01100), ``attnlab.lens.pine``. The task follows the key–value retrieval of Liu et al., "Lost in the
@@ -10,20 +10,30 @@ under PINE, so the table gives accuracy by position and the flip rate: the share
 the same at every position. Each record is tokenized on its own (as the authors' tokenizer does), so moving a
 record permutes whole token blocks and PINE's prediction cannot depend on the order (``lens.pine``'s tests).
 Everything is drawn from ``random.Random(seed)`` with the model's own tokenizer; nothing is downloaded.
+
+The same table serves every prompt set whose documents move (``experiments.option_bias``: multiple choice with the
+options rotated) and every method (``METHODS``): the plain model; PINE; PINE's inter-document mask alone
+(positions at the indices) and its attention-ranked positions alone (causal mask), to see which part does what;
+concentric causal attention's text analogue (``lens.concentric``); and, where the prompt defines candidates,
+Uni-Encoder's one-pass candidate scoring (``lens.uni_encoder``). A prompt's prediction is a label (here the
+predicted token; for multiple choice, the chosen option's content), so the flip rate counts a changed answer, not a
+changed letter.
 """
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.experiments.prompts.ioi import encode_ids
+from attnlab.lens.concentric import cca_logits
 from attnlab.lens.pine import PineLayout, pine_logits
 
 VALUES = (
@@ -43,6 +53,14 @@ class Retrieval:
     suffix: list[int]
     asked: int
     answer: int
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.records)
+
+    def label(self, position: int, logits: Tensor) -> int:
+        """The prediction from the last token's logits [V]: the most likely token."""
+        return int(logits.argmax())
 
     def moved(self, position: int) -> tuple[Tensor, PineLayout]:
         """tokens [1, T] with the asked record at ``position`` (the others in their order) and their layout."""
@@ -77,42 +95,102 @@ def retrieval_prompts(tokenizer: Any, n_docs: int, n_prompts: int, seed: int = 0
     return out
 
 
+class MovablePrompt(Protocol):
+    """A prompt whose documents move: the answer's label, and each placement's tokens, layout and prediction."""
+
+    answer: int
+
+    @property
+    def n_positions(self) -> int: ...
+
+    def moved(self, position: int) -> tuple[Tensor, PineLayout]: ...
+
+    def label(self, position: int, logits: Tensor) -> int: ...
+
+
+def _plain(model: nn.Module, tokens: Tensor, layout: PineLayout) -> Tensor:
+    return model(tokens)
+
+
+# methods that run the prompt as laid out (tokens, layout) → logits [1, T, V]
+LAYOUT_METHODS: dict[str, Callable[[nn.Module, Tensor, PineLayout], Tensor]] = {
+    "plain": _plain,
+    "pine": pine_logits,
+    "pine-mask-only": functools.partial(pine_logits, positions=False),
+    "pine-positions-only": functools.partial(pine_logits, mask=False),
+    "cca": cca_logits,
+}
+# scores candidates instead: only prompts with a ``uni_label(model, position)`` (multiple choice)
+UNI_ENCODER = "uni-encoder"
+METHODS = (*LAYOUT_METHODS, UNI_ENCODER)
+
+
+def check_methods(methods: Sequence[str], allowed: Sequence[str]) -> None:
+    """ConfigError unless ``methods`` is a non-empty list of distinct names of ``allowed``."""
+    if not methods:
+        raise ConfigError("methods", "", "needs at least one method", list(allowed))
+    for name in methods:
+        if name not in allowed:
+            raise ConfigError("methods", name, "not a method of this task", list(allowed))
+    if len(set(methods)) != len(methods):
+        raise ConfigError("methods", ",".join(methods), "lists a method twice")
+
+
 @dataclass(frozen=True)
 class PositionBias:
-    """Predictions [N prompts, n positions] of the plain model and under PINE, and the answers [N]."""
+    """Each method's predictions [N prompts, n positions] and the answers [N] (labels of one kind)."""
 
-    plain: Tensor
-    pine: Tensor
+    predictions: dict[str, Tensor]
     answers: Tensor
+    position_names: tuple[str, ...] | None = None
 
-    def accuracy(self, which: str) -> list[float]:
-        pred = self.plain if which == "plain" else self.pine
-        return (pred == self.answers[:, None]).double().mean(0).tolist()
+    def accuracy(self, method: str) -> list[float]:
+        """The share of prompts answered right with the answer at each position."""
+        return (self.predictions[method] == self.answers[:, None]).double().mean(0).tolist()
 
-    def flip_rate(self, which: str) -> float:
-        pred = self.plain if which == "plain" else self.pine
+    def flip_rate(self, method: str) -> float:
+        """The share of prompts whose prediction is not the same at every position."""
+        pred = self.predictions[method]
         return (pred != pred[:, :1]).any(1).double().mean().item()
 
     def table(self) -> str:
-        plain, pine = self.accuracy("plain"), self.accuracy("pine")
-        lines = ["position  plain   PINE"]
-        lines += [f"{g:>8}  {a:5.2f}  {b:5.2f}" for g, (a, b) in enumerate(zip(plain, pine, strict=True))]
-        lines.append(f"{'mean':>8}  {sum(plain) / len(plain):5.2f}  {sum(pine) / len(pine):5.2f}")
-        lines.append(f"{'flips':>8}  {self.flip_rate('plain'):5.2f}  {self.flip_rate('pine'):5.2f}")
+        names = list(self.predictions)
+        width = [max(5, len(n)) for n in names]
+        n_pos = next(iter(self.predictions.values())).shape[1]
+        rows = self.position_names or tuple(str(g) for g in range(n_pos))
+        acc = {n: self.accuracy(n) for n in names}
+
+        def line(head: str, values: Sequence[float]) -> str:
+            return f"{head:>8}  " + "  ".join(f"{v:{w}.2f}" for v, w in zip(values, width, strict=True))
+
+        lines = ["position  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, width, strict=True))]
+        lines += [line(r, [acc[n][g] for n in names]) for g, r in enumerate(rows)]
+        lines.append(line("mean", [sum(acc[n]) / n_pos for n in names]))
+        lines.append(line("flips", [self.flip_rate(n) for n in names]))
         return "\n".join(lines)
 
 
 @torch.no_grad()
-def position_bias(model: nn.Module, prompts: Sequence[Retrieval]) -> PositionBias:
-    """Every prompt with its answer's record at every position, plain and under PINE (last token's argmax)."""
-    plain, pine = [], []
+def position_bias(
+    model: nn.Module,
+    prompts: Sequence[MovablePrompt],
+    methods: Sequence[str] = ("plain", "pine"),
+    position_names: tuple[str, ...] | None = None,
+) -> PositionBias:
+    """Every prompt with its answer at every position, under each method (``METHODS``)."""
+    allowed = METHODS if all(hasattr(p, "uni_label") for p in prompts) else tuple(LAYOUT_METHODS)
+    check_methods(methods, allowed)
+    out: dict[str, list[list[int]]] = {name: [] for name in methods}
     for prompt in prompts:
-        row_plain, row_pine = [], []
-        for g in range(len(prompt.records)):
+        rows: dict[str, list[int]] = {name: [] for name in methods}
+        for g in range(prompt.n_positions):
             tokens, layout = prompt.moved(g)
-            row_plain.append(int(model(tokens)[0, -1].argmax()))
-            row_pine.append(int(pine_logits(model, tokens, layout)[0, -1].argmax()))
-        plain.append(row_plain)
-        pine.append(row_pine)
+            for name in methods:
+                if name == UNI_ENCODER:
+                    rows[name].append(prompt.uni_label(model, g))  # type: ignore[attr-defined]
+                else:
+                    rows[name].append(prompt.label(g, LAYOUT_METHODS[name](model, tokens, layout)[0, -1]))
+        for name in methods:
+            out[name].append(rows[name])
     answers = torch.tensor([p.answer for p in prompts])
-    return PositionBias(torch.tensor(plain), torch.tensor(pine), answers)
+    return PositionBias({n: torch.tensor(v) for n, v in out.items()}, answers, position_names)

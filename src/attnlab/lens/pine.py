@@ -22,6 +22,10 @@ Position bias comes from two places, and PINE removes both, in every attention l
    document i occupies ``p + S − L_i … p + S − 1`` for a prefix of p tokens and documents of total length S), and
    the suffix starts at p + S. Positions are assigned in every layer from that layer's q and k.
 
+Its two parts can be switched off one at a time, to see which one does what (``mask`` and ``positions`` of
+``pine``): without the mask every query sees the keys up to it (the causal mask); without the positions every token
+sits at its index (the plain RoPE layout). With both off, PINE is the plain model.
+
 Per-query key positions are not one position per key, so they cannot go through ``position_ids``: ``pine`` swaps
 the forward of every ``Attention`` module for ``pine_forward`` (the same projections, norms and output combination;
 its own scores with per-(head, query, key) rotations, in query chunks), and puts it back afterwards. The attention
@@ -168,21 +172,38 @@ def rotate_keys(position: nn.Module, k: Tensor, positions: Tensor) -> Tensor:
 
 
 def pine_attention(
-    position: nn.Module, q: Tensor, k: Tensor, v: Tensor, layout: PineLayout, scale: float, chunk: int = QUERY_CHUNK
+    position: nn.Module,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: PineLayout,
+    scale: float,
+    chunk: int = QUERY_CHUNK,
+    *,
+    mask: bool = True,
+    positions: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """PINE's softmax attention over unrotated q [B, H, T, d], k, v [B, Hkv, T, ·] → (z [B, H, T, dv], weights
     [B, H, T, T]): each query rotated at its base position, each key at the position PINE gives it for that query
-    and head, under ``layout.visible``."""
+    and head, under ``layout.visible``. ``mask=False``: the causal mask instead; ``positions=False``: q and k
+    rotated at their indices (the ablations of PINE's two parts)."""
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     dtype = compute_dtype(q)
+    t = q.shape[2]
+    idx = torch.arange(t, device=q.device)
+    visible = layout.visible(q.device) if mask else idx[:, None] >= idx[None, :]
+    if not positions:
+        q_rot, k_rot = position.rotate(q, k, idx)
+        scores = (q_rot.to(dtype) * scale) @ k_rot.to(dtype).transpose(-1, -2)
+        w = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+        return (w @ v.to(dtype)).to(v.dtype), w
     base = layout.base_positions(q.device)
     keys_at = key_positions(q, k, layout, scale)
     q_rot, _ = position.rotate(q, q, base)
-    visible = layout.visible(q.device)
     weights = []
-    for lo in range(0, q.shape[2], chunk):
-        hi = min(lo + chunk, q.shape[2])
+    for lo in range(0, t, chunk):
+        hi = min(lo + chunk, t)
         k_rot = rotate_keys(position, k, keys_at[:, :, lo:hi])  # [B, H, C, T, d]
         scores = torch.einsum("bhcd,bhctd->bhct", q_rot[:, :, lo:hi].to(dtype) * scale, k_rot.to(dtype))
         weights.append(torch.softmax(scores.masked_fill(~visible[lo:hi], float("-inf")), dim=-1))
@@ -215,8 +236,10 @@ def pine_forward(
     *,
     position_ids: Tensor | None = None,
     mask: Any = None,
+    parts: tuple[bool, bool] = (True, True),
 ) -> Tensor:
-    """``Attention.forward`` under PINE (same projections, qk-norm, hooks q/k/v/pattern/z and output)."""
+    """``Attention.forward`` under PINE (same projections, qk-norm, hooks q/k/v/pattern/z and output); ``parts``:
+    whether PINE's (mask, positions) are on."""
     if context is not None or cache is not None or position_ids is not None or mask is not None:
         raise ValueError("pine: a full prompt without context, cache, position_ids or mask (PINE assigns them)")
     if x.shape[1] != layout.total:
@@ -227,14 +250,15 @@ def pine_forward(
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k, v = attn.hook_q(q), attn.hook_k(k), attn.hook_v(projection.v)
     scale = q.shape[-1] ** -0.5 if attn.cfg.scale is None else attn.cfg.scale
-    z, weights = pine_attention(attn.position, q, k, v, layout, scale)
+    z, weights = pine_attention(attn.position, q, k, v, layout, scale, mask=parts[0], positions=parts[1])
     attn.hook_pattern(weights)
     return attn.heads.combine(attn.hook_z(z), x)
 
 
 @contextmanager
-def pine(model: nn.Module, layout: PineLayout) -> Iterator[None]:
-    """Within the block, every attention layer of ``model`` runs PINE for prompts of ``layout``."""
+def pine(model: nn.Module, layout: PineLayout, *, mask: bool = True, positions: bool = True) -> Iterator[None]:
+    """Within the block, every attention layer of ``model`` runs PINE for prompts of ``layout`` (``mask`` /
+    ``positions`` False: that part of PINE off, for its ablation)."""
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     if not layers:
         raise ValueError("pine: the model has no attnlab Attention layer")
@@ -242,14 +266,18 @@ def pine(model: nn.Module, layout: PineLayout) -> Iterator[None]:
         check_pine(attn)
     try:
         for attn in layers:
-            attn.forward = functools.partial(pine_forward, attn, layout)  # type: ignore[method-assign]
+            attn.forward = functools.partial(  # type: ignore[method-assign]
+                pine_forward, attn, layout, parts=(mask, positions)
+            )
         yield
     finally:
         for attn in layers:
             attn.__dict__.pop("forward", None)
 
 
-def pine_logits(model: nn.Module, tokens: Tensor, layout: PineLayout) -> Tensor:
-    """tokens [B, T] laid out as ``layout`` → the model's logits [B, T, V] under PINE."""
-    with pine(model, layout):
+def pine_logits(
+    model: nn.Module, tokens: Tensor, layout: PineLayout, *, mask: bool = True, positions: bool = True
+) -> Tensor:
+    """tokens [B, T] laid out as ``layout`` → the model's logits [B, T, V] under PINE (or one of its parts)."""
+    with pine(model, layout, mask=mask, positions=positions):
         return model(tokens)
