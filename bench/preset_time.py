@@ -3,12 +3,13 @@
     nice -n 5 python bench/preset_time.py positions --steps 150 --workers 2
 
 Every distinct configuration of the sweep's runs (seeds share one: a seed changes the numbers, not the work) trains
-``--steps`` steps with its model, task and batch size; then its evaluation set is scored once and its
-length-extrapolation sets once. Each is timed in CPU time (this process, one torch thread): on a machine that other
-jobs share, CPU time is what the work costs, while wall time is what it waits. A run's estimate is
-steps × (CPU per step) + evaluations × (CPU per evaluation) + extrapolation; the sweep's is the sum over its runs
-divided by ``--workers`` (one thread each, a core each). Not counted: starting the worker processes and the store's
-writes, about a second a run, and the tail of the queue, where one worker may finish its last run alone.
+``--steps`` steps with its model, task and batch size (after an untimed warm-up of 10 steps of the first one), then
+its evaluation set is scored once and its length-extrapolation sets once. Each is timed in CPU time (this process,
+one torch thread): on a machine that other jobs share, CPU time is what the work costs, while wall time is what it
+waits. A run's estimate is steps × (CPU per step) + evaluations × (CPU per evaluation) + extrapolation; the sweep's
+is the sum over its runs divided by ``--workers`` (one thread each, a core each). Not counted: starting the worker
+processes and the store's writes, about a second a run, and the tail of the queue, where one worker may finish its
+last run alone.
 
 CPU time per step measured while other processes share the cores runs higher than on idle cores (they share caches
 and memory bandwidth), so on a loaded machine the estimate errs long. Sweeps with a learning-rate search are
@@ -95,6 +96,7 @@ def main() -> None:
     for run in runs:
         by_key.setdefault(config_key(run), []).append(run)
     names = labels(list(by_key))
+    pilot(runs[0], 10)  # warm-up, not counted: the first training in a process pays for allocations and lazy setup
     total = 0.0
     print(f"{len(runs)} runs, {len(by_key)} configurations; pilots of {args.steps} steps (CPU time, 1 thread)")
     for key, group in by_key.items():
