@@ -8,8 +8,8 @@ its evaluation set is scored once and its length-extrapolation sets once. Each i
 one torch thread): on a machine that other jobs share, CPU time is what the work costs, while wall time is what it
 waits. A run's estimate is steps × (CPU per step) + evaluations × (CPU per evaluation) + extrapolation; the sweep's
 is the sum over its runs divided by ``--workers`` (one thread each, a core each). Not counted: starting the worker
-processes and the store's writes, about a second a run, and the tail of the queue, where one worker may finish its
-last run alone.
+processes, building each run and writing its results, a few seconds a run, and the tail of the queue, where one
+worker may finish its last run alone.
 
 CPU time per step measured while other processes share the cores runs higher than on idle cores (they share caches
 and memory bandwidth), so on a loaded machine the estimate errs long. Sweeps with a learning-rate search are
