@@ -17,14 +17,13 @@ one database, one report:
 - ``meap-off-*`` / ``meap-on-*``: MQAR (Arora et al. 2023, arXiv:2312.04927; vocabulary 64, length 32, 4 pairs,
   attention-only as in the ``quick`` and ``standard`` presets, 1000 steps evaluated every 50, so the leaderboard's
   "emerged at" step is resolved) and passkey retrieval (Mohtashami & Jaggi 2023, arXiv:2305.16300; length 64, 5
-  digits, 1000 steps, where plain training is still short of 1.0) trained with plain next-token prediction and
-  with MEAP (Zhuang et al., "Mask-Enhanced Autoregressive Prediction: Pay Less Attention to Learn More", 2025,
-  arXiv:2502.07490): 15% of each training sequence's input tokens replaced by a mask token, evaluation unmasked
-  (``mask_ratio = 0.15`` in the authors' pre-training script, github.com/scitix/MEAP,
-  ``MEAP-Pretain/pretrained/meap_1b.py``). The arms of a seed see the same examples; the mask token is one more
-  embedding row, so their initial weights differ. The leaderboard names the arms by the fields that differ
-  (``train.meap_mask_fraction``, and the model's vocabulary, one larger under MEAP) and tests them against each
-  other (``vs best``, paired over seeds).
+  digits, 1000 steps, evaluated every 100) trained with plain next-token prediction and with MEAP (Zhuang et al.,
+  "Mask-Enhanced Autoregressive Prediction: Pay Less Attention to Learn More", 2025, arXiv:2502.07490): 15% of each
+  training sequence's input tokens replaced by a mask token, evaluation unmasked (``mask_ratio = 0.15`` in the
+  authors' pre-training script, github.com/scitix/MEAP, ``MEAP-Pretain/pretrained/meap_1b.py``). The arms of a seed
+  see the same examples; the mask token is one more embedding row, so their initial weights differ. The leaderboard
+  names the arms by the fields that differ (``train.meap_mask_fraction``, and the model's vocabulary, one larger
+  under MEAP) and tests them against each other (``vs best``, paired over seeds).
 - ``causal-cross-off`` / ``causal-cross-on`` (1000 steps): running sums mod 10 over 16 tokens, target i reading
   source positions up to i − delay for delays 0 and 3 (``prefix_sum``), the task for CAB's fourth attention
   pattern, causal cross-attention (Zhang et al., "CAB: Comprehensive Attention Benchmarking on Long Sequence
@@ -32,8 +31,10 @@ one database, one report:
   (off) and with causal cross-attention over a causal encoder (``model.causal_cross``, on); evaluated at the
   training length and at 2×.
 
-The budgets were sized from timed pilots (CPU time of each configuration's training steps and evaluations) to
-about 30–45 minutes of wall clock on 2 idle cores:
+The budgets were sized from timed pilots to about 30–45 minutes of wall clock on 2 idle cores:
+``nice -n 5 python bench/preset_time.py positions --steps 150 --workers 2`` (CPU time of each configuration's steps
+and evaluations) printed "total 4434 CPU s; on 2 workers about 37.0 min" with the machine's 2 cores loaded by other
+jobs (load average 5–6.6), which makes each step dearer, plus a few seconds a run the pilot leaves out. Run it as
 
     attnlab run positions --db runs/positions.sqlite --report runs/positions --workers 2 --threads 1
 
