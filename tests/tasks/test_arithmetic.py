@@ -9,7 +9,8 @@ import torch
 from attnlab.errors import ConfigError
 from attnlab.tasks import IGNORE, task_from_dict
 from attnlab.tasks.addition import AdditionConfig
-from attnlab.tasks.arithmetic import EQUALS, FIRST_HINT, PAD, PLUS, TIMES, exact_match
+from attnlab.tasks.arithmetic import EQUALS, FIRST_HINT, PAD, PLUS, TIMES
+from attnlab.tasks.base import exact_match
 from attnlab.tasks.multiplication import MultiplicationConfig
 
 A, B, C, D = (FIRST_HINT + i for i in range(4))  # hint letters of significance 0, 1, 2, 3 (offset 0)

@@ -34,10 +34,12 @@ from attnlab.report.document import (
 from attnlab.report.leaderboard_stats import final_rows
 from attnlab.report.speed_section import speed_blocks
 from attnlab.report.tables import (
+    UNIT_METRICS,
     Entry,
     cells,
     extrapolation_key,
     fmt,
+    interval_cell,
     leaderboard,
     leaderboard_caption,
     leaderboard_columns,
@@ -285,7 +287,7 @@ def extrapolation_blocks(
                     plain, _, variant = base.partition("[")
                     if plain == "loss" and e.metric == "loss":
                         panels["ppl" + _ + variant][label(e)].append((factor * scale, safe_exp(value)))
-    unit = [m for m in panels if m.partition("[")[0] == "accuracy"]
+    unit = [m for m in panels if m.partition("[")[0] in UNIT_METRICS]
     title = f"{task}: length extrapolation" + (f" (trained at length {length})" if length else "")
     png = plots.extrapolation_png(panels, xlabel, title, float(length) if length else 1.0, unit_range=unit)
 
@@ -297,7 +299,7 @@ def extrapolation_blocks(
             cells.append((keys[base][factor], factor))
     table = Table(
         columns,
-        [[label(e), *(fmt(e.finals.get(m, math.nan)) for m, _ in cells)] for e in entries],
+        [[label(e), *(_with_interval(e, m) for m, _ in cells)] for e in entries],
         numeric=set(range(1, len(columns))),
         css="extrapolation",
     )
@@ -305,11 +307,20 @@ def extrapolation_blocks(
     note = Paragraph(
         [
             "Columns: metric @ factor × training length (the length in tokens); metric[name]: the same weights "
-            "evaluated with the position encoding name (train.extrapolate_positions). – marks a metric that was "
-            "not evaluated (NaN), e.g. learned absolute positions cannot represent a longer sequence."
+            "evaluated with the position encoding name (train.extrapolate_positions). Each cell: the mean over "
+            "seeds at the best learning rate and, with two seeds or more, its 95% Student-t interval over seeds "
+            "(clipped to the metric's range, as the leaderboard's). – marks a metric that was not evaluated (NaN), "
+            "e.g. learned absolute positions cannot represent a longer sequence."
         ]
     )
     return [Heading(3, "Length extrapolation"), Figure(f"{name}_extrapolation.png", png, caption), table, note]
+
+
+def _with_interval(e: Entry, metric: str) -> str:
+    """``0.812 [0.780, 0.844]``: the mean of ``metric`` and its interval over seeds; the mean alone without one."""
+    mean = fmt(e.finals.get(metric, math.nan))
+    interval = e.interval_of(metric)
+    return f"{mean} {interval_cell(interval)}" if interval.has_interval and mean != "–" else mean
 
 
 def failed_blocks(rows: list[dict[str, Any]]) -> list[Block]:

@@ -40,6 +40,7 @@ from attnlab.stats import EmergenceSummary, Interval, VersusBest, grid_edge, mea
 from attnlab.tasks.base import task_ranking_metric
 
 LOWER_IS_BETTER = frozenset({"loss", "ppl", "perplexity"})
+UNIT_METRICS = frozenset({"accuracy", "exact_match"})  # fractions of positions or examples: values in [0, 1]
 EXTRAPOLATION = re.compile(r"(\w+)@([\d.]+)x(\[\w+\])?")
 
 
@@ -61,6 +62,7 @@ class Entry:
     metric: str = "accuracy"  # the metric that chose the learning rate and ranks the entry
     finals: dict[str, float] = field(default_factory=dict)  # every final metric, mean over seeds at the best lr
     scores: dict[int, float] = field(default_factory=dict)  # the ranking metric per seed at the best lr (nan: failed)
+    seed_metrics: dict[str, dict[int, float]] = field(default_factory=dict)  # every final metric per seed, best lr
     lrs: tuple[float, ...] = ()  # the learning rates tried for this group (every row, search rungs included)
     versus: VersusBest | None = None  # the paired test against the task's best (Holm over the task)
     emergence: EmergenceSummary | None = None  # emergence tasks with curves only
@@ -82,10 +84,16 @@ class Entry:
         (kind ``"none"`` with fewer than two seeds), clipped to the values the metric can take: [0, 1] for an
         accuracy, ≥ 0 for a loss. (A t interval is symmetric; with three seeds of which one failed it reaches far
         beyond them, and a bound no run can cross says nothing.)"""
-        interval = mean_interval(self.scores.values(), INTERVAL_KIND, LEVEL)
+        return self.interval_of(self.metric)
+
+    def interval_of(self, metric: str) -> Interval:
+        """``interval`` for any final metric of the entry (``accuracy@2x``, ``exact_match``, …): its values per
+        seed at the best lr, clipped to [0, 1] for a fraction (``UNIT_METRICS``), else to ≥ 0."""
+        values = self.scores if metric == self.metric else self.seed_metrics.get(metric, {})
+        interval = mean_interval(values.values(), INTERVAL_KIND, LEVEL)
         if not interval.has_interval:
             return interval
-        low, high = (0.0, 1.0) if metric_name(self.metric) == "accuracy" else (0.0, math.inf)
+        low, high = (0.0, 1.0) if metric_name(metric) in UNIT_METRICS else (0.0, math.inf)
         return replace(interval, low=max(interval.low, low), high=min(interval.high, high))
 
     @property
@@ -227,6 +235,7 @@ def leaderboard(
                 metric=chosen,
                 finals=finals,
                 scores=seed_values(runs, chosen),
+                seed_metrics={n: seed_values(runs, n) for n in names},
                 lrs=lrs,
                 emergence=summaries.get(lr),
                 targets=tuple(sorted({run_target(r, target) for r in runs})) if summaries else (),

@@ -25,8 +25,8 @@ offset of Zhou et al.'s hints and of randomised positions, Ruoss et al. 2023, ar
 
 Scored: the positions that predict an answer digit (``=`` → the first answer token, then each answer digit → the
 next), the answer's hint letters are teacher-forced and not scored (they are fixed by the format). Metric: the
-loop's cross-entropy and per-digit accuracy; ``exact_match`` is the fraction of examples whose every answer digit is
-right (teacher-forced argmax), the papers' accuracy.
+loop's cross-entropy and per-digit accuracy, and ``exact_match`` (``sequence_metric``): the fraction of examples whose
+every answer digit is right (teacher-forced argmax), the papers' accuracy.
 
 Length generalisation: ``with_length(L)`` is the same task with the largest ``digits`` whose sequence fits in L
 positions, left-padded with ``PAD`` to exactly L (``length`` field), so ``train.extrapolate`` evaluates longer
@@ -60,6 +60,7 @@ class ArithmeticConfig(TaskConfig):
     length: int | None = Field(None, gt=0)  # None: the natural length; else left-padded with PAD to it
 
     operator: ClassVar[int] = PLUS  # the operator's token; a subclass sets its own
+    sequence_metric: ClassVar[bool] = True  # report exact_match: the papers score whole answers
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
@@ -200,11 +201,3 @@ class Arithmetic(Task):
         scored = start + torch.nonzero(is_digit).squeeze(1) - 1  # the positions that predict an answer digit
         targets[:, scored] = inputs[:, scored + 1]
         return Batch(inputs, targets)
-
-
-def exact_match(logits: Tensor, targets: Tensor) -> Tensor:
-    """The fraction of rows whose every scored position's argmax is its target (rows with none scored count as
-    right): whole-answer accuracy under teacher forcing. ``logits`` [B, T, V], ``targets`` [B, T]."""
-    scored = targets != IGNORE
-    wrong = (logits.argmax(-1) != targets) & scored
-    return (~wrong.any(dim=1)).double().mean()

@@ -61,6 +61,10 @@ class TaskConfig(StrictModel):
     name: str
     mode: ClassVar[ModelMode] = "decoder"
     causal: ClassVar[bool] = True  # derived from mode: False only for tasks that need an encoder
+    # True: the evaluation also reports ``exact_match`` (``exact_match``: every scored position of an example
+    # right), for tasks whose scored positions make one answer (the digits of a sum), where a per-token accuracy
+    # of 0.9 can mean that most answers are wrong
+    sequence_metric: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -104,6 +108,14 @@ class Task:
     def eval_batch(self, n: int) -> Batch:
         g = torch.Generator().manual_seed(hash_seed(self.seed, "eval"))
         return self.sample(n, g)
+
+
+def exact_match(logits: Tensor, targets: Tensor) -> Tensor:
+    """The fraction of rows whose every scored position's argmax is its target (rows with none scored count as
+    right): whole-answer accuracy under teacher forcing. ``logits`` [B, T, V], ``targets`` [B, T]."""
+    scored = targets != IGNORE
+    wrong = (logits.argmax(-1) != targets) & scored
+    return (~wrong.any(dim=1)).double().mean()
 
 
 def hash_seed(*parts: Any) -> int:

@@ -14,10 +14,10 @@ such as ``attnlab.experiments.sinks``, calls ``fit`` directly).
 
 Length extrapolation (``TrainConfig.extrapolate``): after training, for each factor f the task is rebuilt with
 ``with_length(round(f · T))`` and its evaluation set scored, giving final metrics ``loss@{f}x`` and
-``accuracy@{f}x``. A model whose position encoding cannot represent the longer sequence (learned absolute
-positions: a table of ``max_seq_len`` rows) raises ``PositionRangeError``; the loop records NaN for both metrics,
-logs a warning and keeps the reason in ``TrainResult.notes``. Evaluation is chunked by tokens, so memory at
-8× the training length stays bounded.
+``accuracy@{f}x`` (and ``exact_match@{f}x`` for a task whose answers are scored whole: ``metric_names``). A model
+whose position encoding cannot represent the longer sequence (learned absolute positions: a table of ``max_seq_len``
+rows) raises ``PositionRangeError``; the loop records NaN for its metrics, logs a warning and keeps the reason in
+``TrainResult.notes``. Evaluation is chunked by tokens, so memory at 8× the training length stays bounded.
 
 The model lives on ``TrainConfig.device`` (``auto`` resolved once); each batch is built on the CPU by its task and
 moved there once per step; only the scalars that are logged (the loss, the evaluation sums) come back.
@@ -41,7 +41,7 @@ from attnlab.model.config import ModelConfig
 from attnlab.model.encdec import build_model
 from attnlab.model.positions import check_positions, with_position
 from attnlab.model.transformer import PositionRangeError
-from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, extrapolation_tasks
+from attnlab.tasks.base import IGNORE, Batch, Task, TaskConfig, exact_match, extrapolation_tasks
 from attnlab.train.config import TrainConfig
 from attnlab.train.device import autocast, grad_scaler, resolve_device
 from attnlab.train.meap import meap_batches, model_vocab
@@ -133,11 +133,25 @@ def run_model(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch.inputs, source=batch.source)
 
 
+def metric_names(sequence_metric: bool = False) -> tuple[str, ...]:
+    """The metrics ``evaluate`` reports: ``loss`` and ``accuracy``, and ``exact_match`` for a task whose
+    ``TaskConfig.sequence_metric`` is set (the one place that decides which metrics a run reports)."""
+    return ("loss", "accuracy", "exact_match") if sequence_metric else ("loss", "accuracy")
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batch: Batch, cfg: TrainConfig, chunk: int = 256, max_tokens: int = EVAL_TOKENS
+    model: nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    chunk: int = 256,
+    max_tokens: int = EVAL_TOKENS,
+    *,
+    sequence_metric: bool = False,
 ) -> dict[str, float]:
-    """Cross-entropy and accuracy over every scored position of ``batch``, averaged per scored token.
+    """Cross-entropy and accuracy over every scored position of ``batch``, averaged per scored token; with
+    ``sequence_metric``, also ``exact_match``, the fraction of sequences whose every scored position is right
+    (``tasks.base.exact_match``), averaged per sequence. The keys are ``metric_names(sequence_metric)``.
 
     Sequences are scored ``min(chunk, max_tokens // tokens per sequence)`` at a time (at least one).
     """
@@ -146,7 +160,7 @@ def evaluate(
     try:
         per_row = batch.inputs.shape[1] + (batch.source.shape[1] if batch.source is not None else 0)
         step = max(1, min(chunk, max_tokens // max(per_row, 1)))
-        total_loss = total_correct = total_scored = 0.0
+        total_loss = total_correct = total_scored = total_exact = 0.0
         for start in range(0, batch.inputs.shape[0], step):
             chunk_batch = to_device(batch, device, slice(start, start + step))
             with autocast(device, cfg.precision):
@@ -158,16 +172,23 @@ def evaluate(
             total_loss += sums[0]
             total_correct += sums[1]
             total_scored += sums[2]
+            if sequence_metric:
+                rows = chunk_batch.targets.shape[0]
+                total_exact += float(exact_match(logits, chunk_batch.targets)) * rows
     finally:
         model.train()
-    return {"loss": total_loss / max(total_scored, 1), "accuracy": total_correct / max(total_scored, 1)}
+    out = {"loss": total_loss / max(total_scored, 1), "accuracy": total_correct / max(total_scored, 1)}
+    if sequence_metric:
+        out["exact_match"] = total_exact / max(batch.inputs.shape[0], 1)
+    return out
 
 
 def evaluate_extrapolation(
     model: nn.Module, task_cfg: TaskConfig, cfg: TrainConfig, seed: int
 ) -> tuple[dict[str, float], list[str]]:
-    """``loss@{f}x`` and ``accuracy@{f}x`` for each factor f of ``cfg.extrapolate``, and ``…@{f}x[name]`` (f = 1
-    included) under each of ``cfg.extrapolate_positions`` (see the module docstring).
+    """``loss@{f}x`` and ``accuracy@{f}x`` (and ``exact_match@{f}x`` for a task with ``sequence_metric``) for each
+    factor f of ``cfg.extrapolate``, and ``…@{f}x[name]`` (f = 1 included) under each of
+    ``cfg.extrapolate_positions`` (see the module docstring).
 
     Returns the metrics and one note per factor the model could not evaluate (its metrics are NaN).
     """
@@ -186,13 +207,13 @@ def evaluate_extrapolation(
             if eval_set is None:
                 eval_set = task.build(seed).eval_batch(cfg.eval_examples)
             try:
-                result = evaluate(variant, eval_set, cfg)
+                result = evaluate(variant, eval_set, cfg, sequence_metric=task_cfg.sequence_metric)
             except PositionRangeError as err:
-                result = {"loss": math.nan, "accuracy": math.nan}
+                result = dict.fromkeys(metric_names(task_cfg.sequence_metric), math.nan)
                 notes.append(f"{label}{suffix} (length {task.seq_len}): {err}")
                 log.warning("length extrapolation %s%s (length %d) not evaluated: %s", label, suffix, task.seq_len, err)
-            metrics[f"loss@{label}{suffix}"] = result["loss"]
-            metrics[f"accuracy@{label}{suffix}"] = result["accuracy"]
+            for name, value in result.items():
+                metrics[f"{name}@{label}{suffix}"] = value
     return metrics, notes
 
 
@@ -242,7 +263,16 @@ def train(
     task: Task = task_cfg.build(seed)
     eval_set = task.eval_batch(cfg.eval_examples)
     batches = meap_batches(task.train_batch, cfg.meap_mask_fraction, task_cfg.vocab_size, seed)  # training only
-    result = fit(model, batches, eval_set, cfg, on_eval=on_eval, resume=resume, probe=probe)
+    result = fit(
+        model,
+        batches,
+        eval_set,
+        cfg,
+        on_eval=on_eval,
+        resume=resume,
+        probe=probe,
+        sequence_metric=task_cfg.sequence_metric,
+    )
     extrapolated, result.notes = evaluate_extrapolation(model, task_cfg, cfg, seed)
     stats = {name: result.final.pop(name) for name in RUN_STATS}
     result.final.update(extrapolated)
@@ -263,6 +293,7 @@ def fit(
     on_step: Callable[[int, float], None] | None = None,
     resume: TrainState | None = None,
     probe: Callable[[nn.Module], dict[str, float]] | None = None,
+    sequence_metric: bool = False,
 ) -> TrainResult:
     """The training loop itself, on a model that is already built (and seeded) and a source of batches.
 
@@ -281,6 +312,8 @@ def fit(
 
     ``probe(model)`` (``train.probes``: the runner passes the lens's training probes) runs at each evaluation and
     its values join the curves; ``cfg.checkpoint_every`` keeps the weights at the steps ``keeps_snapshot`` names.
+    ``sequence_metric``: each evaluation also reports ``exact_match`` (``evaluate``; ``train`` passes the task's
+    ``TaskConfig.sequence_metric``).
 
     Returns the last evaluation's metrics plus ``steps``, ``train_s`` and ``params`` (``RUN_STATS``) as ``final``,
     the curves, and the model (in training mode).
@@ -324,7 +357,7 @@ def fit(
             on_step(step, loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curves.append((step, "train_loss", loss.item()))
-            metrics = evaluate(model, eval_set, cfg)
+            metrics = evaluate(model, eval_set, cfg, sequence_metric=sequence_metric)
             for name, value in metrics.items():
                 curves.append((step, f"eval_{name}", value))
             if probe is not None:
