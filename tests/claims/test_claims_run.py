@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from attnlab.claims.base import Arm, Claim, FunctionExperiment, Measurement, Paper, SweepExperiment
 from attnlab.claims.registry import all_claims, select
-from attnlab.claims.report import write_claims_report
-from attnlab.claims.run import measure, recorded
+from attnlab.claims.report import COLUMNS, table_rows, write_claims_report
+from attnlab.claims.run import claim_time, measure, recorded, sitting_name
 from attnlab.claims.verdict import Rule
 from attnlab.cli.main import app
 from attnlab.errors import ConfigError
@@ -175,3 +175,37 @@ def test_two_claims_sharing_a_configuration_share_its_runs(tmp_path: Path) -> No
         result = measure(second, store, workers=0)
         assert len(store.runs()) == before + 6  # only relu's runs are new: softmax's are found by id
     assert result.measurement.rows[1]["seeds"] == 2
+
+
+def test_a_claims_time_adds_up_over_its_sittings_an_interrupted_one_included(tmp_path: Path) -> None:
+    calls = []
+
+    def run() -> Measurement:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the first sitting is stopped mid-way
+        return Measurement(exact=0.01)
+
+    claim = Claim("timed", PAPER, "Small.", "§2", FunctionExperiment(run), Rule("ratio", "less", 0.02))
+    with Store(tmp_path / "c.sqlite") as store:
+        assert claim_time("timed", store) is None  # never ran here
+        with pytest.raises(KeyboardInterrupt):
+            measure(claim, store)
+        result = measure(claim, store)
+        sittings = store.sittings(sitting_name("timed"))
+        total = claim_time("timed", store)
+    assert [s["ended"] for s in sittings] == ["interrupted", "finished"]
+    assert total == pytest.approx(sum(s["wall_s"] for s in sittings)) and total >= 0.0
+    assert result.verdict.outcome == "holds"
+    row = table_rows([claim, SWEEP_CLAIM], {"timed": result}, {"timed": 3725.0})
+    assert row[0][COLUMNS.index("time")] == "1 h 2 min 5 s" and row[1][COLUMNS.index("time")] == "–"
+    assert row[1][COLUMNS.index("verdict")] == "not run"
+
+
+def test_a_sweep_claims_sitting_is_touched_after_every_run(tmp_path: Path) -> None:
+    touched = []
+    with Store(tmp_path / "c.sqlite") as store:
+        measure(SWEEP_CLAIM, store, workers=0, on_done=lambda run, result: touched.append(run.run_id))
+        (sitting,) = store.sittings(sitting_name(SWEEP_CLAIM.name))
+    assert len(touched) == 2 * (2 * 2 + 2) and sitting["ended"] == "finished"
+    assert sitting["finished_at"] >= sitting["started_at"]

@@ -12,8 +12,9 @@ from attnlab.claims.base import Claim
 from attnlab.claims.run import ClaimResult
 from attnlab.report import plots
 from attnlab.report.document import Block, Code, Figure, Heading, Paragraph, Table, render_html, render_markdown, slug
+from attnlab.report.markdown import format_duration
 
-COLUMNS = ["claim", "paper", "verdict", "effect [95% interval]", "rule", "seeds", "command"]
+COLUMNS = ["claim", "paper", "verdict", "effect [95% interval]", "rule", "seeds", "time", "command"]
 
 
 def effect_cell(result: ClaimResult | None) -> str:
@@ -27,8 +28,12 @@ def effect_cell(result: ClaimResult | None) -> str:
     return f"{e.estimate:+.4g} [{e.low:+.4g}, {e.high:+.4g}] (n = {e.n})"
 
 
-def table_rows(claims: list[Claim], results: dict[str, ClaimResult]) -> list[list[str]]:
-    """One row per claim; a claim without a result says "not run"."""
+def table_rows(
+    claims: list[Claim], results: dict[str, ClaimResult], times: dict[str, float] | None = None
+) -> list[list[str]]:
+    """One row per claim; a claim without a result says "not run". ``time``: the wall time ``attnlab claims run``
+    spent on the claim over all its sittings (``claim_time``); "–" where the database has none."""
+    times = times or {}
     rows = []
     for claim in claims:
         result = results.get(claim.name)
@@ -41,6 +46,7 @@ def table_rows(claims: list[Claim], results: dict[str, ClaimResult]) -> list[lis
                 effect_cell(result),
                 claim.rule.describe(),
                 claim.seeds,
+                format_duration(times[claim.name]) if claim.name in times else "–",
                 f"attnlab claims run {claim.name}",
             ]
         )
@@ -94,8 +100,16 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def report_blocks(claims: list[Claim], results: dict[str, ClaimResult]) -> list[Block]:
+def total_time_line(times: dict[str, float]) -> str:
+    """The wall time of the claims that have one, summed over their sittings."""
+    return f"{len(times)} claim(s) with a recorded time, {format_duration(sum(times.values()))} in all sittings"
+
+
+def report_blocks(
+    claims: list[Claim], results: dict[str, ClaimResult], times: dict[str, float] | None = None
+) -> list[Block]:
     """The claims table, then a section per claim."""
+    times = times or {}
     counts = {
         o: sum(r.verdict.outcome == o for r in results.values()) for o in ("holds", "does not hold", "inconclusive")
     }
@@ -106,20 +120,23 @@ def report_blocks(claims: list[Claim], results: dict[str, ClaimResult]) -> list[
             [
                 f"{len(claims)} claims, {len(results)} with a verdict ({summary}). Each verdict compares the 95% "
                 "interval of the effect with the rule's margin: a claim holds when the whole interval is on the "
-                "claimed side, does not hold when it is wholly on the other, and is inconclusive otherwise."
+                "claimed side, does not hold when it is wholly on the other, and is inconclusive otherwise. "
+                f"Time: what `attnlab claims run` spent on each claim on this database; {total_time_line(times)}."
             ]
         ),
-        Table(COLUMNS, table_rows(claims, results), css="claims"),
+        Table(COLUMNS, table_rows(claims, results, times), css="claims"),
     ]
     for claim in claims:
         blocks += claim_blocks(claim, results.get(claim.name))
     return blocks
 
 
-def write_claims_report(claims: list[Claim], results: dict[str, ClaimResult], out_dir: Path) -> Path:
+def write_claims_report(
+    claims: list[Claim], results: dict[str, ClaimResult], out_dir: Path, times: dict[str, float] | None = None
+) -> Path:
     """``claims.md`` (with its PNGs) and ``claims.html`` in ``out_dir``; returns the markdown's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(claims, results)
+    blocks = report_blocks(claims, results, times)
     for block in blocks:
         if isinstance(block, Figure):
             plots.write_atomic(out_dir / block.name, block.png)

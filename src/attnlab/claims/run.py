@@ -102,22 +102,49 @@ def sweep_measurement(experiment: SweepExperiment, store: Store) -> Measurement:
 def measure(
     claim: Claim, store: Store, *, workers: int | None = None, threads: int | None = None, on_done: OnDone | None = None
 ) -> ClaimResult:
-    """Run what is missing of ``claim``'s experiment, then decide its verdict."""
+    """Run what is missing of ``claim``'s experiment, then decide its verdict. The time it takes is kept in the
+    database as a sitting of ``claim:NAME`` (touched after every finished run, so a killed sitting keeps what it
+    spent up to its last run): ``claim_time`` adds a claim's sittings up, a run resumed in several sittings
+    included."""
     t0 = time.perf_counter()
     experiment = claim.experiment
-    if isinstance(experiment, SweepExperiment):
-        run_experiment(experiment, store, workers, threads, on_done)
-        measurement = sweep_measurement(experiment, store)
-    else:
-        key = experiment.key or claim.name
-        kept = store.claim_result(key, experiment.version)
-        if kept is None:
-            stored = experiment.run()
-            store.put_claim_result(key, experiment.version, stored.to_json())
+    sitting = store.begin_sitting(sitting_name(claim.name), workers, threads)
+
+    def done(run: RunConfig, result: object) -> None:
+        store.touch_sitting(sitting)
+        if on_done is not None:
+            on_done(run, result)
+
+    try:
+        if isinstance(experiment, SweepExperiment):
+            run_experiment(experiment, store, workers, threads, done)
+            measurement = sweep_measurement(experiment, store)
         else:
-            stored = Measurement.from_json(kept)
-        measurement = experiment.measurement_of(stored)
+            key = experiment.key or claim.name
+            kept = store.claim_result(key, experiment.version)
+            if kept is None:
+                stored = experiment.run()
+                store.put_claim_result(key, experiment.version, stored.to_json())
+            else:
+                stored = Measurement.from_json(kept)
+            measurement = experiment.measurement_of(stored)
+    except BaseException:
+        store.touch_sitting(sitting, "interrupted")
+        raise
+    store.touch_sitting(sitting, "finished")
     return ClaimResult(claim, decide(claim.rule, effect_of(claim, measurement)), measurement, time.perf_counter() - t0)
+
+
+def sitting_name(claim: str) -> str:
+    """The name under which a claim's sittings are kept in the ``sittings`` table."""
+    return f"claim:{claim}"
+
+
+def claim_time(claim: str, store: Store) -> float | None:
+    """The wall time ``attnlab claims run`` spent on ``claim`` over all its sittings (seconds), or None when it
+    never ran here."""
+    sittings = store.sittings(sitting_name(claim))
+    return sum(s["wall_s"] for s in sittings) if sittings else None
 
 
 def effect_of(claim: Claim, measurement: Measurement) -> Effect:

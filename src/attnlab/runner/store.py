@@ -359,8 +359,9 @@ class Store:
                 (now, now, now, error[-4000:], host or None, pid or None, run_id),
             )
 
-    def begin_sitting(self, sweep: str, workers: int, threads: int) -> int:
-        """Record that a sitting of ``sweep`` starts now; returns its id (see ``touch_sitting``)."""
+    def begin_sitting(self, sweep: str, workers: int | None, threads: int | None) -> int:
+        """Record that a sitting of ``sweep`` starts now; returns its id (see ``touch_sitting``). A claim's sittings
+        go under ``claim:NAME`` (``attnlab.claims.run``)."""
         now = time.time()
         with self.transaction() as c:
             cur = c.execute(
