@@ -52,9 +52,26 @@ def test_the_table_has_the_full_cache_and_every_policy_and_ratio(make_lm, tmp_pa
     model = make_lm(heads="gqa", heads_args={"n_kv_heads": 2})
     names = ["streaming", "snapkv", "taskkv", "recycled"]
     params = {n: {"window": 4} for n in ("snapkv", "taskkv")}
+    lines: list[str] = []
     rows = longctx_kv_table(
-        model, CharTokenizer(), [600], [0.0, 0.5], names, continuation=8, chunk=4, depths=(0.0, 1.0), params=params
+        model,
+        CharTokenizer(),
+        [600],
+        [0.0, 0.5],
+        names,
+        continuation=8,
+        chunk=4,
+        depths=(0.0, 1.0),
+        params=params,
+        log=lines.append,
     )
+    # a progress line after each prompt pass and its cells: one perplexity text, two passkey depths
+    assert [line.split(":")[0] for line in lines] == [
+        "600 tokens, ppl text 1/1",
+        "600 tokens, passkey at depth 0",
+        "600 tokens, passkey at depth 1",
+    ]
+    assert all("prompt pass" in line and "9 cells" in line for line in lines)
     cells = {(r.task, r.policy, r.ratio) for r in rows}
     assert cells == {(t, "full", 0.0) for t in ("ppl", "passkey")} | {
         (t, n, r) for t in ("ppl", "passkey") for n in names for r in (0.0, 0.5)

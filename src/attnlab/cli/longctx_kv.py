@@ -112,6 +112,7 @@ def kv(
             depths=places,
             seed=seed,
             params=params,
+            log=lambda line: console.print(line, highlight=False, markup=False),
         )
         paths = write_outputs(rows, out)
         rope_text = "" if method == "none" else f", RoPE {method} ×{factor:g}"

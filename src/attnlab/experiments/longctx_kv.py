@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,8 @@ from attnlab.errors import ConfigError
 from attnlab.experiments.text import text_tokens
 from attnlab.lens.losses import next_token_nll
 from attnlab.longctx.kv import POLICIES, KVPolicy, PolicyKVCache, decode, make_policy, prefill
+
+Log = Callable[[str], None]
 
 TASKS = ("ppl", "passkey")
 INTRO = (
@@ -116,6 +118,7 @@ class Runner:
         self.totals: dict[tuple[str, float], list[float]] = {}  # cell → [score sum, kept sum, seconds, count]
         self.hits: dict[tuple[str, float], str] = {}  # passkey: one character per depth
         self.prompt_seconds = 0.0
+        self._logged = (0.0, 0.0)  # prompt and cell seconds at the last ``progress``
 
     def policies(self, length: int) -> list[tuple[str, float, KVPolicy | None]]:
         cells: list[tuple[str, float, KVPolicy | None]] = [("full", 0.0, None)]
@@ -139,6 +142,16 @@ class Runner:
         total[2] += seconds
         total[3] += 1
 
+    def progress(self, log: Log | None, done: str) -> None:
+        """Tell ``log`` that ``done`` finished: the seconds of its prompt pass and of its cells since the last call."""
+        prompt, cells = self.prompt_seconds, sum(t[2] for t in self.totals.values())
+        if log is not None:
+            log(
+                f"{done}: prompt pass {prompt - self._logged[0]:.0f} s, "
+                f"{len(self.totals)} cells {cells - self._logged[1]:.0f} s"
+            )
+        self._logged = (prompt, cells)
+
     def rows(self, task: str, length: int, average: str) -> list[KVRow]:
         out = []
         for (name, r), (score, kept, seconds, n) in self.totals.items():
@@ -156,7 +169,15 @@ def kept_fraction(cache: PolicyKVCache, name: str, budget: int | None, length: i
 
 
 def perplexity_rows(
-    model: Any, tokenizer: Any, length: int, runner: Runner, *, samples: int, continuation: int, chunk: int
+    model: Any,
+    tokenizer: Any,
+    length: int,
+    runner: Runner,
+    *,
+    samples: int,
+    continuation: int,
+    chunk: int,
+    log: Log | None = None,
 ) -> list[KVRow]:
     """Perplexity of ``continuation`` tokens after a prompt of ``length``, ``samples`` texts (consecutive spans)."""
     device = next(model.parameters()).device
@@ -173,11 +194,19 @@ def perplexity_rows(
             logits = torch.cat([first[:, None], *decode(model, rest[:, :-1], cache, chunk)], dim=1)
             nll = next_token_nll(logits, tokens[:, length - 1 :])  # logits[:, i] predicts rest[:, i]
             runner.add((name, r), float(nll.mean()), kept, time.perf_counter() - t0)
+        runner.progress(log, f"{length} tokens, ppl text {s + 1}/{samples}")
     return runner.rows("ppl", length, "exp")
 
 
 def passkey_rows(
-    model: Any, tokenizer: Any, length: int, runner: Runner, *, depths: Sequence[float], seed: int
+    model: Any,
+    tokenizer: Any,
+    length: int,
+    runner: Runner,
+    *,
+    depths: Sequence[float],
+    seed: int,
+    log: Log | None = None,
 ) -> list[KVRow]:
     """Passkey exact-match accuracy over ``depths`` (one prompt each, a key drawn per depth from ``seed``)."""
     device = next(model.parameters()).device
@@ -195,6 +224,7 @@ def passkey_rows(
             hit = bool((logits.argmax(-1) == target).all())
             runner.add((name, r), float(hit), kept, time.perf_counter() - t0)
             runner.hits[name, r] = runner.hits.get((name, r), "") + "01"[hit]
+        runner.progress(log, f"{length} tokens, passkey at depth {depth:g}")
     return runner.rows("passkey", length, "mean")
 
 
@@ -213,8 +243,10 @@ def longctx_kv_table(
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     seed: int = 0,
     params: dict[str, dict[str, Any]] | None = None,
+    log: Log | None = None,
 ) -> list[KVRow]:
-    """Every task × length × (full cache, every policy × ratio) on SmolLM2 (any ``LlamaLM``-like model)."""
+    """Every task × length × (full cache, every policy × ratio) on SmolLM2 (any ``LlamaLM``-like model). ``log``
+    gets a line after each prompt pass and its cells (what is done, and the seconds it took)."""
     check(names, ratios, tasks)
     if samples < 1 or continuation < 2 or chunk < 1:
         raise ConfigError("samples / continuation / chunk", (samples, continuation, chunk), "need ≥ 1, ≥ 2, ≥ 1")
@@ -224,10 +256,10 @@ def longctx_kv_table(
             runner = Runner(model, names, ratios, positions, params or {})
             if task == "ppl":
                 rows += perplexity_rows(
-                    model, tokenizer, length, runner, samples=samples, continuation=continuation, chunk=chunk
+                    model, tokenizer, length, runner, samples=samples, continuation=continuation, chunk=chunk, log=log
                 )
             else:
-                rows += passkey_rows(model, tokenizer, length, runner, depths=depths, seed=seed)
+                rows += passkey_rows(model, tokenizer, length, runner, depths=depths, seed=seed, log=log)
     return rows
 
 
