@@ -105,7 +105,8 @@ def test_the_pine_measurement_keeps_accuracy_by_position_and_flip_rates(monkeypa
     def bias(model, prompts):
         calls["prompts"] = prompts
         plain = torch.tensor([[1, 2, 1, 1, 1]] * 4)
-        return pine_experiment.PositionBias(plain, torch.full((4, 5), 7), torch.ones(4, dtype=torch.long))
+        predictions = {"plain": plain, "pine": torch.full((4, 5), 7)}
+        return pine_experiment.PositionBias(predictions, torch.ones(4, dtype=torch.long))
 
     monkeypatch.setattr(pine_experiment, "retrieval_prompts", lambda tok, docs, n, seed: ("prompts", docs, n, seed))
     monkeypatch.setattr(pine_experiment, "position_bias", bias)
