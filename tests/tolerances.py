@@ -82,3 +82,15 @@ def lm_atol(expected: torch.Tensor, n_layers: int = 2, condition: float = 1.0) -
     amplifies its input's relative error, so the chain counts lm_depth + n_layers · (condition − 1) steps."""
     depth = lm_depth(n_layers) + round(n_layers * (condition - 1))
     return order_bound(expected.dtype, LM_TERMS, depth) * scale_of(expected)
+
+
+def dtype_on(device: str) -> torch.dtype:
+    """The dtype a cross-device comparison runs in on ``device``: float64, or float32 on MPS (which has no float64);
+    skips the test, saying what is present, when ``device`` is not on this machine."""
+    import pytest
+
+    from attnlab.train.device import devices_present
+
+    if device not in devices_present():
+        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
+    return torch.float32 if device == "mps" else torch.float64

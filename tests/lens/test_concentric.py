@@ -11,7 +11,7 @@ from attnlab.checks import liven
 from attnlab.lens.concentric import cca_logits, cca_positions, cca_visible, concentric
 from attnlab.lens.pine import PineLayout
 from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec
-from tolerances import LM_TERMS, lm_depth, order_bound, scale_of
+from tolerances import LM_TERMS, dtype_on, lm_depth, order_bound, scale_of
 
 SPEC = LlamaSpec(
     n_layers=2, d_model=32, d_mlp=64, n_heads=4, n_kv_heads=2, vocab_size=31, rope_base=10000.0,
@@ -103,11 +103,7 @@ def test_bad_models_and_inputs_are_refused(make_lm) -> None:  # type: ignore[no-
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_cca_runs_on_the_models_device(device: str) -> None:
-    from attnlab.train.device import devices_present
-
-    if device not in devices_present():
-        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
-    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    dtype = dtype_on(device)  # skips where the device is absent
     model = llama().to(dtype)
     tokens = torch.randint(1, 31, (2, LAYOUT.total))
     want = cca_logits(model, tokens, LAYOUT)

@@ -15,7 +15,7 @@ from attnlab.lens.concentric import concentric
 from attnlab.lens.pine import PineLayout, pine, pine_forward, pine_logits, rank_shifts
 from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec
 from attnlab.types import AttentionMask
-from tolerances import LM_TERMS, lm_depth, order_bound, scale_of
+from tolerances import LM_TERMS, dtype_on, lm_depth, order_bound, scale_of
 
 SPEC = LlamaSpec(
     n_layers=2, d_model=32, d_mlp=64, n_heads=4, n_kv_heads=2, vocab_size=31, rope_base=10000.0,
@@ -205,11 +205,7 @@ def test_unsupported_layers_and_layouts_are_refused(make_lm) -> None:  # type: i
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_pine_runs_on_the_models_device(device: str) -> None:
-    from attnlab.train.device import devices_present
-
-    if device not in devices_present():
-        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
-    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    dtype = dtype_on(device)  # skips where the device is absent
     model = llama().to(dtype)
     tokens = torch.randint(1, 31, (2, LAYOUT.total))
     want = pine_logits(model, tokens, LAYOUT)

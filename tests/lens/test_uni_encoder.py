@@ -10,7 +10,7 @@ import torch
 from attnlab.checks import liven
 from attnlab.lens.pretrained.smollm2 import LlamaLM, LlamaSpec
 from attnlab.lens.uni_encoder import UniLayout, candidate_scores, candidate_scores_alone
-from tolerances import LM_TERMS, lm_depth, order_bound, scale_of
+from tolerances import LM_TERMS, dtype_on, lm_depth, order_bound, scale_of
 
 SPEC = LlamaSpec(
     n_layers=2, d_model=32, d_mlp=64, n_heads=4, n_kv_heads=2, vocab_size=31, rope_base=10000.0,
@@ -75,11 +75,7 @@ def test_bad_layouts_are_refused() -> None:
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_uni_encoder_runs_on_the_models_device(device: str) -> None:
-    from attnlab.train.device import devices_present
-
-    if device not in devices_present():
-        pytest.skip(f"no {device} device on this machine (present: {', '.join(devices_present())})")
-    dtype = torch.float32 if device == "mps" else torch.float64  # MPS has no float64
+    dtype = dtype_on(device)  # skips where the device is absent
     model = llama().to(dtype)
     want = candidate_scores(model, CONTEXT, CANDIDATES)
     got = candidate_scores(model.to(device), CONTEXT, CANDIDATES).cpu()
