@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from attnlab.attention import HEADS, AttentionConfig, AttentionSite, build_attention
+from attnlab.attention.heads.gaam import gaussian_gate, gaussian_gate_reference, window_statistics
 from attnlab.errors import ConfigError
 from attnlab.hook_points import capture
+from tolerances import order_bound
 
 
 def authors_gate(z: torch.Tensor, offsets: torch.Tensor, c: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -121,3 +123,85 @@ def test_first_causal_position_has_gate_one_while_the_offsets_are_zero() -> None
     gate = module.heads.gate(torch.randn(2, 4, 5, 4))
     torch.testing.assert_close(gate[:, :, 0], torch.ones(2, 4, 4))
     assert math.isfinite(gate.sum().item())
+
+
+def draw(shape: tuple[int, ...], groups: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z away from zero mean (the one-pass prefix variance must not cancel), offsets away from their zero init."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(*shape, generator=g, dtype=torch.float64) + 2.0
+    heads = shape[1]
+    offsets = 0.5 * torch.randn(heads, groups, generator=g, dtype=torch.float64)
+    widths = torch.randn(heads, groups, generator=g, dtype=torch.float64).exp()
+    return z, offsets, widths
+
+
+def gate_condition(z: torch.Tensor, offsets: torch.Tensor, widths: torch.Tensor, causal: bool, eps: float) -> float:
+    """How much the gate amplifies relative errors in its inputs, as an absolute error on the gate (for the bounds).
+
+    The gate is m_t = exp(−e_tt) / Σ_s exp(−e_st) (times K / max(K·Σ, ε) where the clamp binds), with
+    e_st = a (z_s − centre_t)² / (2σ²_t) ≥ 0. A relative error δ in σ² or in a difference moves each e by at most
+    e·δ, so log m_t by at most (e_tt + Σ_s p_ts e_ts)·δ with p_t the normalised weights, and m_t by m_t times that.
+    The fast path's prefix variance sums (z_s − z_0)² and subtracts n·(μ_t − z_0)², which multiplies its relative
+    error by Σ (z_s − z_0)² / Σ (z_s − μ_t)²: a factor on top.
+    """
+    mean, var, window = window_statistics(z, causal, eps)
+    inv = widths.square().reciprocal()
+    a, b = inv.sum(1).view(1, -1, 1, 1), (offsets * inv).sum(1).view(1, -1, 1, 1)
+    diff = z[:, :, None] - (mean + b / a)[:, :, :, None]
+    e = (a / (2 * var))[:, :, :, None] * diff.square()  # [B, H, T(t), T(s), d]
+    p = (-e).masked_fill(~window[None, None, :, :, None], -math.inf).softmax(3)
+    own = e.diagonal(dim1=2, dim2=3).movedim(-1, 2)
+    gate = gaussian_gate_reference(z, offsets, widths, causal, eps)
+    sensitivity = (gate * (own + (p * e.masked_fill(p == 0, 0.0)).sum(3))).max().item()
+    n = torch.arange(1, z.shape[2] + 1, dtype=z.dtype)[:, None] if causal else z.shape[2]
+    raw = (z - z[:, :, :1]).square()
+    raw = raw.cumsum(2) if causal else raw.sum(2, keepdim=True)
+    spread = (var - eps) * ((n - 1).clamp(min=1) if causal else max(z.shape[2] - 1, 1))
+    cancel = (raw / spread.clamp(min=eps)).max().item()
+    return 1.0 + sensitivity * max(cancel, 1.0)
+
+
+SHAPES = [(1, 1, 1, 1, 1), (2, 3, 2, 1, 2), (2, 3, 7, 3, 3), (1, 2, 33, 5, 2)]  # B, H, T, d, G
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fast_gate_and_its_gradients_match_the_reference_in_float64(causal: bool, shape: tuple[int, ...]) -> None:
+    *zshape, groups = shape
+    z, offsets, widths = draw(tuple(zshape), groups, seed=sum(shape))
+    inputs = [x.clone().requires_grad_(True) for x in (z, offsets, widths)]
+    weights = torch.randn(*zshape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got, expected = (f(*inputs, causal, 1e-8) for f in (gaussian_gate, gaussian_gate_reference))
+    bound = order_bound(torch.float64, zshape[2], depth=4, condition=gate_condition(z, offsets, widths, causal, 1e-8))
+    torch.testing.assert_close(got, expected, atol=bound, rtol=0)
+    for g_got, g_expected in zip(
+        torch.autograd.grad((got * weights).sum(), inputs),
+        torch.autograd.grad((expected * weights).sum(), inputs),
+        strict=True,
+    ):
+        scale = max(g_expected.abs().max().item(), 1.0)  # the backward sums the T(t) × T(s) pairs once more
+        torch.testing.assert_close(g_got, g_expected, atol=bound * scale * zshape[2], rtol=0)
+
+
+def test_fast_gate_passes_gradcheck() -> None:
+    z, offsets, widths = draw((1, 2, 5, 2), 2, seed=7)
+    inputs = tuple(x.requires_grad_(True) for x in (z, offsets, widths))
+    for causal in (True, False):
+        assert torch.autograd.gradcheck(lambda *x, causal=causal: gaussian_gate(*x, causal, 1e-8), inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gate_in_low_precision_is_within_float32_rounding_of_the_float64_reference(causal: bool, dtype) -> None:
+    """bf16 head outputs are gated in float32 (compute_dtype), so both dtypes get float32's bound; the reference runs
+    in float64 on the same, already rounded values."""
+    module = gaam(causal=causal, n_gaussians=2, eps=1e-2).to(dtype)  # ε: a moderate exponent at a causal t = 0
+    z = draw((2, 4, 19, 4), 2, seed=5)[0].to(dtype)
+    got = module.heads.gate(z)
+    offsets, widths = (x.double() for x in parameters_of(module))
+    expected = gaussian_gate_reference(z.double(), offsets, widths, causal, module.heads.eps)
+    condition = gate_condition(z.double(), offsets, widths, causal, module.heads.eps)
+    bound = order_bound(torch.float32, z.shape[2], depth=4, condition=condition)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, atol=bound, rtol=0)
+    assert bound < 0.01, f"these data make the gate too ill-conditioned for the test to say anything ({bound})"

@@ -19,8 +19,13 @@ prefix s ≤ t for a causal site: the gate of position t is the authors' gate co
 at its last position, so no future token leaks in (statistics over the whole sequence are not causal: the
 mean and variance at position t would include later tokens).
 This costs O(T²·d) per head (the normalising sum is over pairs s ≤ t with t's statistics), like materialising
-the attention matrix d times. δ_g and c_g are per head (the authors have one GaussianAdaptiveAttention module,
-with its own δ, c ∈ R^G, per head); they are shared by the head's d features and positions.
+the attention matrix d times. ``gaussian_gate_reference`` writes the formula out (G Gaussians per pair, the
+two-pass window variance) and is the spec; ``gaussian_gate``, the path the module runs, folds the G Gaussians
+into one (a product of Gaussians in one variable is one Gaussian) and takes prefix statistics from running sums,
+so each pair costs one exponential and few pair-sized intermediates are kept for the backward pass; it is
+tested against the reference (output and gradients in float64, float32 and bf16 within their rounding bounds).
+δ_g and c_g are per head (the authors have one GaussianAdaptiveAttention module, with its own δ, c ∈ R^G, per
+head); they are shared by the head's d features and positions.
 
 Source followed: gioannides/Gaussian-Adaptive-Attention ``gaussian_adaptive_attention/GaussianBlock.py``
 (HEAD 145d1bc), read line by line: the *product* over G Gaussians including 1/√(2π c²) (not the README's
@@ -67,8 +72,52 @@ class GAAMParams(BaseModel):
         check_kv_heads(self.n_kv_heads, site, field)
 
 
+def window_statistics(z: Tensor, causal: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Each position's window mean μ_t and variance σ²_t [B, H, T, d], and the window mask [T(t), T(s)].
+
+    Causal windows are prefixes: running sums of z − z_0 (shifting by the first value keeps the one-pass
+    variance from cancelling when the mean is large against the spread)."""
+    t = z.shape[2]
+    window = torch.ones(t, t, dtype=torch.bool, device=z.device)
+    if not causal:
+        mean = z.mean(2, keepdim=True)
+        var = (z - mean).square().sum(2, keepdim=True) / max(t - 1, 1) + eps
+        return mean.expand_as(z), var.expand_as(z), window
+    n = torch.arange(1, t + 1, dtype=z.dtype, device=z.device)[:, None]  # [T, 1] window sizes
+    x = z - z[:, :, :1]
+    mean_x = x.cumsum(2) / n
+    spread = (x.square().cumsum(2) - n * mean_x.square()).clamp(min=0)  # Σ (z_s − μ_t)² over s ≤ t
+    return mean_x + z[:, :, :1], spread / (n - 1).clamp(min=1) + eps, window.tril()
+
+
 def gaussian_gate(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: float) -> Tensor:
-    """The gate m [B, H, T, d] of z [B, H, T, d]; offsets δ and widths c are [H, G].
+    """The gate m [B, H, T, d] of z [B, H, T, d]; offsets δ and widths c are [H, G]. The fast path.
+
+    The product of the G Gaussians is one Gaussian in z_s (the exponents add up to one quadratic), so
+    N_{s,t} = K_t · exp(−a / (2σ²_t) · (z_s − μ_t − b/a)²) with a = Σ_g 1/c_g², b = Σ_g δ_g/c_g², and
+    K_t = Π_g (2π c_g²)^(−1/2) · exp(−(Σ_g δ_g²/c_g² − b²/a) / (2σ²_t)) independent of s. Only the second factor is
+    computed for every pair (t, s): one exponential per pair and feature, where ``gaussian_gate_reference``
+    takes G of them and keeps several pair-sized intermediates. K_t multiplies both sides of the ratio and is
+    applied per position, so the result (including the ε clamp) is the reference's up to rounding."""
+    mean, var, window = window_statistics(z, causal, eps)
+    inv_c2 = c.square().reciprocal()  # [H, G]
+    a, b = inv_c2.sum(1), (offsets * inv_c2).sum(1)  # [H]
+    spread = (offsets.square() * inv_c2).sum(1) - b.square() / a  # ≥ 0 (Cauchy–Schwarz)
+    log_norm = -0.5 * torch.log(2 * math.pi * c.square()).sum(1)  # log Π_g (2π c_g²)^(−1/2)
+    per_head = (1, -1, 1, 1)
+    centre = mean + (b / a).view(per_head)  # [B, H, T, d]
+    neg_rate = a.view(per_head) / (-2 * var)  # [B, H, T, d]
+    scale = torch.exp(log_norm.view(per_head) - spread.view(per_head) / (2 * var))  # K_t
+    diff = z[:, :, None, :, :] - centre[:, :, :, None, :]  # [B, H, T(t), T(s), d]: z_s − centre_t
+    shape = (diff.square() * neg_rate[:, :, :, None]).exp_()  # in place: exp's gradient needs only its output
+    if causal:
+        shape = shape * window.to(shape.dtype)[None, None, :, :, None]
+    own = (neg_rate * (z - centre).square()).exp()  # the pair (t, t)
+    return scale * own / (scale * shape.sum(3)).clamp(min=eps)
+
+
+def gaussian_gate_reference(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: float) -> Tensor:
+    """The gate, written as the formula reads (the spec that ``gaussian_gate`` is tested against).
 
     Pairs (t, s): position t's statistics evaluated at every z_s in its window, [B, H, T(t), T(s), d].
     """
