@@ -81,7 +81,9 @@ def decide(rule: Rule, effect: Effect) -> Verdict:
     """The verdict of ``rule`` on ``effect`` (see the module docstring)."""
     lo, hi, m = effect.low, effect.high, rule.margin
     if not effect.exact and (effect.n < 2 or math.isnan(lo) or math.isnan(hi)):
-        return Verdict("inconclusive", effect, f"{effect.n} seed(s) finished: no interval")
+        return Verdict(
+            "inconclusive", effect, f"{effect.n} seed(s) with a value (NaN and failed runs left out): no interval"
+        )
     if math.isnan(effect.estimate):
         return Verdict("inconclusive", effect, "nothing was measured (NaN)")
     span = f"[{lo:.4g}, {hi:.4g}]" if not effect.exact else f"{effect.estimate:.4g}"
