@@ -209,3 +209,20 @@ def test_a_sweep_claims_sitting_is_touched_after_every_run(tmp_path: Path) -> No
         (sitting,) = store.sittings(sitting_name(SWEEP_CLAIM.name))
     assert len(touched) == 2 * (2 * 2 + 2) and sitting["ended"] == "finished"
     assert sitting["finished_at"] >= sitting["started_at"]
+
+
+def test_the_results_report_of_a_claims_database_has_the_claims_section(tmp_path: Path) -> None:
+    """``attnlab report`` on a database that ``attnlab claims run`` wrote to ends with the claims' table and
+    sections; on any other database it has none."""
+    name = next(iter(all_claims()))
+    with Store(tmp_path / "claims.sqlite") as store:
+        store.touch_sitting(store.begin_sitting(sitting_name(name), 1, 1), "finished")
+    Store(tmp_path / "bench.sqlite").close()
+    runner = CliRunner()
+    for db, has_claims in (("claims", True), ("bench", False)):
+        out = tmp_path / f"{db}-report"
+        result = runner.invoke(app, ["report", str(tmp_path / f"{db}.sqlite"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+        assert ("## Claims" in md and f"### {name}" in md) == has_claims
+        assert (f"attnlab claims run {name}" in html) == has_claims

@@ -9,10 +9,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from attnlab.claims.base import Claim
-from attnlab.claims.run import ClaimResult
+from attnlab.claims.run import ClaimResult, claim_times, recorded
 from attnlab.report import plots
 from attnlab.report.document import Block, Code, Figure, Heading, Paragraph, Table, render_html, render_markdown, slug
 from attnlab.report.markdown import format_duration
+from attnlab.runner.store import Store
 
 COLUMNS = ["claim", "paper", "verdict", "effect [95% interval]", "rule", "seeds", "time", "command"]
 
@@ -129,6 +130,13 @@ def report_blocks(
     for claim in claims:
         blocks += claim_blocks(claim, results.get(claim.name))
     return blocks
+
+
+def stored_claims(claims: list[Claim], store: Store) -> tuple[dict[str, ClaimResult], dict[str, float]]:
+    """What ``store`` holds of ``claims`` (nothing is run): the verdicts of those whose experiment finished, and the
+    time of those that ever ran there."""
+    results = {c.name: r for c in claims if (r := recorded(c, store)) is not None}
+    return results, claim_times(claims, store)
 
 
 def write_claims_report(

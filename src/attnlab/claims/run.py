@@ -135,9 +135,12 @@ def measure(
     return ClaimResult(claim, decide(claim.rule, effect_of(claim, measurement)), measurement, time.perf_counter() - t0)
 
 
+SITTING_PREFIX = "claim:"
+
+
 def sitting_name(claim: str) -> str:
     """The name under which a claim's sittings are kept in the ``sittings`` table."""
-    return f"claim:{claim}"
+    return f"{SITTING_PREFIX}{claim}"
 
 
 def claim_time(claim: str, store: Store) -> float | None:
@@ -145,6 +148,11 @@ def claim_time(claim: str, store: Store) -> float | None:
     never ran here."""
     sittings = store.sittings(sitting_name(claim))
     return sum(s["wall_s"] for s in sittings) if sittings else None
+
+
+def claim_times(claims: list[Claim], store: Store) -> dict[str, float]:
+    """Each claim's wall time over all its sittings on ``store``, for the claims that have run there."""
+    return {c.name: t for c in claims if (t := claim_time(c.name, store)) is not None}
 
 
 def effect_of(claim: Claim, measurement: Measurement) -> Effect:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich import box
@@ -15,10 +15,6 @@ from rich.table import Table
 from attnlab.cli.console import console
 from attnlab.cli.guard import guarded
 from attnlab.cli.sweeps import open_results
-
-if TYPE_CHECKING:
-    from attnlab.claims.base import Claim
-    from attnlab.runner.store import Store
 
 claims_app = typer.Typer(add_completion=False, no_args_is_help=True)
 DEFAULT_DB = Path("runs/claims.sqlite")
@@ -60,7 +56,7 @@ def run_claims(
     """Run the claims' experiments (what the database lacks) and print each verdict and the time it took."""
     from attnlab.claims.registry import all_claims, select
     from attnlab.claims.report import COLUMNS, table_rows, total_time_line, write_claims_report
-    from attnlab.claims.run import measure
+    from attnlab.claims.run import claim_times, measure
     from attnlab.report.markdown import format_duration
     from attnlab.runner.store import Store
 
@@ -92,20 +88,11 @@ def report_claims(
 ) -> None:
     """The claims table from what the database holds (nothing is run; a claim without its runs says so)."""
     from attnlab.claims.registry import all_claims
-    from attnlab.claims.report import COLUMNS, table_rows, total_time_line, write_claims_report
-    from attnlab.claims.run import recorded
+    from attnlab.claims.report import COLUMNS, stored_claims, table_rows, total_time_line, write_claims_report
 
     claims = list(all_claims().values())
     with open_results(db) as store:
-        results = {c.name: r for c in claims if (r := recorded(c, store)) is not None}
-        times = claim_times(claims, store)
+        results, times = stored_claims(claims, store)
     console.print(_table("claims", COLUMNS, table_rows(claims, results, times)))
     console.print(total_time_line(times))
     console.print(f"report: {write_claims_report(claims, results, out, times)}")
-
-
-def claim_times(claims: list[Claim], store: Store) -> dict[str, float]:
-    """Each claim's wall time over all its sittings on ``store``, for the claims that have run there."""
-    from attnlab.claims.run import claim_time
-
-    return {c.name: t for c in claims if (t := claim_time(c.name, store)) is not None}

@@ -30,6 +30,7 @@ from attnlab.cli.options import output_folder
 from attnlab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from attnlab.report.document import Block
     from attnlab.runner.config import RunConfig
     from attnlab.runner.store import Store
 
@@ -314,9 +315,28 @@ def report(
     with open_results(db) as store:
         check_sweep_name(store, sweep)
         path = write_report(
-            store, folder, sweep=sweep, title=f"attnlab report: {db.name}", rank_by=rank_by, target=target
+            store,
+            folder,
+            sweep=sweep,
+            title=f"attnlab report: {db.name}",
+            rank_by=rank_by,
+            target=target,
+            extra=claims_section(store) if sweep is None else [],
         )
     console.print(f"report: {path} and {path.with_suffix('.html')}")
+
+
+def claims_section(store: Store) -> list[Block]:
+    """The claims' table and sections when ``store`` is a claims database (``attnlab claims run`` wrote to it),
+    else nothing."""
+    from attnlab.claims.registry import all_claims
+    from attnlab.claims.report import report_blocks, stored_claims
+    from attnlab.claims.run import SITTING_PREFIX
+
+    if not any(s["sweep"].startswith(SITTING_PREFIX) for s in store.sittings()):
+        return []
+    claims = list(all_claims().values())
+    return report_blocks(claims, *stored_claims(claims, store))
 
 
 @sweeps_app.command()

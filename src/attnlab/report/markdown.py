@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,12 @@ def write_report(
     *,
     rank_by: str = "score",
     target: float | None = None,
+    extra: Sequence[Block] = (),
 ) -> Path:
     """Write ``report.md`` (with its PNGs) and ``report.html`` into ``out_dir``; returns the markdown's path.
 
-    ``sweep`` limits the report to one sweep's runs; ``rank_by`` and ``target`` are ``tables.leaderboard``'s.
+    ``sweep`` limits the report to one sweep's runs; ``rank_by`` and ``target`` are ``tables.leaderboard``'s;
+    ``extra``: sections appended after the leaderboards and plots (the claims' section of a claims database).
     Every file is written to a temporary name and renamed.
     """
     out_dir = Path(out_dir)
@@ -72,6 +74,7 @@ def write_report(
     for run_id, step, name, value in store.metrics(sweep=sweep):
         curves[run_id].append((step, name, value))
     blocks = build_blocks(rows, curves, f"{store.path}", rank_by=rank_by, target=target) + speed_blocks(store)
+    blocks += extra
     sweeps = [sweep] if sweep is not None else store.sweeps()
     timed = [(name, store.sittings(name)) for name in sweeps]
     blocks[1:1] = [Paragraph([f"Wall time of sweep {name}: {sittings_line(s)}."]) for name, s in timed if s]
