@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from attnlab.attention import HEADS, AttentionConfig, AttentionSite, build_attention
+from attnlab.attention.heads import gaam as gaam_module
 from attnlab.attention.heads.gaam import gaussian_gate, gaussian_gate_reference, window_statistics
 from attnlab.errors import ConfigError
 from attnlab.hook_points import capture
@@ -144,7 +145,9 @@ def gate_condition(z: torch.Tensor, offsets: torch.Tensor, widths: torch.Tensor,
     The fast path's prefix variance sums (z_s − z_0)² and subtracts n·(μ_t − z_0)², which multiplies its relative
     error by Σ (z_s − z_0)² / Σ (z_s − μ_t)²: a factor on top.
     """
-    mean, var, window = window_statistics(z, causal, eps)
+    mean, var = window_statistics(z, causal, eps)
+    window = torch.ones(z.shape[2], z.shape[2], dtype=torch.bool)
+    window = window.tril() if causal else window
     inv = widths.square().reciprocal()
     a, b = inv.sum(1).view(1, -1, 1, 1), (offsets * inv).sum(1).view(1, -1, 1, 1)
     diff = z[:, :, None] - (mean + b / a)[:, :, :, None]
@@ -205,3 +208,24 @@ def test_gate_in_low_precision_is_within_float32_rounding_of_the_float64_referen
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, atol=bound, rtol=0)
     assert bound < 0.01, f"these data make the gate too ill-conditioned for the test to say anything ({bound})"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_pair_sum_in_blocks_of_query_rows_matches_the_reference(causal: bool, rows: int, monkeypatch) -> None:
+    """Blocks of 1, 2 or 3 query positions over T = 7 (the last block shorter): output and gradients, and gradcheck."""
+    z, offsets, widths = draw((2, 3, 7, 2), 2, seed=11 + rows)
+    monkeypatch.setattr(gaam_module, "PAIR_BLOCK", rows * z[:, :, :1].numel() * z.shape[2])
+    assert [b[:2] for b in gaam_module.pair_blocks(z, causal)][:2] == [(0, rows), (rows, min(2 * rows, 7))]
+    inputs = [x.clone().requires_grad_(True) for x in (z, offsets, widths)]
+    got, expected = (f(*inputs, causal, 1e-8) for f in (gaussian_gate, gaussian_gate_reference))
+    bound = order_bound(torch.float64, 7, depth=4, condition=gate_condition(z, offsets, widths, causal, 1e-8))
+    torch.testing.assert_close(got, expected, atol=bound, rtol=0)
+    weights = torch.randn(2, 3, 7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for g_got, g_expected in zip(
+        torch.autograd.grad((got * weights).sum(), inputs),
+        torch.autograd.grad((expected * weights).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(g_got, g_expected, atol=bound * max(g_expected.abs().max().item(), 1.0) * 7, rtol=0)
+    assert torch.autograd.gradcheck(lambda *x: gaussian_gate(*x, causal, 1e-8), tuple(inputs))

@@ -22,8 +22,10 @@ This costs O(T²·d) per head (the normalising sum is over pairs s ≤ t with t'
 the attention matrix d times. ``gaussian_gate_reference`` writes the formula out (G Gaussians per pair, the
 two-pass window variance) and is the spec; ``gaussian_gate``, the path the module runs, folds the G Gaussians
 into one (a product of Gaussians in one variable is one Gaussian) and takes prefix statistics from running sums,
-so each pair costs one exponential and few pair-sized intermediates are kept for the backward pass; it is
-tested against the reference (output and gradients in float64, float32 and bf16 within their rounding bounds).
+so each pair costs one exponential; it sums the pairs block by block of query positions and recomputes them in
+its backward pass (``WindowedPairSum``), so no [B, H, T, T, d] tensor is held and a causal block skips the keys
+after it. It is tested against the reference (output and gradients in float64, float32 and bf16 within their
+rounding bounds, in blocks of one to three positions).
 δ_g and c_g are per head (the authors have one GaussianAdaptiveAttention module, with its own δ, c ∈ R^G, per
 head); they are shared by the head's d features and positions.
 
@@ -51,11 +53,13 @@ quadratic), so G > 1 adds little.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from attnlab.attention.core import compute_dtype
 from attnlab.attention.heads.base import HEADS, MultiHead, check_kv_heads
@@ -72,22 +76,21 @@ class GAAMParams(BaseModel):
         check_kv_heads(self.n_kv_heads, site, field)
 
 
-def window_statistics(z: Tensor, causal: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Each position's window mean μ_t and variance σ²_t [B, H, T, d], and the window mask [T(t), T(s)].
+def window_statistics(z: Tensor, causal: bool, eps: float) -> tuple[Tensor, Tensor]:
+    """Each position's window mean μ_t and variance σ²_t [B, H, T, d].
 
     Causal windows are prefixes: running sums of z − z_0 (shifting by the first value keeps the one-pass
     variance from cancelling when the mean is large against the spread)."""
     t = z.shape[2]
-    window = torch.ones(t, t, dtype=torch.bool, device=z.device)
     if not causal:
         mean = z.mean(2, keepdim=True)
         var = (z - mean).square().sum(2, keepdim=True) / max(t - 1, 1) + eps
-        return mean.expand_as(z), var.expand_as(z), window
+        return mean.expand_as(z), var.expand_as(z)
     n = torch.arange(1, t + 1, dtype=z.dtype, device=z.device)[:, None]  # [T, 1] window sizes
     x = z - z[:, :, :1]
     mean_x = x.cumsum(2) / n
     spread = (x.square().cumsum(2) - n * mean_x.square()).clamp(min=0)  # Σ (z_s − μ_t)² over s ≤ t
-    return mean_x + z[:, :, :1], spread / (n - 1).clamp(min=1) + eps, window.tril()
+    return mean_x + z[:, :, :1], spread / (n - 1).clamp(min=1) + eps
 
 
 def gaussian_gate(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: float) -> Tensor:
@@ -96,10 +99,11 @@ def gaussian_gate(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: floa
     The product of the G Gaussians is one Gaussian in z_s (the exponents add up to one quadratic), so
     N_{s,t} = K_t · exp(−a / (2σ²_t) · (z_s − μ_t − b/a)²) with a = Σ_g 1/c_g², b = Σ_g δ_g/c_g², and
     K_t = Π_g (2π c_g²)^(−1/2) · exp(−(Σ_g δ_g²/c_g² − b²/a) / (2σ²_t)) independent of s. Only the second factor is
-    computed for every pair (t, s): one exponential per pair and feature, where ``gaussian_gate_reference``
-    takes G of them and keeps several pair-sized intermediates. K_t multiplies both sides of the ratio and is
-    applied per position, so the result (including the ε clamp) is the reference's up to rounding."""
-    mean, var, window = window_statistics(z, causal, eps)
+    computed for every pair (t, s) (``WindowedPairSum``): one exponential per pair and feature, where
+    ``gaussian_gate_reference`` takes G of them and keeps several pair-sized intermediates. K_t multiplies both
+    sides of the ratio and is applied per position, so the result (including the ε clamp) is the reference's up to
+    rounding."""
+    mean, var = window_statistics(z, causal, eps)
     inv_c2 = c.square().reciprocal()  # [H, G]
     a, b = inv_c2.sum(1), (offsets * inv_c2).sum(1)  # [H]
     spread = (offsets.square() * inv_c2).sum(1) - b.square() / a  # ≥ 0 (Cauchy–Schwarz)
@@ -108,12 +112,61 @@ def gaussian_gate(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: floa
     centre = mean + (b / a).view(per_head)  # [B, H, T, d]
     neg_rate = a.view(per_head) / (-2 * var)  # [B, H, T, d]
     scale = torch.exp(log_norm.view(per_head) - spread.view(per_head) / (2 * var))  # K_t
-    diff = z[:, :, None, :, :] - centre[:, :, :, None, :]  # [B, H, T(t), T(s), d]: z_s − centre_t
-    shape = (diff.square() * neg_rate[:, :, :, None]).exp_()  # in place: exp's gradient needs only its output
-    if causal:
-        shape = shape * window.to(shape.dtype)[None, None, :, :, None]
     own = (neg_rate * (z - centre).square()).exp()  # the pair (t, t)
-    return scale * own / (scale * shape.sum(3)).clamp(min=eps)
+    return scale * own / (scale * WindowedPairSum.apply(z, centre, neg_rate, causal)).clamp(min=eps)
+
+
+PAIR_BLOCK = 1 << 18  # elements of one block of pairs [B, H, C, T(s), d] on a CPU: 1 MiB in float32, inside L2
+ACCELERATOR_BLOCKS = 64  # a GPU's blocks are this many times larger (fewer, fuller kernel launches)
+
+
+def pair_blocks(z: Tensor, causal: bool) -> Iterator[tuple[int, int, int, Tensor | None]]:
+    """Blocks of C query positions [t0, t1), the keys s < s1 they can see, and the window mask [C, s1, 1] (None
+    where every pair counts)."""
+    batch, heads, t, d = z.shape
+    block = PAIR_BLOCK if z.device.type == "cpu" else PAIR_BLOCK * ACCELERATOR_BLOCKS
+    rows = max(1, block // max(batch * heads * t * d, 1))
+    for t0 in range(0, t, rows):
+        t1 = min(t0 + rows, t)
+        if not causal:
+            yield t0, t1, t, None
+            continue
+        keys = torch.arange(t1, device=z.device)
+        mask = keys[None, :] <= torch.arange(t0, t1, device=z.device)[:, None]  # s ≤ t
+        yield t0, t1, t1, mask.to(z.dtype)[:, :, None]
+
+
+class WindowedPairSum(torch.autograd.Function):
+    """S_t = Σ_{s ∈ V_t} exp(ρ_t (z_s − centre_t)²) [B, H, T, d] (ρ = neg_rate ≤ 0), block by block of query
+    positions, so no [B, H, T, T, d] tensor is ever held: the backward pass recomputes each block's
+    exponentials. A causal block skips the keys after its last position. Gradients, with E_ts the pair's term
+    and D_ts = z_s − centre_t: ∂S_t/∂ρ_t = Σ_s E D², ∂S_t/∂centre_t = −2ρ_t Σ_s E D, ∂S_t/∂z_s = 2ρ_t E D."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, centre: Tensor, neg_rate: Tensor, causal: bool) -> Tensor:  # type: ignore[override]
+        out = torch.empty_like(z)
+        for t0, t1, s1, mask in pair_blocks(z, causal):
+            diff = z[:, :, None, :s1] - centre[:, :, t0:t1, None]  # [B, H, C, s1, d]
+            terms = diff.square_().mul_(neg_rate[:, :, t0:t1, None]).exp_()
+            out[:, :, t0:t1] = (terms if mask is None else terms.mul_(mask)).sum(3)
+        ctx.save_for_backward(z, centre, neg_rate)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
+        z, centre, neg_rate = ctx.saved_tensors
+        grad_z, grad_centre, grad_rate = torch.zeros_like(z), torch.empty_like(z), torch.empty_like(z)
+        for t0, t1, s1, mask in pair_blocks(z, ctx.causal):
+            rate = neg_rate[:, :, t0:t1, None]
+            diff = z[:, :, None, :s1] - centre[:, :, t0:t1, None]
+            terms = diff.square().mul_(rate).exp_()
+            weighted = (terms if mask is None else terms.mul_(mask)).mul_(grad[:, :, t0:t1, None]).mul_(diff)
+            grad_rate[:, :, t0:t1] = (weighted * diff).sum(3)
+            grad_centre[:, :, t0:t1] = -2 * neg_rate[:, :, t0:t1] * weighted.sum(3)
+            grad_z[:, :, :s1] += weighted.mul_(2 * rate).sum(2)
+        return grad_z, grad_centre, grad_rate, None
 
 
 def gaussian_gate_reference(z: Tensor, offsets: Tensor, c: Tensor, causal: bool, eps: float) -> Tensor:
