@@ -37,3 +37,26 @@ def test_readme_has_python_examples() -> None:
 def test_readme_quick_start_is_two_make_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def test_readme_claims_table_is_the_committed_claims_report():
+    """Each row of the README's claims table repeats the verdict, effect, seeds and time of its row in
+    docs/results/claims/claims.md (what `attnlab claims report --db docs/results/claims/claims.sqlite` writes)."""
+    report = README.parent / "docs" / "results" / "claims" / "claims.md"
+    committed = {}
+    for line in report.read_text().splitlines():
+        if line.startswith("| ") and "(arXiv:" in line:
+            claim, _paper, verdict, effect, _rule, seeds, time, _command = _cells(line)
+            if verdict != "not run":
+                committed[claim] = (verdict, effect, seeds, time)
+    section = README.read_text().split("\n## Claims\n", 1)[1].split("\n## ", 1)[0]
+    shown = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            claim, _paper, verdict, effect, _rule, seeds, time = _cells(line)
+            shown[claim.strip("`")] = (verdict, effect, seeds, time)
+    assert shown == committed, "README's claims table is stale: rebuild it from docs/results/claims/claims.md"
