@@ -57,6 +57,7 @@ def test_readme_claims_table_is_the_committed_claims_report():
     shown = {}
     for line in section.splitlines():
         if line.startswith("| `"):
-            claim, _paper, verdict, effect, _rule, seeds, time = _cells(line)
+            claim, _paper, verdict, effect, _rule, seeds, time, command = _cells(line)
+            assert command == f"`attnlab claims run {claim.strip('`')}`", line
             shown[claim.strip("`")] = (verdict, effect, seeds, time)
     assert shown == committed, "README's claims table is stale: rebuild it from docs/results/claims/claims.md"
