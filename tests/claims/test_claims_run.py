@@ -112,6 +112,8 @@ def test_the_cli_lists_and_reports(tmp_path: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["claims", "list"], terminal_width=250)
     assert listed.exit_code == 0 and all(name in listed.output for name in all_claims())
+    papers = {c.paper.arxiv for c in all_claims().values()}
+    assert f"{len(all_claims())} claims from {len(papers)} papers" in listed.output
     bad = runner.invoke(app, ["claims", "run", "nope", "--db", str(tmp_path / "c.sqlite")])
     assert bad.exit_code == 2 and "claim='nope'" in bad.output
     Store(tmp_path / "c.sqlite").close()

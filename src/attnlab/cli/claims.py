@@ -41,7 +41,9 @@ def list_claims() -> None:
     rows = [
         [c.name, f"{c.paper.short} (arXiv:{c.paper.arxiv})", c.statement, c.rule.describe(), c.seeds] for c in claims
     ]
-    console.print(_table(f"{len(claims)} claims", ["claim", "paper", "statement", "rule", "seeds"], rows))
+    papers = len({c.paper.arxiv for c in claims})
+    title = f"{len(claims)} claims from {papers} papers"
+    console.print(_table(title, ["claim", "paper", "statement", "rule", "seeds"], rows))
 
 
 @claims_app.command("run")
